@@ -113,3 +113,12 @@ impl Default for Reply {
         Reply(Ok(ReplyBody::Done))
     }
 }
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.origin {
+            Some(o) => write!(f, "{}@{}#{}", self.command.name(), o.client_id, o.sequence),
+            None => write!(f, "{}", self.command.name()),
+        }
+    }
+}

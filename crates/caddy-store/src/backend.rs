@@ -1,0 +1,153 @@
+//! Where a node's databases live: files on disk, or (for tests) memory that
+//! can simulate power loss.
+//!
+//! [`CrashableDisk`] keeps two images of each database: what has been
+//! written and what has been synced. [`CrashableDisk::crash`] throws away
+//! everything written since the last `sync_data`, exactly what a power cut
+//! does to a page cache, so tests can check that acknowledged writes were
+//! really fsynced.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redb::{Database, StorageBackend};
+
+use crate::StoreError;
+
+/// Where to keep a node's databases.
+#[derive(Debug, Clone)]
+pub enum Disk {
+    /// Real files under a directory, fsynced by redb.
+    Dir(PathBuf),
+    /// Memory that can lose unsynced writes on demand (tests only).
+    Crashable(CrashableDisk),
+}
+
+impl Disk {
+    /// Opens (or creates) the database `name` on this disk.
+    pub fn open_db(&self, name: &str) -> Result<Database, StoreError> {
+        match self {
+            Disk::Dir(dir) => {
+                std::fs::create_dir_all(dir)?;
+                Ok(Database::create(dir.join(format!("{name}.redb")))?)
+            }
+            Disk::Crashable(disk) => {
+                let backend = disk.file(name);
+                Ok(Database::builder().create_with_backend(backend)?)
+            }
+        }
+    }
+
+    /// Directory for snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        match self {
+            Disk::Dir(dir) => dir.join("snapshots"),
+            Disk::Crashable(disk) => disk.snapshot_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Image {
+    written: Vec<u8>,
+    synced: Vec<u8>,
+    /// Bumped by a crash: handles opened before it belong to a "dead"
+    /// process, so whatever they still do (such as redb's clean shutdown on
+    /// drop) never reaches the disk.
+    generation: u64,
+}
+
+/// A set of in-memory database files that survive "process restarts" (the
+/// [`Database`] being dropped and reopened) and lose unsynced writes on
+/// [`CrashableDisk::crash`].
+#[derive(Debug, Clone)]
+pub struct CrashableDisk {
+    files: Arc<Mutex<BTreeMap<String, Arc<Mutex<Image>>>>>,
+    snapshot_dir: PathBuf,
+}
+
+impl CrashableDisk {
+    /// A new empty disk; snapshot files go under `snapshot_dir` (real files,
+    /// written with fsync and rename, so they are durable when they exist).
+    pub fn new(snapshot_dir: &Path) -> Self {
+        Self { files: Arc::default(), snapshot_dir: snapshot_dir.to_path_buf() }
+    }
+
+    fn file(&self, name: &str) -> CrashableFile {
+        let mut files = lock(&self.files);
+        let image = files.entry(name.to_string()).or_default().clone();
+        let generation = lock(&image).generation;
+        CrashableFile { image, generation }
+    }
+
+    /// Simulates power loss: every file reverts to its last synced image,
+    /// and handles still open can no longer write. Call it while the
+    /// databases are still open, then drop them and reopen.
+    pub fn crash(&self) {
+        for image in lock(&self.files).values() {
+            let mut image = lock(image);
+            image.written = image.synced.clone();
+            image.generation += 1;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another test thread panicked mid-write; the
+    // image is still bytes, so keep going rather than cascade the panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+struct CrashableFile {
+    image: Arc<Mutex<Image>>,
+    generation: u64,
+}
+
+impl StorageBackend for CrashableFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(lock(&self.image).written.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        let image = lock(&self.image);
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start.checked_add(out.len()).ok_or_else(|| io::Error::other("read overflow"))?;
+        let src = image.written.get(start..end).ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let mut image = lock(&self.image);
+        if image.generation == self.generation {
+            image.written.resize(len, 0);
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        let mut image = lock(&self.image);
+        if image.generation == self.generation {
+            image.synced = image.written.clone();
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut image = lock(&self.image);
+        if image.generation != self.generation {
+            return Ok(());
+        }
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start.checked_add(data.len()).ok_or_else(|| io::Error::other("write overflow"))?;
+        if image.written.len() < end {
+            image.written.resize(end, 0);
+        }
+        image.written[start..end].copy_from_slice(data);
+        Ok(())
+    }
+}

@@ -1,0 +1,771 @@
+//! The replicated state machine on redb: the key-value namespace with
+//! revisions and watch history, exactly-once client sessions, and cluster
+//! credentials.
+//!
+//! Invariants:
+//! - Apply is deterministic: it reads only the entries and the tables (time
+//!   comes from [`Proposal::stamp_ms`]); a command that fails validation
+//!   produces the same error [`Reply`] on every replica and changes nothing.
+//! - A storage failure during apply is returned as an I/O error, which stops
+//!   the node (openraft treats it as fatal) rather than letting replicas
+//!   diverge.
+//! - `revision` increases by one for every put and every delete that removed
+//!   a key; events `(compacted, revision]` are retained.
+//! - Every apply batch commits in one redb transaction, together with the
+//!   applied log id, so the tables and `applied` never disagree.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use caddy_core::{
+    CaddyError, ClientSeq, Command, ErrorCode, EventKind, KeyValue, KvEvent, Proposal, Reply, ReplyBody, codec, limits,
+};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+use crate::backend::Disk;
+use crate::snapshot::{
+    ClusterInfo, SmMeta, SnapshotError, SnapshotInfo, SnapshotReader, SnapshotRecord, SnapshotWriter, sync_dir,
+    verify_snapshot_file,
+};
+use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::{RECORD_VERSION, StoreError, corrupt, io_err};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+const SESSION_AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("session_age");
+const JOIN_TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("join_tokens");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_STATE: &str = "state";
+/// Capacity of the live event channel; a watcher further behind than this is
+/// told it fell behind instead of silently missing events.
+const EVENT_CHANNEL: usize = 8192;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKv {
+    value: Vec<u8>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    sequence: u64,
+    stamp_ms: u64,
+    reply: Reply,
+}
+
+/// What live watchers receive.
+#[derive(Debug, Clone)]
+pub enum WatchMessage {
+    /// A committed change.
+    Event(Arc<KvEvent>),
+    /// The state was replaced by an installed snapshot at this revision;
+    /// watchers must resume from history or restart.
+    Reset {
+        /// Revision after the install.
+        revision: u64,
+    },
+}
+
+/// Progress published after every apply batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyEvent {
+    /// Last applied log index (0 before the first entry).
+    pub applied_index: u64,
+    /// Key-value revision.
+    pub revision: u64,
+}
+
+struct SmInner {
+    db: Database,
+    snapshot_dir: PathBuf,
+    meta: Mutex<SmMeta>,
+    current_snapshot: Mutex<Option<SnapshotInfo>>,
+    applied_tx: watch::Sender<ApplyEvent>,
+    events: broadcast::Sender<WatchMessage>,
+}
+
+/// Handle to the state machine; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<SmInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn seal<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    codec::seal(RECORD_VERSION, value).map_err(io_err)
+}
+
+fn open_record<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    codec::open(RECORD_VERSION, bytes).map(|(_, v)| v).map_err(|e| corrupt(what, e))
+}
+
+fn to_kv(key: &str, stored: StoredKv) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: stored.value,
+        create_revision: stored.create_revision,
+        mod_revision: stored.mod_revision,
+        version: stored.version,
+    }
+}
+
+struct Tables<'t> {
+    kv: Table<'t, &'static str, &'static [u8]>,
+    events: Table<'t, u64, &'static [u8]>,
+    sessions: Table<'t, u64, &'static [u8]>,
+    session_age: Table<'t, (u64, u64), ()>,
+    join_tokens: Table<'t, &'static [u8], u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> io::Result<Self> {
+        Ok(Self {
+            kv: txn.open_table(KV).map_err(io_err)?,
+            events: txn.open_table(EVENTS).map_err(io_err)?,
+            sessions: txn.open_table(SESSIONS).map_err(io_err)?,
+            session_age: txn.open_table(SESSION_AGE).map_err(io_err)?,
+            join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
+        })
+    }
+}
+
+impl StateMachineStore {
+    /// Opens or creates the state machine on `disk`, loading the newest valid
+    /// snapshot file's metadata.
+    pub fn open(disk: &Disk) -> Result<Self, StoreError> {
+        let db = disk.open_db("state")?;
+        let snapshot_dir = disk.snapshot_dir();
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let txn = db.begin_write().map_err(|e| StoreError::Storage(e.to_string()))?;
+        {
+            let _ = Tables::open(&txn)?;
+            txn.open_table(META).map_err(|e| StoreError::Storage(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| StoreError::Storage(e.to_string()))?;
+        let meta = {
+            let txn = db.begin_read().map_err(|e| StoreError::Storage(e.to_string()))?;
+            let table = txn.open_table(META).map_err(|e| StoreError::Storage(e.to_string()))?;
+            match table.get(KEY_STATE).map_err(|e| StoreError::Storage(e.to_string()))? {
+                Some(v) => codec::open::<SmMeta>(RECORD_VERSION, v.value())?.1,
+                None => SmMeta::default(),
+            }
+        };
+        let current = find_latest_snapshot(&snapshot_dir)?;
+        let (applied_tx, _) = watch::channel(ApplyEvent {
+            applied_index: meta.applied.as_ref().map(|l| l.index).unwrap_or(0),
+            revision: meta.revision,
+        });
+        let (events, _) = broadcast::channel(EVENT_CHANNEL);
+        Ok(Self {
+            inner: Arc::new(SmInner {
+                db,
+                snapshot_dir,
+                meta: Mutex::new(meta),
+                current_snapshot: Mutex::new(current),
+                applied_tx,
+                events,
+            }),
+        })
+    }
+
+    /// Current key-value revision.
+    pub fn revision(&self) -> u64 {
+        lock(&self.inner.meta).revision
+    }
+
+    /// Events at or below this revision are no longer available to watchers.
+    pub fn compacted_revision(&self) -> u64 {
+        lock(&self.inner.meta).compacted
+    }
+
+    /// Last applied log id.
+    pub fn applied(&self) -> Option<LogId> {
+        lock(&self.inner.meta).applied.clone()
+    }
+
+    /// Last applied membership.
+    pub fn membership(&self) -> StoredMembership {
+        lock(&self.inner.meta).membership.clone()
+    }
+
+    /// Follows apply progress (for read barriers and readiness).
+    pub fn subscribe_applied(&self) -> watch::Receiver<ApplyEvent> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    /// Follows committed changes (for watchers). Subscribe before reading
+    /// history so that nothing falls between the two.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<WatchMessage> {
+        self.inner.events.subscribe()
+    }
+
+    /// The admin credential hash, once the cluster is initialized.
+    pub fn admin_credential_hash(&self) -> Option<[u8; 32]> {
+        lock(&self.inner.meta).cluster.as_ref().map(|c| c.admin_credential_hash)
+    }
+
+    /// The cluster incarnation id, once initialized.
+    pub fn cluster_id(&self) -> Option<String> {
+        lock(&self.inner.meta).cluster.as_ref().map(|c| c.cluster_id.clone())
+    }
+
+    /// The newest snapshot on disk.
+    pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
+        lock(&self.inner.current_snapshot).clone()
+    }
+
+    /// Reads one key from local state.
+    pub fn get(&self, key: &str) -> io::Result<Option<KeyValue>> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        match table.get(key).map_err(io_err)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(to_kv(key, open_record("kv record", v.value())?))),
+        }
+    }
+
+    /// Lists keys with `prefix` strictly after `start_after`, at most `limit`;
+    /// the flag says whether more keys follow.
+    pub fn list(&self, prefix: &str, start_after: &str, limit: usize) -> io::Result<(Vec<KeyValue>, bool)> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(KV).map_err(io_err)?;
+        let start = if start_after.is_empty() || start_after < prefix { prefix } else { start_after };
+        let mut out = Vec::new();
+        for item in table.range(start..).map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !start_after.is_empty() && key <= start_after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(to_kv(key, open_record("kv record", v.value())?));
+        }
+        Ok((out, false))
+    }
+
+    /// Retained events with revision `>= from` whose key starts with `prefix`,
+    /// at most `limit`. Fails with `FailedPrecondition` if `from` was compacted.
+    pub fn events_from(&self, from: u64, prefix: &str, limit: usize) -> Result<Vec<KvEvent>, CaddyError> {
+        let compacted = self.compacted_revision();
+        if from <= compacted {
+            return Err(CaddyError::precondition(format!(
+                "revision {from} has been compacted; the oldest revision available to watch is {}",
+                compacted + 1
+            )));
+        }
+        let read = || -> io::Result<Vec<KvEvent>> {
+            let txn = self.inner.db.begin_read().map_err(io_err)?;
+            let table = txn.open_table(EVENTS).map_err(io_err)?;
+            let mut out = Vec::new();
+            for item in table.range(from..).map_err(io_err)? {
+                let (_, v) = item.map_err(io_err)?;
+                let event: KvEvent = open_record("event", v.value())?;
+                if event.kv.key.starts_with(prefix) {
+                    out.push(event);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        };
+        read().map_err(|e| CaddyError::internal(format!("reading watch history: {e}")))
+    }
+
+    /// Whether a join token (by hash) is registered and not expired at `now_ms`.
+    pub fn join_token_valid(&self, token_hash: &[u8; 32], now_ms: u64) -> io::Result<bool> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(JOIN_TOKENS).map_err(io_err)?;
+        Ok(matches!(table.get(token_hash.as_slice()).map_err(io_err)?, Some(exp) if exp.value() > now_ms))
+    }
+
+    /// Makes every committed state-machine write durable.
+    fn make_durable(&self) -> io::Result<()> {
+        let mut txn = self.inner.db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+        txn.commit().map_err(io_err)
+    }
+
+    /// Writes a consistent copy of the whole state to `path` in the snapshot
+    /// format; returns the header it wrote. Used for snapshots and backups.
+    pub fn export(&self, path: &Path) -> io::Result<(SmMeta, u64)> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let meta: SmMeta = {
+            let table = txn.open_table(META).map_err(io_err)?;
+            match table.get(KEY_STATE).map_err(io_err)? {
+                Some(v) => open_record("state meta", v.value())?,
+                None => SmMeta::default(),
+            }
+        };
+        let mut writer = SnapshotWriter::create(path)?;
+        writer.push(&SnapshotRecord::Header(meta.clone()))?;
+        for item in txn.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::Kv(k.value().to_string(), v.value().to_vec()))?;
+        }
+        for item in txn.open_table(EVENTS).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::Event(k.value(), v.value().to_vec()))?;
+        }
+        for item in txn.open_table(SESSIONS).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::Session(k.value(), v.value().to_vec()))?;
+        }
+        for item in txn.open_table(JOIN_TOKENS).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
+        }
+        let size = writer.finish()?;
+        Ok((meta, size))
+    }
+
+    /// Replaces the whole state with a verified snapshot file's content in one
+    /// durable transaction. With `as_restore`, Raft bookkeeping (applied log id,
+    /// membership) is reset so the data can seed a brand-new cluster.
+    fn install_from(&self, file: &mut File, as_restore: bool) -> Result<SmMeta, SnapshotError> {
+        let mut header = verify_snapshot_file(file)?;
+        if as_restore {
+            header.applied = None;
+            header.membership = StoredMembership::default();
+        }
+        let mut reader = SnapshotReader::open(file)?;
+        let mut txn = self.inner.db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::Immediate).map_err(io_err)?;
+        {
+            for name in ["kv", "events", "sessions", "session_age", "join_tokens"] {
+                // Table types differ; delete by name through the untyped handle.
+                let _ = txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(name));
+            }
+            let _ = txn.delete_table(SESSION_AGE);
+            let _ = txn.delete_table(EVENTS);
+            let _ = txn.delete_table(SESSIONS);
+            let _ = txn.delete_table(JOIN_TOKENS);
+            let mut tables = Tables::open(&txn)?;
+            let mut first = true;
+            while let Some(record) = reader.next_record()? {
+                match record {
+                    SnapshotRecord::Header(_) if first => {}
+                    SnapshotRecord::Header(_) => return Err(SnapshotError::Record("second header".into())),
+                    SnapshotRecord::Kv(k, v) => {
+                        tables.kv.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotRecord::Event(rev, v) => {
+                        tables.events.insert(rev, v.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotRecord::Session(id, v) => {
+                        let session: Session = open_record("session", &v)?;
+                        tables.session_age.insert((session.stamp_ms, id), ()).map_err(io_err)?;
+                        tables.sessions.insert(id, v.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotRecord::JoinToken(hash, exp) => {
+                        tables.join_tokens.insert(hash.as_slice(), exp).map_err(io_err)?;
+                    }
+                }
+                first = false;
+            }
+            let mut meta_table = txn.open_table(META).map_err(io_err)?;
+            meta_table.insert(KEY_STATE, seal(&header)?.as_slice()).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)?;
+        *lock(&self.inner.meta) = header.clone();
+        self.publish_applied();
+        let _ = self.inner.events.send(WatchMessage::Reset { revision: header.revision });
+        Ok(header)
+    }
+
+    /// Seeds this (fresh) state machine from a backup file for a new cluster.
+    pub fn restore_backup(&self, path: &Path) -> Result<SmMeta, SnapshotError> {
+        let mut file = File::open(path)?;
+        self.install_from(&mut file, true)
+    }
+
+    fn publish_applied(&self) {
+        let meta = lock(&self.inner.meta);
+        let event = ApplyEvent {
+            applied_index: meta.applied.as_ref().map(|l| l.index).unwrap_or(0),
+            revision: meta.revision,
+        };
+        drop(meta);
+        self.inner.applied_tx.send_replace(event);
+    }
+
+    fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let mut meta = lock(&self.inner.meta).clone();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        let mut txn = self.inner.db.begin_write().map_err(io_err)?;
+        txn.set_durability(Durability::None).map_err(io_err)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            for (entry, responder) in batch {
+                let reply = match entry.payload {
+                    EntryPayload::Blank => Reply::default(),
+                    EntryPayload::Normal(proposal) => {
+                        apply_proposal(&mut tables, &mut meta, &proposal, &mut events)?
+                    }
+                    EntryPayload::Membership(m) => {
+                        meta.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                        Reply::default()
+                    }
+                };
+                meta.applied = Some(entry.log_id);
+                if let Some(responder) = responder {
+                    replies.push((responder, reply));
+                }
+            }
+            let mut meta_table = txn.open_table(META).map_err(io_err)?;
+            meta_table.insert(KEY_STATE, seal(&meta)?.as_slice()).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)?;
+        let applied = replies.len();
+        *lock(&self.inner.meta) = meta;
+        self.publish_applied();
+        for event in events {
+            let _ = self.inner.events.send(WatchMessage::Event(Arc::new(event)));
+        }
+        for (responder, reply) in replies {
+            responder.send(reply);
+        }
+        metrics::histogram!("caddy_apply_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("caddy_applied_commands_total").increment(applied as u64);
+        Ok(())
+    }
+
+    fn build(&self) -> io::Result<Snapshot> {
+        let started = std::time::Instant::now();
+        self.make_durable()?;
+        let tmp = self.inner.snapshot_dir.join(format!("building-{}.tmp", std::process::id()));
+        let (header, size) = self.export(&tmp)?;
+        let meta = SnapshotMeta { last_log_id: header.applied.clone(), last_membership: header.membership.clone() };
+        let (term, index) = header.applied.as_ref().map(|l| (l.leader_id.term, l.index)).unwrap_or((0, 0));
+        let path = self.inner.snapshot_dir.join(format!("snap-{term:020}-{index:020}.snap"));
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&self.inner.snapshot_dir)?;
+        self.set_current(SnapshotInfo { meta: meta.clone(), path: path.clone(), size });
+        metrics::histogram!("caddy_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("caddy_snapshot_size_bytes").set(size as f64);
+        tracing::info!(index, term, size, "built snapshot");
+        Ok(Snapshot { meta, snapshot: File::open(&path)? })
+    }
+
+    fn set_current(&self, info: SnapshotInfo) {
+        let mut current = lock(&self.inner.current_snapshot);
+        if let Some(old) = current.replace(info.clone())
+            && old.path != info.path
+        {
+            let _ = std::fs::remove_file(&old.path);
+        }
+    }
+}
+
+/// Scans the snapshot directory for the newest snapshot that verifies;
+/// broken or partial files are reported and skipped.
+fn find_latest_snapshot(dir: &Path) -> Result<Option<SnapshotInfo>, StoreError> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    names.sort();
+    while let Some(path) = names.pop() {
+        match crate::snapshot::read_snapshot_meta(&path) {
+            Ok(meta) => {
+                let size = std::fs::metadata(&path)?.len();
+                return Ok(Some(SnapshotInfo { meta, path, size }));
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "ignoring invalid snapshot file"),
+        }
+    }
+    Ok(None)
+}
+
+fn check_key(key: &str) -> Result<(), CaddyError> {
+    if key.is_empty() {
+        return Err(CaddyError::invalid("key must not be empty"));
+    }
+    if key.len() > limits::MAX_KEY_BYTES {
+        return Err(CaddyError::invalid(format!(
+            "key of {} bytes exceeds the limit of {} bytes",
+            key.len(),
+            limits::MAX_KEY_BYTES
+        )));
+    }
+    Ok(())
+}
+
+fn cas_failed(key: &str, expected: u64, current: u64) -> CaddyError {
+    let mut err = CaddyError::precondition(format!(
+        "compare-and-set failed for {key:?}: expected revision {expected}, current revision is {current}"
+    ));
+    err.current_revision = Some(current);
+    err
+}
+
+/// Applies one proposal; `Err` only for storage failures.
+fn apply_proposal(
+    tables: &mut Tables<'_>,
+    meta: &mut SmMeta,
+    proposal: &Proposal,
+    events: &mut Vec<KvEvent>,
+) -> io::Result<Reply> {
+    if let Some(origin) = proposal.origin {
+        if let Some(previous) = session_lookup(tables, origin)? {
+            return Ok(previous);
+        }
+    }
+    let result = apply_command(tables, meta, proposal, events)?;
+    let reply = Reply(result);
+    if let Some(origin) = proposal.origin {
+        session_store(tables, origin, proposal.stamp_ms, &reply)?;
+    }
+    sweep_sessions(tables, proposal.stamp_ms)?;
+    Ok(reply)
+}
+
+/// `Some(reply)` if this request was already applied (or is older than the
+/// last one applied for the client).
+fn session_lookup(tables: &Tables<'_>, origin: ClientSeq) -> io::Result<Option<Reply>> {
+    let Some(raw) = tables.sessions.get(origin.client_id).map_err(io_err)? else {
+        return Ok(None);
+    };
+    let session: Session = open_record("session", raw.value())?;
+    if origin.sequence == session.sequence {
+        return Ok(Some(session.reply));
+    }
+    if origin.sequence < session.sequence {
+        return Ok(Some(Reply(Err(CaddyError::precondition(format!(
+            "request {} of client {:x} is older than its last applied request {}; it was not applied again",
+            origin.sequence, origin.client_id, session.sequence
+        ))))));
+    }
+    Ok(None)
+}
+
+fn session_store(tables: &mut Tables<'_>, origin: ClientSeq, stamp_ms: u64, reply: &Reply) -> io::Result<()> {
+    let old_stamp = match tables.sessions.get(origin.client_id).map_err(io_err)? {
+        Some(raw) => Some(open_record::<Session>("session", raw.value())?.stamp_ms),
+        None => None,
+    };
+    if let Some(old) = old_stamp {
+        tables.session_age.remove((old, origin.client_id)).map_err(io_err)?;
+    }
+    let session = Session { sequence: origin.sequence, stamp_ms, reply: reply.clone() };
+    tables.sessions.insert(origin.client_id, seal(&session)?.as_slice()).map_err(io_err)?;
+    tables.session_age.insert((stamp_ms, origin.client_id), ()).map_err(io_err)?;
+    Ok(())
+}
+
+fn sweep_sessions(tables: &mut Tables<'_>, now_ms: u64) -> io::Result<()> {
+    let cutoff = now_ms.saturating_sub(limits::SESSION_TTL_MS);
+    let mut expired = Vec::new();
+    for item in tables.session_age.range(..(cutoff, 0)).map_err(io_err)? {
+        let (k, _) = item.map_err(io_err)?;
+        expired.push(k.value());
+        if expired.len() >= limits::SESSION_SWEEP_PER_APPLY {
+            break;
+        }
+    }
+    for (stamp, client) in expired {
+        tables.session_age.remove((stamp, client)).map_err(io_err)?;
+        tables.sessions.remove(client).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+fn record_event(tables: &mut Tables<'_>, meta: &mut SmMeta, event: KvEvent, events: &mut Vec<KvEvent>) -> io::Result<()> {
+    tables.events.insert(event.revision, seal(&event)?.as_slice()).map_err(io_err)?;
+    if event.revision > limits::EVENT_HISTORY {
+        let drop_rev = event.revision - limits::EVENT_HISTORY;
+        tables.events.remove(drop_rev).map_err(io_err)?;
+        meta.compacted = meta.compacted.max(drop_rev);
+    }
+    events.push(event);
+    Ok(())
+}
+
+fn apply_command(
+    tables: &mut Tables<'_>,
+    meta: &mut SmMeta,
+    proposal: &Proposal,
+    events: &mut Vec<KvEvent>,
+) -> io::Result<Result<ReplyBody, CaddyError>> {
+    match &proposal.command {
+        Command::Noop => Ok(Ok(ReplyBody::Done)),
+        Command::InitCluster { cluster_id, admin_credential_hash } => {
+            meta.cluster =
+                Some(ClusterInfo { cluster_id: cluster_id.clone(), admin_credential_hash: *admin_credential_hash });
+            Ok(Ok(ReplyBody::Done))
+        }
+        Command::AddJoinToken { token_hash, expires_at_ms } => {
+            if *expires_at_ms <= proposal.stamp_ms {
+                return Ok(Err(CaddyError::invalid("join token would already be expired")));
+            }
+            // Forget expired tokens so the table stays bounded.
+            let mut expired = Vec::new();
+            for item in tables.join_tokens.iter().map_err(io_err)? {
+                let (k, v) = item.map_err(io_err)?;
+                if v.value() <= proposal.stamp_ms {
+                    expired.push(k.value().to_vec());
+                }
+            }
+            for k in expired {
+                tables.join_tokens.remove(k.as_slice()).map_err(io_err)?;
+            }
+            tables.join_tokens.insert(token_hash.as_slice(), *expires_at_ms).map_err(io_err)?;
+            Ok(Ok(ReplyBody::Done))
+        }
+        Command::KvPut { key, value, if_revision } => {
+            if let Err(e) = check_key(key) {
+                return Ok(Err(e));
+            }
+            if value.len() > limits::MAX_VALUE_BYTES {
+                return Ok(Err(CaddyError::new(
+                    ErrorCode::ResourceExhausted,
+                    format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits::MAX_VALUE_BYTES),
+                )));
+            }
+            let previous: Option<StoredKv> = match tables.kv.get(key.as_str()).map_err(io_err)? {
+                Some(raw) => Some(open_record("kv record", raw.value())?),
+                None => None,
+            };
+            let current_rev = previous.as_ref().map(|p| p.mod_revision).unwrap_or(0);
+            if let Some(expected) = if_revision
+                && *expected != current_rev
+            {
+                return Ok(Err(cas_failed(key, *expected, current_rev)));
+            }
+            meta.revision += 1;
+            let revision = meta.revision;
+            let stored = StoredKv {
+                value: value.clone(),
+                create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(revision),
+                mod_revision: revision,
+                version: previous.as_ref().map(|p| p.version).unwrap_or(0) + 1,
+            };
+            tables.kv.insert(key.as_str(), seal(&stored)?.as_slice()).map_err(io_err)?;
+            let event = KvEvent { revision, kind: EventKind::Put, kv: to_kv(key, stored) };
+            record_event(tables, meta, event, events)?;
+            Ok(Ok(ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }))
+        }
+        Command::KvDelete { key, if_revision } => {
+            if let Err(e) = check_key(key) {
+                return Ok(Err(e));
+            }
+            let current_rev = match tables.kv.get(key.as_str()).map_err(io_err)? {
+                Some(raw) => open_record::<StoredKv>("kv record", raw.value())?.mod_revision,
+                None => 0,
+            };
+            if let Some(expected) = if_revision
+                && *expected != current_rev
+            {
+                return Ok(Err(cas_failed(key, *expected, current_rev)));
+            }
+            if current_rev == 0 {
+                return Ok(Ok(ReplyBody::Delete { revision: meta.revision, deleted: false }));
+            }
+            tables.kv.remove(key.as_str()).map_err(io_err)?;
+            meta.revision += 1;
+            let revision = meta.revision;
+            let kv = KeyValue { key: key.clone(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
+            record_event(tables, meta, KvEvent { revision, kind: EventKind::Delete, kv }, events)?;
+            Ok(Ok(ReplyBody::Delete { revision, deleted: true }))
+        }
+    }
+}
+
+/// Builds snapshots off the Raft core's task.
+pub struct SnapshotBuilder {
+    sm: StateMachineStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.build()).await.map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let meta = lock(&self.inner.meta);
+        Ok((meta.applied.clone(), meta.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let batch: Vec<_> = entries.try_collect().await?;
+        self.apply_batch(batch)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { sm: self.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, mut snapshot: SnapshotData) -> io::Result<()> {
+        let sm = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let header = sm.install_from(&mut snapshot, false)?;
+            if header.applied != meta.last_log_id {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot content is at {:?} but its metadata says {:?}", header.applied, meta.last_log_id),
+                ));
+            }
+            let (term, index) = meta.last_log_id.as_ref().map(|l| (l.leader_id.term, l.index)).unwrap_or((0, 0));
+            let path = sm.inner.snapshot_dir.join(format!("snap-{term:020}-{index:020}.snap"));
+            let tmp = path.with_extension("installing");
+            {
+                use std::io::{Seek, SeekFrom};
+                snapshot.seek(SeekFrom::Start(0))?;
+                let mut out = File::create(&tmp)?;
+                let size = io::copy(&mut snapshot, &mut out)?;
+                out.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                sync_dir(&sm.inner.snapshot_dir)?;
+                sm.set_current(SnapshotInfo { meta, path, size });
+            }
+            tracing::info!(index, term, "installed snapshot");
+            Ok(())
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        match self.snapshot_info() {
+            None => Ok(None),
+            Some(info) => Ok(Some(Snapshot { meta: info.meta, snapshot: File::open(&info.path)? })),
+        }
+    }
+}
+
+/// Groups events by nothing; kept for symmetry with future per-tenant maps.
+#[allow(dead_code)]
+type EventIndex = BTreeMap<u64, KvEvent>;
