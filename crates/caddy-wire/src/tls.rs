@@ -215,5 +215,86 @@ mod tests {
         assert_ne!(fp, ca_fingerprint(&generate_ca().unwrap().cert_pem).unwrap());
         assert!(parse_key("not a key").is_err());
         assert!(parse_certs("").is_err());
+        let der = parse_certs(&ca.cert_pem).unwrap();
+        let pem = pick_pinned_ca(&der, &fp).unwrap();
+        assert_eq!(parse_certs(&pem).unwrap(), der);
+        assert!(pick_pinned_ca(&der, "00").is_none());
     }
+}
+
+/// Connects to a TLS server at `addr` and returns the certificate chain it
+/// presents, without trusting it. Used once by a joining node to learn the
+/// cluster CA, which it then checks against the fingerprint pinned in its
+/// join token before sending anything secret.
+pub async fn fetch_presented_chain(addr: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use std::sync::Mutex;
+
+    #[derive(Debug)]
+    struct Capture {
+        chain: Mutex<Vec<CertificateDer<'static>>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+    impl rustls::client::danger::ServerCertVerifier for Capture {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            _server_name: &rustls::pki_types::ServerName<'_>,
+            _ocsp: &[u8],
+            _now: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+            chain.push(end_entity.clone().into_owned());
+            chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let capture = Arc::new(Capture { chain: Mutex::new(Vec::new()), provider: provider() });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| TlsError::Io(std::io::ErrorKind::TimedOut.into()))??;
+    let name = rustls::pki_types::ServerName::try_from(crate::CLUSTER_SERVER_NAME)
+        .map_err(|e| TlsError::Pem(e.to_string()))?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await;
+    let chain = capture.chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if chain.is_empty() {
+        return Err(TlsError::Pem(format!("{addr} presented no certificate")));
+    }
+    Ok(chain)
+}
+
+/// Finds, in a presented chain, the certificate whose fingerprint is
+/// `fingerprint`, and returns it as PEM.
+pub fn pick_pinned_ca(chain: &[CertificateDer<'static>], fingerprint: &str) -> Option<String> {
+    chain
+        .iter()
+        .find(|c| hex::encode(&blake3::hash(c.as_ref()).as_bytes()[..16]) == fingerprint)
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())))
 }

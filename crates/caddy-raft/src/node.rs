@@ -1,0 +1,604 @@
+//! A running Raft member and the operations the server builds on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, Proposal, ReplyBody, codec};
+use caddy_store::backend::Disk;
+use caddy_core::NodeId;
+use caddy_store::{CaddyNode, FlushMode, LogStore, Raft, StateMachineStore, TypeConfig};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError as OpenRaftError};
+use openraft::{ChangeMembers, Instant as _, RaftNetworkFactory, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::network::GrpcNetworkFactory;
+use crate::pb;
+use crate::peers::PeerClients;
+use crate::{RaftError, RaftTiming, now_ms, openraft_config};
+
+/// The TLS material a node runs with.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// Cluster CA certificate.
+    pub ca_cert_pem: String,
+    /// Cluster CA key, held by members so they can admit new nodes.
+    pub ca_key_pem: Option<String>,
+    /// This node's certificate chain (leaf, then CA).
+    pub cert_pem: String,
+    /// This node's private key.
+    pub key_pem: String,
+}
+
+/// Everything needed to start a member.
+pub struct NodeOptions {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its advertised addresses.
+    pub node: CaddyNode,
+    /// Where its databases live.
+    pub disk: Disk,
+    /// How log appends reach disk.
+    pub flush: FlushMode,
+    /// Raft timing.
+    pub timing: RaftTiming,
+    /// TLS material (required for the gRPC network).
+    pub tls: NodeTls,
+}
+
+/// A member of the cluster as seen in its configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Addresses.
+    pub node: CaddyNode,
+    /// Voter (else learner).
+    pub voter: bool,
+    /// Highest log index known replicated to it (leader's view).
+    pub matched: Option<u64>,
+    /// Milliseconds since it last acknowledged the leader (leader's view).
+    pub last_ack_ms: Option<u64>,
+}
+
+/// A snapshot of a node's Raft state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Reporting node.
+    pub id: NodeId,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Leader, follower, candidate or learner.
+    pub state: String,
+    /// Commit index known to this node.
+    pub commit_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last purged index.
+    pub purged_index: u64,
+    /// Index of the newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Key-value revision.
+    pub revision: u64,
+    /// Members of the current configuration.
+    pub members: Vec<MemberInfo>,
+}
+
+/// Membership operations, executed by the leader (forwarded there if needed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipOp {
+    /// Add a node as learner, wait for it to catch up, then promote it.
+    Add {
+        /// Node id.
+        id: NodeId,
+        /// Its addresses.
+        node: CaddyNode,
+        /// Stop after adding it as a learner.
+        learner_only: bool,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// Target voter.
+        to: NodeId,
+    },
+    /// Report the leader's status (its replication view).
+    Status,
+}
+
+/// Result of a membership operation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MembershipView {
+    /// Voter ids.
+    pub voters: Vec<NodeId>,
+    /// Learner ids.
+    pub learners: Vec<NodeId>,
+    /// Set for [`MembershipOp::Status`].
+    pub status: Option<NodeStatus>,
+}
+
+/// A forwarded client write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// Exactly-once identity.
+    pub origin: Option<ClientSeq>,
+    /// The command, unstamped.
+    pub command: Command,
+}
+
+enum ProposeError {
+    NotLeader,
+    Failed(CaddyError),
+}
+
+struct NodeInner {
+    id: NodeId,
+    node: CaddyNode,
+    raft: Raft,
+    sm: StateMachineStore,
+    log: LogStore,
+    peers: Option<Arc<PeerClients>>,
+    tls: Option<NodeTls>,
+    timing: RaftTiming,
+}
+
+/// A running member; cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<NodeInner>,
+}
+
+/// How long a write or read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+impl RaftNode {
+    /// Opens storage and starts Raft with the gRPC network.
+    pub async fn start(opts: NodeOptions) -> Result<Self, RaftError> {
+        let peers = Arc::new(PeerClients::new(
+            &opts.tls.ca_cert_pem,
+            Some((&opts.tls.cert_pem, &opts.tls.key_pem)),
+            Duration::from_secs(5),
+        ));
+        let network = GrpcNetworkFactory::new(peers.clone());
+        let tls = opts.tls.clone();
+        Self::start_with(opts.id, opts.node, &opts.disk, opts.flush, opts.timing, network, Some(peers), Some(tls)).await
+    }
+
+    /// Opens storage and starts Raft over any network (the simulator uses this).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with<N>(
+        id: NodeId,
+        node: CaddyNode,
+        disk: &Disk,
+        flush: FlushMode,
+        timing: RaftTiming,
+        network: N,
+        peers: Option<Arc<PeerClients>>,
+        tls: Option<NodeTls>,
+    ) -> Result<Self, RaftError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = caddy_store::SnapshotData>,
+    {
+        let log = LogStore::open(disk, flush)?;
+        let sm = StateMachineStore::open(disk)?;
+        let config = openraft_config(&timing)?;
+        let raft = Raft::new(id, config, network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        Ok(Self { inner: Arc::new(NodeInner { id, node, raft, sm, log, peers, tls, timing }) })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+    /// This node's advertised addresses.
+    pub fn self_node(&self) -> &CaddyNode {
+        &self.inner.node
+    }
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+    /// The state machine (local reads).
+    pub fn state_machine(&self) -> &StateMachineStore {
+        &self.inner.sm
+    }
+    /// The TLS material this node runs with.
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.inner.tls.as_ref()
+    }
+    /// Peer channels (absent in the simulator).
+    pub fn peers(&self) -> Option<&Arc<PeerClients>> {
+        self.inner.peers.as_ref()
+    }
+    /// Raft timing in force.
+    pub fn timing(&self) -> &RaftTiming {
+        &self.inner.timing
+    }
+
+    /// Makes this node the single voter of a new cluster. Returns false if
+    /// it was initialized already (a restart).
+    pub async fn initialize_single(&self) -> Result<bool, RaftError> {
+        if self.inner.raft.is_initialized().await.map_err(|e| RaftError::Fatal(e.to_string()))? {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.inner.id, self.inner.node.clone())]);
+        self.inner.raft.initialize(members).await.map_err(|e| RaftError::Fatal(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, CaddyNode)> {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader).cloned()?;
+        Some((leader, node))
+    }
+
+    /// Waits until a leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, CaddyNode)> {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    async fn propose_local(&self, origin: Option<ClientSeq>, command: Command) -> Result<ReplyBody, ProposeError> {
+        let started = std::time::Instant::now();
+        let proposal = Proposal { origin, stamp_ms: now_ms(), command };
+        let name = proposal.command.name();
+        let result = self.inner.raft.client_write(proposal).await;
+        metrics::histogram!("caddy_proposal_seconds", "command" => name).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(resp) => resp.data.0.map_err(ProposeError::Failed),
+            Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
+            Err(OpenRaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ProposeError::Failed(CaddyError::unavailable(
+                    "leadership changed before the write committed; its outcome is unknown, retry it (retries with the same sequence are applied at most once)",
+                )))
+            }
+            Err(OpenRaftError::APIError(e)) => Err(ProposeError::Failed(CaddyError::internal(e.to_string()))),
+            Err(OpenRaftError::Fatal(e)) => {
+                Err(ProposeError::Failed(CaddyError::unavailable(format!("raft stopped on this node: {e}"))))
+            }
+        }
+    }
+
+    /// Executes a forwarded write; refuses with `Unavailable` if this node is
+    /// no longer the leader (the forwarder then looks again).
+    pub async fn propose_as_leader(&self, req: ForwardRequest) -> Result<ReplyBody, CaddyError> {
+        match self.propose_local(req.origin, req.command).await {
+            Ok(r) => Ok(r),
+            Err(ProposeError::NotLeader) => Err(CaddyError::unavailable("not the leader")),
+            Err(ProposeError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Proposes a command through Raft from any node: locally on the leader,
+    /// forwarded otherwise. Waits for a leader up to a few seconds.
+    pub async fn propose(&self, origin: Option<ClientSeq>, command: Command) -> Result<ReplyBody, CaddyError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut last_error = CaddyError::unavailable("no leader elected; the cluster may have lost its quorum");
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.inner.id => match self.propose_local(origin, command.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(ProposeError::Failed(e)) => return Err(e),
+                    Err(ProposeError::NotLeader) => {}
+                },
+                Some((_, node)) => {
+                    let req = ForwardRequest { origin, command: command.clone() };
+                    match self.forward(&node.raft_addr, &req).await {
+                        Ok(Ok(r)) => return Ok(r),
+                        Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => last_error = e,
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            let mut rx = self.inner.raft.metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        }
+    }
+
+    async fn forward(&self, addr: &str, req: &ForwardRequest) -> Result<Result<ReplyBody, CaddyError>, CaddyError> {
+        let peers = self.inner.peers.as_ref().ok_or_else(|| CaddyError::unavailable("no peer network"))?;
+        let data = codec::to_bytes(req).map_err(|e| CaddyError::internal(e.to_string()))?;
+        let mut client = peers.client(addr).map_err(|s| CaddyError::unavailable(s.message().to_string()))?;
+        let resp = tokio::time::timeout(LEADER_WAIT, client.forward(pb::Blob { data }))
+            .await
+            .map_err(|_| CaddyError::unavailable(format!("leader at {addr} did not answer in time")))?
+            .map_err(|s| {
+                peers.forget(addr);
+                CaddyError::unavailable(format!("leader at {addr} unreachable: {}", s.message()))
+            })?;
+        codec::from_bytes(&resp.into_inner().data).map_err(|e| CaddyError::internal(e.to_string()))
+    }
+
+    /// On the leader: the log index a linearizable read must wait for.
+    pub async fn leader_read_index(&self) -> Result<u64, CaddyError> {
+        let linearizer = self.inner.raft.get_read_linearizer(ReadPolicy::LeaseRead).await.map_err(|e| match e {
+            OpenRaftError::APIError(e) => CaddyError::unavailable(format!("cannot confirm leadership: {e}")),
+            OpenRaftError::Fatal(e) => CaddyError::unavailable(format!("raft stopped: {e}")),
+        })?;
+        Ok(linearizer.read_log_id().index())
+    }
+
+    /// Makes a following local read linearizable: obtains the read index
+    /// (locally on the leader, from the leader otherwise) and waits until
+    /// this node has applied up to it.
+    pub async fn read_barrier(&self) -> Result<(), CaddyError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.inner.id => self.leader_read_index().await,
+                Some((_, node)) => self.remote_read_index(&node.raft_addr).await,
+                None => Err(CaddyError::unavailable("no leader elected; linearizable reads are unavailable")),
+            };
+            match attempt {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return self.wait_applied(index, remaining.max(Duration::from_secs(1))).await;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    let mut rx = self.inner.raft.metrics();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+                }
+            }
+        }
+    }
+
+    async fn remote_read_index(&self, addr: &str) -> Result<u64, CaddyError> {
+        let peers = self.inner.peers.as_ref().ok_or_else(|| CaddyError::unavailable("no peer network"))?;
+        let mut client = peers.client(addr).map_err(|s| CaddyError::unavailable(s.message().to_string()))?;
+        let resp = tokio::time::timeout(LEADER_WAIT, client.read_index(pb::Empty {}))
+            .await
+            .map_err(|_| CaddyError::unavailable("leader did not answer the read index in time"))?
+            .map_err(|s| CaddyError::unavailable(format!("read index from leader: {}", s.message())))?;
+        codec::from_bytes(&resp.into_inner().log_id).map_err(|e| CaddyError::internal(e.to_string()))
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), CaddyError> {
+        let mut rx = self.inner.sm.subscribe_applied();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|a| a.applied_index >= index)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(CaddyError::unavailable("state machine closed")),
+            Err(_) => Err(CaddyError::unavailable(format!("this node has not applied index {index} yet; retry"))),
+        }
+    }
+
+    /// Runs a membership operation on the leader (forwarding if needed).
+    pub async fn membership(&self, op: MembershipOp) -> Result<MembershipView, CaddyError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.inner.id => return self.membership_as_leader(op).await,
+                Some((_, node)) => {
+                    let peers = self.inner.peers.as_ref().ok_or_else(|| CaddyError::unavailable("no peer network"))?;
+                    let data = codec::to_bytes(&op).map_err(|e| CaddyError::internal(e.to_string()))?;
+                    let mut client =
+                        peers.client(&node.raft_addr).map_err(|s| CaddyError::unavailable(s.message().to_string()))?;
+                    let resp = tokio::time::timeout(Duration::from_secs(120), client.membership(pb::Blob { data }))
+                        .await
+                        .map_err(|_| CaddyError::unavailable("leader did not finish the membership change in time"))?
+                        .map_err(|s| CaddyError::unavailable(format!("leader unreachable: {}", s.message())))?;
+                    return codec::from_bytes::<Result<MembershipView, CaddyError>>(&resp.into_inner().data)
+                        .map_err(|e| CaddyError::internal(e.to_string()))?;
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(CaddyError::unavailable("no leader elected; membership cannot change now"));
+                }
+                None => {
+                    let mut rx = self.inner.raft.metrics();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> MembershipView {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        MembershipView {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            status: None,
+        }
+    }
+
+    /// Executes a membership operation on this node, which must be the leader.
+    pub async fn membership_as_leader(&self, op: MembershipOp) -> Result<MembershipView, CaddyError> {
+        let raft = &self.inner.raft;
+        let map_err = |e: OpenRaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
+            OpenRaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                CaddyError::unavailable("leadership moved during the membership change; retry")
+            }
+            OpenRaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => CaddyError::precondition(e.to_string()),
+            OpenRaftError::APIError(e) => CaddyError::unavailable(e.to_string()),
+            OpenRaftError::Fatal(e) => CaddyError::unavailable(e.to_string()),
+        };
+        if !matches!(op, MembershipOp::Status) {
+            // openraft refuses a change while the previous one (including the
+            // bootstrap configuration) is uncommitted; wait it out briefly.
+            self.wait_metrics(LEADER_WAIT, |m| {
+                m.committed_membership_config.log_id() == m.membership_config.log_id()
+            })
+            .await;
+        }
+        match op {
+            MembershipOp::Add { id, node, learner_only } => {
+                let view = self.view();
+                let known = view.voters.contains(&id) || view.learners.contains(&id);
+                if view.voters.contains(&id) {
+                    return Ok(view);
+                }
+                if !known {
+                    raft.add_learner(id, node, true).await.map_err(map_err)?;
+                }
+                if !learner_only {
+                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_err)?;
+                }
+                Ok(self.view())
+            }
+            MembershipOp::Remove { id } => {
+                let view = self.view();
+                if view.voters.contains(&id) {
+                    if view.voters.len() == 1 {
+                        return Err(CaddyError::precondition("cannot remove the last voter"));
+                    }
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_err)?;
+                } else if view.learners.contains(&id) {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_err)?;
+                } else {
+                    return Err(CaddyError::new(ErrorCode::NotFound, format!("node {id} is not a member")));
+                }
+                Ok(self.view())
+            }
+            MembershipOp::TransferLeader { to } => {
+                let view = self.view();
+                if !view.voters.contains(&to) {
+                    return Err(CaddyError::new(ErrorCode::NotFound, format!("node {to} is not a voter")));
+                }
+                if to != self.inner.id {
+                    raft.trigger()
+                        .transfer_leader(to)
+                        .await
+                        .map_err(|e| CaddyError::unavailable(e.to_string()))?;
+                    let moved = self.wait_metrics(LEADER_WAIT, |m| m.current_leader == Some(to)).await;
+                    if moved.is_none() {
+                        return Err(CaddyError::unavailable(format!("node {to} did not take over leadership in time")));
+                    }
+                }
+                Ok(self.view())
+            }
+            MembershipOp::Status => Ok(MembershipView { status: Some(self.status()), ..self.view() }),
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberInfo {
+                id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+                matched: m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
+                last_ack_ms: m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|t| t.elapsed().as_millis() as u64),
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let (_, purged) = self.inner.log.bounds().unwrap_or((0, 0));
+        NodeStatus {
+            id: self.inner.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            state: state.to_string(),
+            commit_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            purged_index: purged,
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+            revision: self.inner.sm.revision(),
+            members,
+        }
+    }
+
+    /// Builds a snapshot now and waits for it; returns its (index, term).
+    pub async fn snapshot_now(&self) -> Result<(u64, u64), CaddyError> {
+        let target = self.inner.raft.metrics().borrow_watched().last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+        self.inner.raft.trigger().snapshot().await.map_err(|e| CaddyError::unavailable(e.to_string()))?;
+        let done = self
+            .wait_metrics(Duration::from_secs(60), |m| m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) >= target)
+            .await;
+        match done {
+            Some(m) => {
+                let snap = m.snapshot.clone();
+                Ok(snap.map(|l| (l.index, l.leader_id.term)).unwrap_or((0, 0)))
+            }
+            _ => Err(CaddyError::unavailable("snapshot did not complete in time")),
+        }
+    }
+
+    /// Creates a join token valid for `ttl`; returns it and its expiry (ms).
+    pub async fn create_join_token(&self, ttl: Duration) -> Result<(String, u64), CaddyError> {
+        let tls = self.inner.tls.as_ref().ok_or_else(|| CaddyError::internal("no TLS material"))?;
+        let fingerprint =
+            caddy_wire::tls::ca_fingerprint(&tls.ca_cert_pem).map_err(|e| CaddyError::internal(e.to_string()))?;
+        let secret: [u8; 32] = rand::random();
+        let secret_hex = hex::encode(secret);
+        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as u64);
+        let token_hash = *blake3::hash(secret_hex.as_bytes()).as_bytes();
+        self.propose(None, Command::AddJoinToken { token_hash, expires_at_ms }).await?;
+        Ok((crate::enroll::format_token(&fingerprint, &secret_hex), expires_at_ms))
+    }
+
+    /// Waits until the metrics satisfy `pred`, up to `timeout`.
+    pub async fn wait_metrics(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool,
+    ) -> Option<openraft::RaftMetrics<TypeConfig>> {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = rx.borrow_watched().clone();
+            if pred(&current) {
+                return Some(current);
+            }
+            if !matches!(tokio::time::timeout_at(deadline, rx.changed()).await, Ok(Ok(()))) {
+                return None;
+            }
+        }
+    }
+
+    /// Stops Raft (flushes and ends its tasks).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
