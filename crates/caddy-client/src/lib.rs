@@ -1,1 +1,39 @@
-//! stub
+//! The CADDY client SDK: connects to a cluster's client QUIC listeners,
+//! speaks the protocol of `proto/caddy/v1/client.proto` (one bidirectional
+//! stream per request, length-delimited protobuf frames from `caddy-wire`)
+//! and hides endpoint failover behind an async API.
+//!
+//! This crate owns: the client configuration file format
+//! ([`ClientConfig`]), the connection cache and retry policy ([`Client`]),
+//! exactly-once write lanes, resumable watches ([`WatchStream`]), streamed
+//! backups, and a small closed-loop load generator ([`loadgen`]).
+//!
+//! Invariants:
+//! - Every write (put, delete, membership and admin mutations) is sent with a
+//!   `(client_id, sequence)` pair taken from a *lane*; a lane carries at most
+//!   one write at a time, every retry of one logical write reuses exactly the
+//!   same pair, and a lane's sequence only grows. A lane whose last write has
+//!   an unknown outcome (transport failure, timeout, cancellation) is thrown
+//!   away, never reused. Reads carry `client_id = 0, sequence = 0`.
+//! - Only transport failures, timeouts and the server's `UNAVAILABLE` are
+//!   retried (on the next endpoint, with a 50 ms..500 ms backoff, until the
+//!   request timeout); every other typed server error is returned at once.
+//! - Nothing fed by the network, disk or user input can panic: malformed
+//!   frames become [`ClientError::Protocol`].
+
+mod client;
+mod config;
+mod error;
+mod lanes;
+pub mod loadgen;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use caddy_wire::pb;
+pub use client::Client;
+pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
+pub use error::{ClientError, ErrorCode};
+pub use loadgen::LoadReport;
+pub use watch::WatchStream;

@@ -82,7 +82,11 @@ impl GrpcConnection {
     {
         let data = codec::to_bytes(req).map_err(|e| codec_err(&e))?;
         let client = self.peers.client(&self.addr).map_err(|s| status_to_rpc(self.target, &s))?;
-        let ttl = option.hard_ttl();
+        // openraft's TTL for heartbeats equals the heartbeat period; a busy
+        // peer (fsync under load) can take longer than that without being
+        // gone, and calling it unreachable only adds backoff. Elections do
+        // not depend on this timeout, so a floor costs no failover time.
+        let ttl = option.hard_ttl().max(Duration::from_millis(500));
         let result = tokio::time::timeout(ttl, call(client, pb::Blob { data })).await;
         match result {
             Err(_) => Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(

@@ -1,0 +1,548 @@
+//! The cluster handle: connection cache, failover and the typed requests.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use caddy_wire::{FrameError, read_frame, write_frame};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::error::code_from_pb;
+use crate::lanes::LanePool;
+use crate::pb::{self, request::Body as Req, response::Body as Resp};
+use crate::watch::WatchStream;
+use crate::{ClientConfig, ClientError, ErrorCode};
+
+/// First pause between two attempts of one request.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest pause between two attempts of one request.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// QUIC keep-alive, so that a dead peer is noticed by idle streams (watches).
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// QUIC idle timeout (the smaller of both sides' applies).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Shortest time one attempt may take before the next endpoint is tried.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// A handle on a cluster. Cheap to clone; clones share one QUIC endpoint, the
+/// cached connections (one per configured endpoint) and the write lanes.
+/// Connections are made lazily, on the first request that needs them.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    quic: quinn::ClientConfig,
+    slots: Vec<Slot>,
+    sockets: Mutex<Sockets>,
+    /// Index of the endpoint that answered last; attempts start there.
+    preferred: AtomicUsize,
+    lanes: Arc<LanePool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let sockets = self.sockets.get_mut().unwrap_or_else(|p| p.into_inner());
+        for socket in [sockets.v4.take(), sockets.v6.take()].into_iter().flatten() {
+            socket.close(0u32.into(), b"client closed");
+        }
+    }
+}
+
+/// Lazily bound UDP sockets, one per address family.
+#[derive(Default)]
+struct Sockets {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+}
+
+/// One configured endpoint and its cached connection. The async mutex also
+/// makes concurrent requests wait for one handshake instead of racing.
+struct Slot {
+    addr: String,
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+}
+
+/// How one attempt on one endpoint failed.
+enum AttemptError {
+    /// The connection or stream failed; another endpoint may do better.
+    Transport(String),
+    /// Retrying cannot help.
+    Fatal(ClientError),
+}
+
+fn frame_error(err: FrameError) -> AttemptError {
+    if err.is_protocol_violation() {
+        AttemptError::Fatal(ClientError::Protocol(err.to_string()))
+    } else {
+        AttemptError::Transport(err.to_string())
+    }
+}
+
+/// Protocol name of a response body, for error messages.
+pub(crate) fn body_name(body: &Resp) -> &'static str {
+    match body {
+        Resp::Error(_) => "error",
+        Resp::Put(_) => "put",
+        Resp::Get(_) => "get",
+        Resp::Delete(_) => "delete",
+        Resp::List(_) => "list",
+        Resp::WatchEvent(_) => "watch_event",
+        Resp::Status(_) => "status",
+        Resp::Membership(_) => "membership",
+        Resp::Snapshot(_) => "snapshot",
+        Resp::JoinToken(_) => "join_token",
+        Resp::BackupChunk(_) => "backup_chunk",
+    }
+}
+
+pub(crate) fn unexpected(expected: &str, got: &Resp) -> ClientError {
+    ClientError::Protocol(format!("expected a {expected} response, got {}", body_name(got)))
+}
+
+macro_rules! expect_body {
+    ($body:expr, $variant:ident, $name:literal) => {
+        match $body {
+            Resp::$variant(inner) => Ok(inner),
+            other => Err(unexpected($name, &other)),
+        }
+    };
+}
+
+impl Client {
+    /// Validates `config` and prepares the TLS and QUIC configuration. No
+    /// connection is made until the first request.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let tls = caddy_wire::tls::client_config(&config.ca_cert_pem, &[caddy_wire::ALPN])
+            .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Config(format!("QUIC TLS configuration: {e}")))?;
+        let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .map_err(|e| ClientError::Config(format!("idle timeout: {e}")))?;
+        transport.max_idle_timeout(Some(idle));
+        quic.transport_config(Arc::new(transport));
+        let slots = config
+            .endpoints
+            .iter()
+            .map(|addr| Slot { addr: addr.clone(), conn: tokio::sync::Mutex::new(None) })
+            .collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                quic,
+                slots,
+                sockets: Mutex::new(Sockets::default()),
+                preferred: AtomicUsize::new(0),
+                lanes: LanePool::new(),
+            }),
+        })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Closes every connection of this client and its clones, waiting
+    /// briefly (at most 250 ms) for the close to reach the servers. Later
+    /// requests on this client fail.
+    pub async fn close(&self) {
+        let sockets: Vec<quinn::Endpoint> = {
+            let sockets = self.inner.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten().collect()
+        };
+        for socket in &sockets {
+            socket.close(0u32.into(), b"client closed");
+        }
+        let idle = futures::future::join_all(sockets.iter().map(|s| s.wait_idle()));
+        let _ = tokio::time::timeout(Duration::from_millis(250), idle).await;
+    }
+
+    // ----- key-value -----
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<pb::PutResponse, ClientError> {
+        self.put_request(key, value.into(), None).await
+    }
+
+    /// Sets `key` to `value` only if the key's mod revision is `if_revision`
+    /// (0: only if the key does not exist). A mismatch is a
+    /// `FailedPrecondition` error carrying the current revision.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        if_revision: u64,
+    ) -> Result<pb::PutResponse, ClientError> {
+        self.put_request(key, value.into(), Some(if_revision)).await
+    }
+
+    async fn put_request(&self, key: &str, value: Vec<u8>, if_revision: Option<u64>) -> Result<pb::PutResponse, ClientError> {
+        let body = Req::Put(pb::PutRequest { key: key.to_owned(), value, if_revision });
+        expect_body!(self.call(body, true).await?, Put, "put")
+    }
+
+    /// Reads `key` linearizably (through the leader).
+    pub async fn get(&self, key: &str) -> Result<pb::GetResponse, ClientError> {
+        self.get_request(key, false).await
+    }
+
+    /// Reads `key` from whichever node answers, possibly stale.
+    pub async fn get_serializable(&self, key: &str) -> Result<pb::GetResponse, ClientError> {
+        self.get_request(key, true).await
+    }
+
+    async fn get_request(&self, key: &str, serializable: bool) -> Result<pb::GetResponse, ClientError> {
+        let body = Req::Get(pb::GetRequest { key: key.to_owned(), serializable });
+        expect_body!(self.call(body, false).await?, Get, "get")
+    }
+
+    /// Deletes `key`; `deleted` tells whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<pb::DeleteResponse, ClientError> {
+        self.delete_request(key, None).await
+    }
+
+    /// Deletes `key` only if its mod revision is `if_revision`.
+    pub async fn delete_if(&self, key: &str, if_revision: u64) -> Result<pb::DeleteResponse, ClientError> {
+        self.delete_request(key, Some(if_revision)).await
+    }
+
+    async fn delete_request(&self, key: &str, if_revision: Option<u64>) -> Result<pb::DeleteResponse, ClientError> {
+        let body = Req::Delete(pb::DeleteRequest { key: key.to_owned(), if_revision });
+        expect_body!(self.call(body, true).await?, Delete, "delete")
+    }
+
+    /// Lists up to `limit` keys starting with `prefix` and strictly after
+    /// `start_after`, in key order; `more` tells whether a further page exists.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+        serializable: bool,
+    ) -> Result<pb::ListResponse, ClientError> {
+        let body = Req::List(pb::ListRequest {
+            prefix: prefix.to_owned(),
+            start_after: start_after.to_owned(),
+            limit,
+            serializable,
+        });
+        expect_body!(self.call(body, false).await?, List, "list")
+    }
+
+    /// Watches keys starting with `prefix` from `from_revision` (0: only new
+    /// events). The stream survives connection failures by resuming from the
+    /// last seen revision + 1 on another endpoint; a typed server error (e.g.
+    /// a compacted revision, a watcher that fell behind) is yielded once and
+    /// ends it. Nothing is sent until the stream is first polled.
+    pub fn watch(&self, prefix: &str, from_revision: u64) -> WatchStream {
+        WatchStream::new(self.clone(), prefix.to_owned(), from_revision)
+    }
+
+    // ----- cluster -----
+
+    /// The answering node's view of the cluster.
+    pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
+        expect_body!(self.call(Req::Status(pb::StatusRequest {}), false).await?, Status, "status")
+    }
+
+    /// Adds the node whose peer listener is `raft_addr`: it joins as a
+    /// learner and is promoted to voter once caught up, unless `learner_only`.
+    pub async fn add_node(&self, raft_addr: &str, learner_only: bool) -> Result<pb::MembershipResponse, ClientError> {
+        let body = Req::AddNode(pb::AddNodeRequest { raft_addr: raft_addr.to_owned(), learner_only });
+        expect_body!(self.call(body, true).await?, Membership, "membership")
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_node(&self, id: u64) -> Result<pb::MembershipResponse, ClientError> {
+        let body = Req::RemoveNode(pb::RemoveNodeRequest { id });
+        expect_body!(self.call(body, true).await?, Membership, "membership")
+    }
+
+    /// Asks the leader to hand leadership to node `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<pb::MembershipResponse, ClientError> {
+        let body = Req::TransferLeader(pb::TransferLeaderRequest { to });
+        expect_body!(self.call(body, true).await?, Membership, "membership")
+    }
+
+    /// Makes the answering node snapshot its state machine and compact its log.
+    pub async fn snapshot(&self) -> Result<pb::SnapshotResponse, ClientError> {
+        expect_body!(self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?, Snapshot, "snapshot")
+    }
+
+    /// Creates a token with which a new node can enroll, valid `ttl_seconds`.
+    pub async fn join_token(&self, ttl_seconds: u64) -> Result<pb::JoinTokenResponse, ClientError> {
+        let body = Req::JoinToken(pb::JoinTokenRequest { ttl_seconds });
+        expect_body!(self.call(body, true).await?, JoinToken, "join_token")
+    }
+
+    /// Streams a consistent backup into `writer`, calling `progress(done,
+    /// total)` after each chunk (`total` is 0 if the server did not say).
+    /// Returns the number of bytes written. Connection failures before the
+    /// first chunk are retried on other endpoints; after it, they end the
+    /// backup with `Unavailable` (the caller discards the partial output).
+    pub async fn backup<W, P>(&self, mut writer: W, mut progress: P) -> Result<u64, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+        P: FnMut(u64, u64),
+    {
+        let req = self.request(Req::Backup(pb::BackupRequest {}), 0, 0);
+        let (first, mut recv) = self.open(&req, true).await?;
+        let mut body = first;
+        let mut done = 0u64;
+        let mut total = 0u64;
+        loop {
+            let chunk = match body {
+                Some(Resp::BackupChunk(chunk)) => chunk,
+                Some(Resp::Error(err)) => return Err(ClientError::from_pb(err)),
+                Some(other) => return Err(unexpected("backup_chunk", &other)),
+                None => return Err(ClientError::Protocol("response without a body".into())),
+            };
+            if total == 0 {
+                total = chunk.total_bytes;
+            }
+            writer.write_all(&chunk.data).await?;
+            done = done.saturating_add(chunk.data.len() as u64);
+            progress(done, total);
+            if chunk.last {
+                break;
+            }
+            let timeout = self.inner.config.request_timeout;
+            let frame = tokio::time::timeout(timeout, read_frame::<pb::Response, _>(&mut recv, self.max_frame()))
+                .await
+                .map_err(|_| ClientError::Unavailable(format!("backup stalled: no data for {timeout:?} after {done} bytes")))?;
+            body = match frame {
+                Ok(response) => response.body,
+                Err(e) if e.is_protocol_violation() => return Err(ClientError::Protocol(e.to_string())),
+                Err(e) => return Err(ClientError::Unavailable(format!("backup interrupted after {done} bytes: {e}"))),
+            };
+        }
+        writer.flush().await?;
+        if total != 0 && done != total {
+            return Err(ClientError::Protocol(format!("backup ended after {done} of {total} announced bytes")));
+        }
+        Ok(done)
+    }
+
+    // ----- machinery -----
+
+    fn max_frame(&self) -> usize {
+        self.inner.config.max_frame_bytes
+    }
+
+    fn request(&self, body: Req, client_id: u64, sequence: u64) -> pb::Request {
+        pb::Request { credential: self.inner.config.credential.clone(), client_id, sequence, body: Some(body) }
+    }
+
+    /// Sends one request and returns the answer's body (never an `Error`
+    /// body: those become `ClientError::Server`). Writes take a lane.
+    async fn call(&self, body: Req, write: bool) -> Result<Resp, ClientError> {
+        let guard = write.then(|| self.inner.lanes.acquire());
+        let (client_id, sequence) = guard.as_ref().map_or((0, 0), |g| (g.lane().client_id, g.lane().sequence));
+        let req = self.request(body, client_id, sequence);
+        let result = match self.open(&req, true).await {
+            Ok((Some(Resp::Error(err)), _)) => Err(ClientError::from_pb(err)),
+            Ok((Some(body), _)) => Ok(body),
+            Ok((None, _)) => Err(ClientError::Protocol("response without a body".into())),
+            Err(e) => Err(e),
+        };
+        if let Some(guard) = guard {
+            let definitive = match &result {
+                Ok(_) => true,
+                Err(ClientError::Server { code, .. }) => *code != ErrorCode::Unavailable,
+                Err(_) => false,
+            };
+            if definitive {
+                guard.complete();
+            }
+        }
+        result
+    }
+
+    /// Opens a watch stream (request sent, nothing read yet), with failover.
+    pub(crate) async fn open_watch(&self, prefix: &str, from_revision: u64) -> Result<quinn::RecvStream, ClientError> {
+        let req = self.request(Req::Watch(pb::WatchRequest { prefix: prefix.to_owned(), from_revision }), 0, 0);
+        let (_, recv) = self.open(&req, false).await?;
+        Ok(recv)
+    }
+
+    /// Sends `req` on a new stream, retrying on the next endpoint after a
+    /// transport failure, a timeout or an `UNAVAILABLE` answer, until the
+    /// request timeout. With `read_first`, the first answer frame is read
+    /// (and a non-retryable `Error` body is returned as it is, for the caller
+    /// to map); the receive side is returned for further frames.
+    async fn open(&self, req: &pb::Request, read_first: bool) -> Result<(Option<Resp>, quinn::RecvStream), ClientError> {
+        let config = &self.inner.config;
+        let n = self.inner.slots.len();
+        if n == 0 {
+            return Err(ClientError::Config("no endpoints configured".into()));
+        }
+        let deadline = Instant::now() + config.request_timeout;
+        let attempt_cap = if n > 1 { (config.request_timeout / 3).max(MIN_ATTEMPT) } else { config.request_timeout };
+        let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
+        let mut backoff = MIN_BACKOFF;
+        let mut last: Option<ClientError> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let budget = remaining.min(attempt_cap);
+            let addr = self.inner.slots[idx].addr.as_str();
+            let mut next = (idx + 1) % n;
+            match tokio::time::timeout(budget, self.attempt(idx, req, read_first)).await {
+                Ok(Ok((Some(Resp::Error(err)), recv))) => {
+                    if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
+                        self.inner.preferred.store(idx, Ordering::Relaxed);
+                        return Ok((Some(Resp::Error(err)), recv));
+                    }
+                    if let Some(leader) = err.leader_hint.as_deref().and_then(|hint| self.slot_of(hint)) {
+                        next = leader;
+                    }
+                    let err = ClientError::from_pb(err);
+                    tracing::debug!(endpoint = addr, error = %err, "retrying elsewhere");
+                    last = Some(err);
+                }
+                Ok(Ok(opened)) => {
+                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(opened);
+                }
+                Ok(Err(AttemptError::Fatal(err))) => return Err(err),
+                Ok(Err(AttemptError::Transport(msg))) => {
+                    tracing::debug!(endpoint = addr, error = %msg, "transport failure, retrying elsewhere");
+                    last = Some(ClientError::Unavailable(format!("{addr}: {msg}")));
+                }
+                Err(_) => {
+                    tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
+                    self.forget_any(idx);
+                    last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
+                }
+            }
+            idx = next;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            tokio::time::sleep(backoff.min(remaining)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))
+        }))
+    }
+
+    /// Index of the configured endpoint named `hint`, if any.
+    fn slot_of(&self, hint: &str) -> Option<usize> {
+        self.inner.slots.iter().position(|s| s.addr == hint)
+    }
+
+    async fn attempt(
+        &self,
+        idx: usize,
+        req: &pb::Request,
+        read_first: bool,
+    ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
+        let conn = self.connection(idx).await.map_err(AttemptError::Transport)?;
+        let result = self.exchange(&conn, req, read_first).await;
+        if matches!(result, Err(AttemptError::Transport(_))) {
+            self.forget(idx, &conn);
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        req: &pb::Request,
+        read_first: bool,
+    ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
+        write_frame(&mut send, req).await.map_err(frame_error)?;
+        send.finish().map_err(|e| AttemptError::Transport(format!("finishing the request: {e}")))?;
+        if !read_first {
+            return Ok((None, recv));
+        }
+        let response: pb::Response = read_frame(&mut recv, self.max_frame()).await.map_err(frame_error)?;
+        match response.body {
+            Some(body) => Ok((Some(body), recv)),
+            None => Err(AttemptError::Fatal(ClientError::Protocol("response without a body".into()))),
+        }
+    }
+
+    /// The cached connection to endpoint `idx`, or a new one.
+    async fn connection(&self, idx: usize) -> Result<quinn::Connection, String> {
+        let slot = &self.inner.slots[idx];
+        let mut cached = slot.conn.lock().await;
+        if let Some(conn) = cached.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            *cached = None;
+        }
+        let addr = resolve(&slot.addr).await?;
+        let socket = self.socket_for(addr)?;
+        let connecting = socket
+            .connect_with(self.inner.quic.clone(), addr, caddy_wire::CLUSTER_SERVER_NAME)
+            .map_err(|e| format!("connecting: {e}"))?;
+        let timeout = self.inner.config.connect_timeout;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(format!("connecting: {e}")),
+            Err(_) => return Err(format!("connecting: no handshake within {timeout:?}")),
+        };
+        *cached = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the cached connection of `idx` if it is still `conn`.
+    fn forget(&self, idx: usize, conn: &quinn::Connection) {
+        if let Ok(mut cached) = self.inner.slots[idx].conn.try_lock()
+            && cached.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            *cached = None;
+        }
+    }
+
+    /// Drops whatever connection `idx` has cached (after a timeout).
+    fn forget_any(&self, idx: usize) {
+        if let Ok(mut cached) = self.inner.slots[idx].conn.try_lock() {
+            *cached = None;
+        }
+    }
+
+    /// The UDP socket for `addr`'s address family, bound on first use.
+    fn socket_for(&self, addr: SocketAddr) -> Result<quinn::Endpoint, String> {
+        let mut sockets = self.inner.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let (slot, bind): (&mut Option<quinn::Endpoint>, SocketAddr) = if addr.is_ipv4() {
+            (&mut sockets.v4, (Ipv4Addr::UNSPECIFIED, 0).into())
+        } else {
+            (&mut sockets.v6, (Ipv6Addr::UNSPECIFIED, 0).into())
+        };
+        if let Some(socket) = slot {
+            return Ok(socket.clone());
+        }
+        let socket = quinn::Endpoint::client(bind).map_err(|e| format!("binding a UDP socket on {bind}: {e}"))?;
+        *slot = Some(socket.clone());
+        Ok(socket)
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| format!("resolving: {e}"))?;
+    addrs.next().ok_or_else(|| "resolving: no address".to_string())
+}

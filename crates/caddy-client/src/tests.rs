@@ -1,0 +1,316 @@
+//! In-process QUIC server tests: framing, TLS, failover, exactly-once lanes,
+//! watch resumption and backups, without a real cluster.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use caddy_wire::{read_frame, write_frame};
+use futures::StreamExt;
+
+use crate::pb::{self, request::Body as Req, response::Body as Resp};
+use crate::{Client, ClientConfig, ClientError, ErrorCode};
+
+const CREDENTIAL: &str = "caddy_admin_test";
+
+#[derive(Default)]
+struct Log {
+    /// (kind, key, client_id, sequence) of every request received.
+    requests: Vec<(String, String, u64, u64)>,
+    /// How many times each (client_id, sequence) write was seen.
+    attempts: HashMap<(u64, u64), u32>,
+    /// `from_revision` of every watch opened.
+    watches: Vec<u64>,
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    ca_pem: String,
+    log: Arc<Mutex<Log>>,
+    _endpoint: quinn::Endpoint,
+}
+
+fn error(code: pb::ErrorCode, message: &str) -> pb::Response {
+    pb::Response {
+        body: Some(Resp::Error(pb::Error {
+            code: code as i32,
+            message: message.into(),
+            current_revision: None,
+            leader_hint: None,
+        })),
+    }
+}
+
+fn kv(key: &str, value: &[u8], rev: u64) -> pb::KeyValue {
+    pb::KeyValue { key: key.into(), value: value.to_vec(), create_revision: rev, mod_revision: rev, version: 1 }
+}
+
+fn event(key: &str, rev: u64) -> pb::Response {
+    pb::Response {
+        body: Some(Resp::WatchEvent(pb::WatchEvent {
+            kind: pb::watch_event::Kind::Put as i32,
+            kv: Some(kv(key, b"x", rev)),
+            revision: rev,
+        })),
+    }
+}
+
+async fn start_server() -> TestServer {
+    let ca = caddy_wire::tls::generate_ca().unwrap();
+    let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+    let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let accept = endpoint.clone();
+    let server_log = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            let log = Arc::clone(&server_log);
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(handle(send, recv, Arc::clone(&log)));
+                }
+            });
+        }
+    });
+    TestServer { addr, ca_pem: ca.cert_pem, log, _endpoint: endpoint }
+}
+
+async fn handle(mut send: quinn::SendStream, mut recv: quinn::RecvStream, log: Arc<Mutex<Log>>) {
+    let Ok(req) = read_frame::<pb::Request, _>(&mut recv, 1 << 20).await else { return };
+    let responses = answer(req, &log).await;
+    for response in responses {
+        if write_frame(&mut send, &response).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
+    if req.credential != CREDENTIAL {
+        return vec![error(pb::ErrorCode::Unauthenticated, "bad credential")];
+    }
+    let (kind, key) = match &req.body {
+        Some(Req::Put(p)) => ("put", p.key.clone()),
+        Some(Req::Get(g)) => ("get", g.key.clone()),
+        Some(Req::Delete(d)) => ("delete", d.key.clone()),
+        Some(Req::Watch(w)) => ("watch", w.prefix.clone()),
+        Some(Req::Backup(_)) => ("backup", String::new()),
+        Some(Req::Status(_)) => ("status", String::new()),
+        _ => ("other", String::new()),
+    };
+    let attempt = {
+        let mut log = log.lock().unwrap();
+        log.requests.push((kind.into(), key.clone(), req.client_id, req.sequence));
+        let n = log.attempts.entry((req.client_id, req.sequence)).or_default();
+        *n += 1;
+        *n
+    };
+    match req.body {
+        Some(Req::Get(g)) => {
+            if req.client_id != 0 || req.sequence != 0 {
+                return vec![error(pb::ErrorCode::InvalidArgument, "reads carry no lane")];
+            }
+            vec![pb::Response {
+                body: Some(Resp::Get(pb::GetResponse { kv: Some(kv(&g.key, b"canned", 4)), revision: 9 })),
+            }]
+        }
+        Some(Req::Put(p)) => {
+            if req.client_id == 0 || req.sequence == 0 {
+                return vec![error(pb::ErrorCode::InvalidArgument, "writes need a lane")];
+            }
+            if p.key.starts_with("flaky") && attempt == 1 {
+                return vec![error(pb::ErrorCode::Unavailable, "no leader yet")];
+            }
+            if p.key.starts_with("slow") {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            vec![pb::Response { body: Some(Resp::Put(pb::PutResponse { revision: 10 + req.sequence, previous: None })) }]
+        }
+        Some(Req::Delete(_)) => vec![error(pb::ErrorCode::NotFound, "no such key")],
+        Some(Req::Watch(w)) => {
+            log.lock().unwrap().watches.push(w.from_revision);
+            match w.from_revision {
+                // First stream: two events, then the stream ends (a "broken" watch).
+                0 => vec![event("w/a", 1), event("w/b", 2)],
+                // Resumed stream: one more event, then a typed error.
+                3 => vec![event("w/c", 3), error(pb::ErrorCode::FailedPrecondition, "compacted")],
+                _ => vec![error(pb::ErrorCode::InvalidArgument, "unexpected from_revision")],
+            }
+        }
+        Some(Req::Backup(_)) => {
+            let chunk = |data: &[u8], total: u64, last: bool| pb::Response {
+                body: Some(Resp::BackupChunk(pb::BackupChunk { total_bytes: total, data: data.to_vec(), last })),
+            };
+            vec![chunk(b"hello", 10, false), chunk(b"world", 0, true)]
+        }
+        // Wrong body on purpose, to exercise protocol checks.
+        Some(Req::Status(_)) => vec![pb::Response { body: Some(Resp::Snapshot(pb::SnapshotResponse { index: 1, term: 1 })) }],
+        _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported")],
+    }
+}
+
+fn config(endpoints: Vec<String>, ca_pem: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(endpoints, ca_pem, CREDENTIAL);
+    config.request_timeout = Duration::from_secs(5);
+    config.connect_timeout = Duration::from_millis(300);
+    config
+}
+
+#[tokio::test]
+async fn get_put_and_retry_on_unavailable_keep_the_lane() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+
+    let got = client.get("k").await.unwrap();
+    assert_eq!(got.revision, 9);
+    assert_eq!(got.kv.unwrap().value, b"canned");
+
+    let put = client.put("flaky1", "v").await.unwrap();
+    assert_eq!(put.revision, 11);
+    let put = client.put("flaky2", b"v".to_vec()).await.unwrap();
+    assert_eq!(put.revision, 12);
+
+    let log = server.log.lock().unwrap();
+    let puts: Vec<_> = log.requests.iter().filter(|r| r.0 == "put").collect();
+    assert_eq!(puts.len(), 4, "{puts:?}");
+    let client_id = puts[0].2;
+    assert_ne!(client_id, 0);
+    // The retry after UNAVAILABLE reuses exactly the same pair; the next
+    // write on the (returned) lane uses the next sequence.
+    assert_eq!((puts[0].2, puts[0].3), (client_id, 1));
+    assert_eq!((puts[1].2, puts[1].3), (client_id, 1));
+    assert_eq!((puts[2].2, puts[2].3), (client_id, 2));
+    assert_eq!((puts[3].2, puts[3].3), (client_id, 2));
+}
+
+#[tokio::test]
+async fn concurrent_writes_use_distinct_lanes() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let (a, b, c) = tokio::join!(client.put("slow/a", "1"), client.put("slow/b", "2"), client.put("slow/c", "3"));
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let log = server.log.lock().unwrap();
+    let ids: std::collections::HashSet<u64> =
+        log.requests.iter().filter(|r| r.0 == "put").map(|r| r.2).collect();
+    assert_eq!(ids.len(), 3);
+}
+
+#[tokio::test]
+async fn typed_errors_are_not_retried() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let err = client.delete("missing").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound);
+    assert!(!err.is_retryable());
+    assert_eq!(server.log.lock().unwrap().requests.iter().filter(|r| r.0 == "delete").count(), 1);
+
+    let mut bad = config(vec![server.addr.to_string()], &server.ca_pem);
+    bad.credential = "wrong".into();
+    let bad = Client::connect(bad).await.unwrap();
+    assert_eq!(bad.get("k").await.unwrap_err().code(), ErrorCode::Unauthenticated);
+
+    // A well-formed frame of the wrong kind is a protocol violation.
+    let err = client.status().await.unwrap_err();
+    assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn fails_over_from_a_silent_endpoint() {
+    let server = start_server().await;
+    // A UDP socket that never answers: the handshake times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoints = vec![silent.local_addr().unwrap().to_string(), server.addr.to_string()];
+    let client = Client::connect(config(endpoints, &server.ca_pem)).await.unwrap();
+    let got = client.get("k").await.unwrap();
+    assert_eq!(got.revision, 9);
+    // The working endpoint is now preferred: no new handshake wait.
+    let started = std::time::Instant::now();
+    client.get("k").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn unreachable_cluster_is_unavailable_after_the_timeout() {
+    let server = start_server().await;
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = config(vec![silent.local_addr().unwrap().to_string()], &server.ca_pem);
+    config.request_timeout = Duration::from_millis(800);
+    config.connect_timeout = Duration::from_millis(200);
+    let client = Client::connect(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.put("k", "v").await.unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn wrong_ca_is_rejected() {
+    let server = start_server().await;
+    let other = caddy_wire::tls::generate_ca().unwrap();
+    let mut config = config(vec![server.addr.to_string()], &other.cert_pem);
+    config.request_timeout = Duration::from_millis(500);
+    let client = Client::connect(config).await.unwrap();
+    assert_eq!(client.get("k").await.unwrap_err().code(), ErrorCode::Unavailable);
+    assert!(matches!(
+        Client::connect(ClientConfig::new(vec!["a:1".into()], "not pem", "c")).await,
+        Err(ClientError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn watch_resumes_after_a_broken_stream_and_ends_on_a_typed_error() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let mut watch = client.watch("w/", 0);
+    let mut revisions = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap() {
+            Some(Ok(event)) => revisions.push(event.revision),
+            Some(Err(err)) => break err,
+            None => panic!("stream ended without an error"),
+        }
+    };
+    assert_eq!(revisions, vec![1, 2, 3]);
+    assert_eq!(end.code(), ErrorCode::FailedPrecondition);
+    assert!(watch.next().await.is_none());
+    assert_eq!(server.log.lock().unwrap().watches, vec![0, 3]);
+}
+
+#[tokio::test]
+async fn backup_streams_chunks_with_progress() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let mut out = Vec::new();
+    let mut progress = Vec::new();
+    let bytes = client.backup(&mut out, |done, total| progress.push((done, total))).await.unwrap();
+    assert_eq!(bytes, 10);
+    assert_eq!(out, b"helloworld");
+    assert_eq!(progress, vec![(5, 10), (10, 10)]);
+}
+
+/// Compiled, never run: the SDK's futures must be `Send` so callers can spawn them.
+#[allow(dead_code)]
+fn futures_are_send(client: &Client) {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<Client>();
+    send(&client.put("k", "v"));
+    send(&client.get("k"));
+    send(&client.list("", "", 1, false));
+    send(&client.status());
+    send(&client.backup(tokio::io::sink(), |_, _| {}));
+    send(&client.watch("p", 0));
+}

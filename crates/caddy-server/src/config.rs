@@ -1,0 +1,351 @@
+//! `caddyd`'s configuration: defaults in code, then the TOML file, then
+//! `CADDY_*` environment variables (`CADDY_NODE_ID`, `CADDY_DATA_DIR`,
+//! `CADDY_LISTEN_RAFT`, `CADDY_CLUSTER_JOIN=a:1,b:2`, `CADDY_LIMITS_MAX_WATCHES`, ...:
+//! the section name, then the field name, upper-cased).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// One node's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id: unique in the cluster, never reused, not 0.
+    pub node_id: u64,
+    /// Where the node keeps its log, state, snapshots and TLS material.
+    pub data_dir: PathBuf,
+    /// Sockets to listen on.
+    pub listen: Listen,
+    /// Addresses other nodes and clients use to reach this node; each
+    /// defaults to the matching `listen` address.
+    pub advertise: Advertise,
+    /// How the node becomes a member.
+    pub cluster: ClusterConfig,
+    /// Raft timing and log retention.
+    pub raft: RaftConfig,
+    /// Bounds on client traffic.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener addresses (`host:port`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Peer gRPC (Raft) over mutual TLS.
+    pub raft: String,
+    /// Client protocol over QUIC (UDP).
+    pub client: String,
+    /// Admin HTTPS: /healthz, /readyz, /metrics, /status.
+    pub admin: String,
+}
+
+/// Advertised addresses; empty means "same as listen".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Advertise {
+    /// Peer address others dial.
+    pub raft: String,
+    /// Client address clients dial.
+    pub client: String,
+    /// Admin address.
+    pub admin: String,
+}
+
+/// Membership bootstrap.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Create a new cluster with this node as its only voter (first start
+    /// only; ignored once the node is initialized).
+    pub bootstrap: bool,
+    /// Peer addresses of existing members to join through.
+    pub join: Vec<String>,
+    /// Join token from `caddyctl cluster join-token` (prefer the
+    /// `CADDY_CLUSTER_JOIN_TOKEN` variable to keeping it in a file).
+    pub join_token: String,
+    /// Join as a learner only (no vote).
+    pub learner: bool,
+}
+
+/// Raft timing (milliseconds) and log retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound.
+    pub election_max_ms: u64,
+    /// Snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    pub keep_behind_snapshot: u64,
+}
+
+/// Client traffic bounds. Past any of them the client gets a typed error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest protocol frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest value in a put, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Concurrent request streams per QUIC connection.
+    pub max_streams_per_connection: u32,
+    /// Concurrent QUIC connections.
+    pub max_connections: usize,
+    /// Concurrent watches on this node.
+    pub max_watches: usize,
+    /// Most keys returned by one list call.
+    pub max_list_limit: u32,
+    /// A request not answered in this time gets UNAVAILABLE.
+    pub request_timeout_ms: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter (`RUST_LOG` overrides it), e.g. "info" or "caddy_raft=debug,info".
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("caddy-data"),
+            listen: Listen::default(),
+            advertise: Advertise::default(),
+            cluster: ClusterConfig::default(),
+            raft: RaftConfig::default(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self { raft: "127.0.0.1:7001".into(), client: "127.0.0.1:7101".into(), admin: "127.0.0.1:7201".into() }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let t = caddy_raft::RaftTiming::default();
+        Self {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+            snapshot_every: t.snapshot_every,
+            keep_behind_snapshot: t.keep_behind_snapshot,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 2 * 1024 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_key_bytes: 1024,
+            max_streams_per_connection: 256,
+            max_connections: 1024,
+            max_watches: 1024,
+            max_list_limit: 1000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), json: false }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given) over the defaults, then applies `CADDY_*` variables.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?,
+            None => String::new(),
+        };
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("CADDY_")).collect();
+        Self::from_parts(&text, &env)
+    }
+
+    /// Parses `text` and applies `env` overrides (separated for tests).
+    pub fn from_parts(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut value = toml::Value::try_from(Config::default())?;
+        let file: toml::Value = toml::from_str(text).context("config is not valid TOML")?;
+        merge(&mut value, file);
+        for (key, raw) in env {
+            apply_env(&mut value, key, raw)?;
+        }
+        let config: Config = value.try_into().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must not be 0");
+        }
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms {
+            bail!("raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms");
+        }
+        if self.limits.max_frame_bytes < self.limits.max_value_bytes + self.limits.max_key_bytes + 1024 {
+            bail!("limits.max_frame_bytes must exceed max_value_bytes + max_key_bytes by at least 1 KiB");
+        }
+        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
+            bail!("cluster.bootstrap and cluster.join are mutually exclusive");
+        }
+        for addr in [&self.listen.raft, &self.listen.client, &self.listen.admin] {
+            addr.parse::<std::net::SocketAddr>().with_context(|| format!("listen address {addr:?} is not host:port"))?;
+        }
+        Ok(())
+    }
+
+    /// Advertised peer address.
+    pub fn advertise_raft(&self) -> String {
+        pick(&self.advertise.raft, &self.listen.raft)
+    }
+    /// Advertised client address.
+    pub fn advertise_client(&self) -> String {
+        pick(&self.advertise.client, &self.listen.client)
+    }
+    /// Advertised admin address.
+    pub fn advertise_admin(&self) -> String {
+        pick(&self.advertise.admin, &self.listen.admin)
+    }
+
+    /// Raft timing.
+    pub fn timing(&self) -> caddy_raft::RaftTiming {
+        caddy_raft::RaftTiming {
+            heartbeat_ms: self.raft.heartbeat_ms,
+            election_min_ms: self.raft.election_min_ms,
+            election_max_ms: self.raft.election_max_ms,
+            snapshot_every: self.raft.snapshot_every,
+            keep_behind_snapshot: self.raft.keep_behind_snapshot,
+        }
+    }
+}
+
+fn pick(advertised: &str, listen: &str) -> String {
+    if advertised.is_empty() { listen.to_string() } else { advertised.to_string() }
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn apply_env(value: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()> {
+    let name = key.trim_start_matches("CADDY_").to_ascii_lowercase();
+    let Some(root) = value.as_table_mut() else { return Ok(()) };
+    // Top-level field (node_id, data_dir) first, then section_field.
+    let (table, field) = if root.contains_key(&name) && !root[&name].is_table() {
+        (root, name.clone())
+    } else {
+        let Some(section) = root.keys().find(|s| root[*s].is_table() && name.starts_with(&format!("{s}_"))).cloned() else {
+            // Not one of ours (e.g. CADDY_CONFIG for caddyctl): ignore.
+            return Ok(());
+        };
+        let field = name[section.len() + 1..].to_string();
+        let Some(table) = root.get_mut(&section).and_then(|t| t.as_table_mut()) else { return Ok(()) };
+        (table, field)
+    };
+    let Some(existing) = table.get(&field) else {
+        bail!("environment variable {key} names no configuration field");
+    };
+    let parsed = match existing {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.parse().with_context(|| format!("{key} must be an integer"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().with_context(|| format!("{key} must be true or false"))?),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    };
+    table.insert(field, parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let text = "node_id = 2\ndata_dir = \"/tmp/x\"\n[listen]\nraft = \"127.0.0.1:9001\"\n[cluster]\njoin = [\"127.0.0.1:7001\"]\n";
+        let env = vec![
+            ("CADDY_LISTEN_CLIENT".to_string(), "127.0.0.1:9101".to_string()),
+            ("CADDY_LIMITS_MAX_WATCHES".to_string(), "7".to_string()),
+            ("CADDY_CLUSTER_JOIN".to_string(), "a:1, b:2".to_string()),
+            ("CADDY_DATA_DIR".to_string(), "/tmp/y".to_string()),
+            ("CADDY_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::from_parts(text, &env).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(c.listen.raft, "127.0.0.1:9001");
+        assert_eq!(c.listen.client, "127.0.0.1:9101");
+        assert_eq!(c.limits.max_watches, 7);
+        assert_eq!(c.cluster.join, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(c.advertise_raft(), "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        for (text, needle) in [
+            ("node_id = 0", "node_id"),
+            ("nodeid = 3", "unknown field"),
+            ("[raft]\nheartbeat_ms = 500", "raft timing"),
+            ("[listen]\nraft = \"nowhere\"", "host:port"),
+            ("[cluster]\nbootstrap = true\njoin = [\"a:1\"]", "mutually exclusive"),
+        ] {
+            let err = format!("{:#}", Config::from_parts(text, &[]).unwrap_err());
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        let err = Config::from_parts("", &[("CADDY_LIMITS_MAX_WATCHES".into(), "lots".into())]).unwrap_err();
+        assert!(format!("{err:#}").contains("integer"));
+        let err = Config::from_parts("", &[("CADDY_LIMITS_NOPE".into(), "1".into())]).unwrap_err();
+        assert!(format!("{err:#}").contains("names no configuration field"));
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::from_parts(&std::fs::read_to_string(&path).unwrap(), &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected an example config per node in config/");
+    }
+}

@@ -1,0 +1,431 @@
+//! Client request handling: authentication, validation, dispatch to Raft or
+//! local state, and the typed error mapping. Transport-agnostic: a handler
+//! writes its answer frames to any `AsyncWrite`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, EventKind, KeyValue, KvEvent, ReplyBody};
+use caddy_raft::RaftNode;
+use caddy_raft::node::MembershipOp;
+use caddy_store::WatchMessage;
+use caddy_wire::pb::{self, request::Body as Req, response::Body as Resp};
+use caddy_wire::write_frame;
+use tokio::io::AsyncWrite;
+use tokio::sync::{Semaphore, broadcast};
+
+use crate::config::Limits;
+
+/// Shared state of the client-facing service.
+pub struct Service {
+    node: RaftNode,
+    limits: Limits,
+    watches: Arc<Semaphore>,
+    backup_dir: std::path::PathBuf,
+}
+
+fn code_to_pb(code: ErrorCode) -> pb::ErrorCode {
+    match code {
+        ErrorCode::InvalidArgument => pb::ErrorCode::InvalidArgument,
+        ErrorCode::NotFound => pb::ErrorCode::NotFound,
+        ErrorCode::AlreadyExists => pb::ErrorCode::AlreadyExists,
+        ErrorCode::FailedPrecondition => pb::ErrorCode::FailedPrecondition,
+        ErrorCode::Unauthenticated => pb::ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied => pb::ErrorCode::PermissionDenied,
+        ErrorCode::ResourceExhausted => pb::ErrorCode::ResourceExhausted,
+        ErrorCode::Unavailable => pb::ErrorCode::Unavailable,
+        ErrorCode::Internal => pb::ErrorCode::Internal,
+    }
+}
+
+/// The protocol form of an error.
+pub fn error_response(e: &CaddyError) -> pb::Response {
+    pb::Response {
+        body: Some(Resp::Error(pb::Error {
+            code: code_to_pb(e.code) as i32,
+            message: e.message.clone(),
+            current_revision: e.current_revision,
+            leader_hint: e.leader_hint.clone(),
+        })),
+    }
+}
+
+fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+fn event_to_pb(e: &KvEvent) -> pb::WatchEvent {
+    pb::WatchEvent {
+        kind: match e.kind {
+            EventKind::Put => pb::watch_event::Kind::Put as i32,
+            EventKind::Delete => pb::watch_event::Kind::Delete as i32,
+        },
+        kv: Some(kv_to_pb(e.kv.clone())),
+        revision: e.revision,
+    }
+}
+
+fn local(e: std::io::Error) -> CaddyError {
+    CaddyError::internal(format!("local storage: {e}"))
+}
+
+fn ok(body: Resp) -> Result<pb::Response, CaddyError> {
+    Ok(pb::Response { body: Some(body) })
+}
+
+/// Name of a request kind, for metrics and logs.
+pub fn request_name(body: &Option<Req>) -> &'static str {
+    match body {
+        None => "unknown",
+        Some(Req::Put(_)) => "put",
+        Some(Req::Get(_)) => "get",
+        Some(Req::Delete(_)) => "delete",
+        Some(Req::List(_)) => "list",
+        Some(Req::Watch(_)) => "watch",
+        Some(Req::Status(_)) => "status",
+        Some(Req::AddNode(_)) => "add_node",
+        Some(Req::RemoveNode(_)) => "remove_node",
+        Some(Req::TransferLeader(_)) => "transfer_leader",
+        Some(Req::Snapshot(_)) => "snapshot",
+        Some(Req::JoinToken(_)) => "join_token",
+        Some(Req::Backup(_)) => "backup",
+    }
+}
+
+impl Service {
+    /// A service for `node` with `limits`; backups are staged in `backup_dir`.
+    pub fn new(node: RaftNode, limits: Limits, backup_dir: std::path::PathBuf) -> Self {
+        let watches = Arc::new(Semaphore::new(limits.max_watches));
+        Self { node, limits, watches, backup_dir }
+    }
+
+    /// Limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn authenticate(&self, credential: &str) -> Result<(), CaddyError> {
+        let Some(stored) = self.node.state_machine().admin_credential_hash() else {
+            return Err(CaddyError::unavailable("the cluster is not initialized yet (no credentials exist); retry shortly"));
+        };
+        if credential.is_empty() {
+            return Err(CaddyError::new(ErrorCode::Unauthenticated, "no credential presented"));
+        }
+        if !caddy_core::credential_matches(credential, &stored) {
+            return Err(CaddyError::new(ErrorCode::Unauthenticated, "invalid credential"));
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), CaddyError> {
+        if key.is_empty() {
+            return Err(CaddyError::invalid("key must not be empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(CaddyError::invalid(format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Handles one request, writing its answer frame(s) to `out`. Returns
+    /// the status label for metrics.
+    pub async fn handle<W: AsyncWrite + Unpin + Send>(&self, req: pb::Request, out: &mut W) -> &'static str {
+        let started = Instant::now();
+        let name = request_name(&req.body);
+        let status = match self.dispatch(req, out).await {
+            Ok(Some(resp)) => match write_frame(out, &resp).await {
+                Ok(()) => "ok",
+                Err(_) => "client_gone",
+            },
+            Ok(None) => "ok",
+            Err(e) => {
+                let _ = write_frame(out, &error_response(&e)).await;
+                e.code.as_str()
+            }
+        };
+        metrics::histogram!("caddy_request_seconds", "op" => name).record(started.elapsed().as_secs_f64());
+        metrics::counter!("caddy_requests_total", "op" => name, "status" => status).increment(1);
+        status
+    }
+
+    async fn dispatch<W: AsyncWrite + Unpin + Send>(
+        &self,
+        req: pb::Request,
+        out: &mut W,
+    ) -> Result<Option<pb::Response>, CaddyError> {
+        let Some(body) = req.body else {
+            return Err(CaddyError::invalid(
+                "unknown or missing request type; this server speaks caddy/1 (upgrade the server or the client)",
+            ));
+        };
+        self.authenticate(&req.credential)?;
+        let origin = (req.client_id != 0).then_some(ClientSeq { client_id: req.client_id, sequence: req.sequence });
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms);
+        match body {
+            Req::Watch(w) => return self.watch(w, out).await.map(|()| None),
+            Req::Backup(_) => return self.backup(out).await.map(|()| None),
+            other => match tokio::time::timeout(timeout, self.unary(other, origin)).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(CaddyError::unavailable(format!("request not completed within {timeout:?}; retry"))),
+            },
+        }
+    }
+
+    async fn unary(&self, body: Req, origin: Option<ClientSeq>) -> Result<pb::Response, CaddyError> {
+        let node = &self.node;
+        match body {
+            Req::Put(p) => {
+                self.check_key(&p.key)?;
+                if p.value.len() > self.limits.max_value_bytes {
+                    return Err(CaddyError::exhausted(format!(
+                        "value of {} bytes exceeds the limit of {} bytes",
+                        p.value.len(),
+                        self.limits.max_value_bytes
+                    )));
+                }
+                let cmd = Command::KvPut { key: p.key, value: p.value, if_revision: p.if_revision };
+                match node.propose(origin, cmd).await? {
+                    ReplyBody::Put { revision, previous } => {
+                        ok(Resp::Put(pb::PutResponse { revision, previous: previous.map(kv_to_pb) }))
+                    }
+                    other => Err(CaddyError::internal(format!("unexpected reply to put: {other:?}"))),
+                }
+            }
+            Req::Delete(d) => {
+                self.check_key(&d.key)?;
+                match node.propose(origin, Command::KvDelete { key: d.key, if_revision: d.if_revision }).await? {
+                    ReplyBody::Delete { revision, deleted } => ok(Resp::Delete(pb::DeleteResponse { revision, deleted })),
+                    other => Err(CaddyError::internal(format!("unexpected reply to delete: {other:?}"))),
+                }
+            }
+            Req::Get(g) => {
+                self.check_key(&g.key)?;
+                if !g.serializable {
+                    node.read_barrier().await?;
+                }
+                let sm = node.state_machine();
+                let revision = sm.revision();
+                let kv = sm.get(&g.key).map_err(local)?;
+                ok(Resp::Get(pb::GetResponse { kv: kv.map(kv_to_pb), revision }))
+            }
+            Req::List(l) => {
+                if !l.serializable {
+                    node.read_barrier().await?;
+                }
+                let limit = if l.limit == 0 { 100 } else { l.limit.min(self.limits.max_list_limit) } as usize;
+                let sm = node.state_machine();
+                let revision = sm.revision();
+                let (kvs, more) = sm.list(&l.prefix, &l.start_after, limit).map_err(local)?;
+                ok(Resp::List(pb::ListResponse { kvs: kvs.into_iter().map(kv_to_pb).collect(), more, revision }))
+            }
+            Req::Status(_) => ok(Resp::Status(self.status().await)),
+            Req::AddNode(a) => {
+                let peers = node.peers().ok_or_else(|| CaddyError::internal("no peer network"))?;
+                let mut client = peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
+                let who = tokio::time::timeout(Duration::from_secs(5), client.identify(caddy_raft::pb::Empty {}))
+                    .await
+                    .map_err(|_| CaddyError::unavailable(format!("no answer from {}", a.raft_addr)))?
+                    .map_err(|s| {
+                        CaddyError::unavailable(format!(
+                            "cannot reach a CADDY node at {} ({}); it must be running with this cluster's certificates",
+                            a.raft_addr,
+                            s.message()
+                        ))
+                    })?
+                    .into_inner();
+                let op = MembershipOp::Add {
+                    id: who.node_id,
+                    node: caddy_store::CaddyNode {
+                        raft_addr: who.raft_addr,
+                        client_addr: who.client_addr,
+                        admin_addr: who.admin_addr,
+                    },
+                    learner_only: a.learner_only,
+                };
+                self.membership(op).await
+            }
+            Req::RemoveNode(r) => self.membership(MembershipOp::Remove { id: r.id }).await,
+            Req::TransferLeader(t) => self.membership(MembershipOp::TransferLeader { to: t.to }).await,
+            Req::Snapshot(_) => {
+                let (index, term) = node.snapshot_now().await?;
+                ok(Resp::Snapshot(pb::SnapshotResponse { index, term }))
+            }
+            Req::JoinToken(j) => {
+                let ttl = if j.ttl_seconds == 0 { 3600 } else { j.ttl_seconds };
+                if ttl > 7 * 86_400 {
+                    return Err(CaddyError::invalid("join token lifetime is at most 7 days"));
+                }
+                let (token, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
+                ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms }))
+            }
+            Req::Watch(_) | Req::Backup(_) => Err(CaddyError::internal("streaming request routed as unary")),
+        }
+    }
+
+    async fn membership(&self, op: MembershipOp) -> Result<pb::Response, CaddyError> {
+        let view = self.node.membership(op).await?;
+        ok(Resp::Membership(pb::MembershipResponse { voters: view.voters, learners: view.learners }))
+    }
+
+    /// Cluster status, from the leader's point of view when it can be had.
+    pub async fn status(&self) -> pb::StatusResponse {
+        let local = self.node.status();
+        let leader_view = match local.leader {
+            Some(l) if l != local.id => self
+                .node
+                .membership(MembershipOp::Status)
+                .await
+                .ok()
+                .and_then(|v| v.status)
+                .unwrap_or_else(|| local.clone()),
+            _ => local.clone(),
+        };
+        let unreachable_after = 3 * self.node.timing().election_max_ms;
+        let members = leader_view
+            .members
+            .iter()
+            .map(|m| {
+                let is_leader = Some(m.id) == leader_view.leader;
+                let lag = if is_leader { Some(0) } else { m.matched.map(|x| leader_view.last_log_index.saturating_sub(x)) };
+                let health = if is_leader {
+                    "healthy"
+                } else if leader_view.leader != Some(leader_view.id) {
+                    "unknown"
+                } else if m.matched.is_none() || m.last_ack_ms.is_none_or(|ms| ms > unreachable_after) {
+                    "unreachable"
+                } else if lag.unwrap_or(0) > 1000 {
+                    "lagging"
+                } else {
+                    "healthy"
+                };
+                pb::MemberStatus {
+                    id: m.id,
+                    raft_addr: m.node.raft_addr.clone(),
+                    client_addr: m.node.client_addr.clone(),
+                    admin_addr: m.node.admin_addr.clone(),
+                    role: if m.voter { "voter" } else { "learner" }.into(),
+                    leader: is_leader,
+                    lag,
+                    health: health.into(),
+                }
+            })
+            .collect();
+        pb::StatusResponse {
+            cluster_node: local.id,
+            term: local.term.max(leader_view.term),
+            leader: local.leader,
+            commit_index: leader_view.commit_index,
+            applied_index: local.applied_index,
+            revision: local.revision,
+            members,
+            last_log_index: local.last_log_index,
+            snapshot_index: local.snapshot_index,
+        }
+    }
+
+    async fn watch<W: AsyncWrite + Unpin + Send>(&self, w: pb::WatchRequest, out: &mut W) -> Result<(), CaddyError> {
+        let _permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            CaddyError::exhausted(format!("this node serves at most {} watches; try another node", self.limits.max_watches))
+        })?;
+        let sm = self.node.state_machine();
+        // Subscribe before reading history, so no event falls between the two.
+        let mut live = sm.subscribe_events();
+        let mut next = if w.from_revision == 0 { sm.revision() + 1 } else { w.from_revision };
+        loop {
+            let batch = sm.events_from(next, &w.prefix, 512)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in &batch {
+                next = e.revision + 1;
+                write_frame(out, &pb::Response { body: Some(Resp::WatchEvent(event_to_pb(e))) })
+                    .await
+                    .map_err(|_| CaddyError::unavailable("watcher went away"))?;
+            }
+        }
+        // Older history could also have been compacted while we read it.
+        if next <= sm.compacted_revision() {
+            return Err(CaddyError::precondition("watch history was compacted while catching up; restart the watch"));
+        }
+        metrics::gauge!("caddy_watches_active").increment(1.0);
+        let result = async {
+            loop {
+                match live.recv().await {
+                    Ok(WatchMessage::Event(e)) => {
+                        if e.revision < next || !e.kv.key.starts_with(&w.prefix) {
+                            continue;
+                        }
+                        next = e.revision + 1;
+                        write_frame(out, &pb::Response { body: Some(Resp::WatchEvent(event_to_pb(&e))) })
+                            .await
+                            .map_err(|_| CaddyError::unavailable("watcher went away"))?;
+                    }
+                    Ok(WatchMessage::Reset { revision }) => {
+                        return Err(CaddyError::precondition(format!(
+                            "this node's state was replaced by a snapshot at revision {revision}; re-read and watch from revision {}",
+                            revision + 1
+                        )));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Err(CaddyError::exhausted(format!(
+                            "watcher fell too far behind; resume from revision {next}"
+                        )));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(CaddyError::unavailable("node shutting down; resume the watch elsewhere"));
+                    }
+                }
+            }
+        }
+        .await;
+        metrics::gauge!("caddy_watches_active").decrement(1.0);
+        result
+    }
+
+    async fn backup<W: AsyncWrite + Unpin + Send>(&self, out: &mut W) -> Result<(), CaddyError> {
+        // Everything acknowledged before the request is in the copy.
+        self.node.read_barrier().await?;
+        std::fs::create_dir_all(&self.backup_dir).map_err(local)?;
+        let path = self.backup_dir.join(format!("backup-{:016x}.snap", rand::random::<u64>()));
+        let sm = self.node.state_machine().clone();
+        let export_path = path.clone();
+        let exported = tokio::task::spawn_blocking(move || sm.export(&export_path))
+            .await
+            .map_err(|e| CaddyError::internal(e.to_string()))?;
+        let result = async {
+            let (_, size) = exported.map_err(local)?;
+            let mut file = tokio::fs::File::open(&path).await.map_err(local)?;
+            let mut sent = 0u64;
+            let mut first = true;
+            loop {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = file.read(&mut buf).await.map_err(local)?;
+                buf.truncate(n);
+                sent += n as u64;
+                let last = n == 0 || sent >= size;
+                let chunk = pb::BackupChunk { total_bytes: if first { size } else { 0 }, data: buf, last };
+                first = false;
+                write_frame(out, &pb::Response { body: Some(Resp::BackupChunk(chunk)) })
+                    .await
+                    .map_err(|_| CaddyError::unavailable("client went away during the backup"))?;
+                if last {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
