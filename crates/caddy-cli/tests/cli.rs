@@ -321,6 +321,15 @@ fn watch_prints_events_as_they_happen() {
     child.kill().unwrap();
     let _ = child.wait();
 
+    // Without --from-revision: only events after the watch started.
+    let mut child = fake.command(&["kv", "watch", "w/"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    ok(fake.run(&["kv", "put", "w/later", "2"]));
+    assert_eq!(lines.next().unwrap().unwrap(), "PUT w/later=2 rev=5");
+    child.kill().unwrap();
+    let _ = child.wait();
+
     let mut child =
         fake.command(&["--json", "kv", "watch", "w/", "--from-revision", "3"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

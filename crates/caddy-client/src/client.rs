@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caddy_wire::{FrameError, read_frame, write_frame};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -20,11 +21,15 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between two attempts of one request.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// QUIC keep-alive, so that a dead peer is noticed by idle streams (watches).
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// QUIC idle timeout (the smaller of both sides' applies).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest time one attempt may take before the next endpoint is tried.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+/// With several endpoints, how long a request waits for a new handshake
+/// before trying the next endpoint (the handshake goes on in the background
+/// and its connection is cached for later requests).
+const HEDGE_AFTER: Duration = Duration::from_millis(400);
 
 /// A handle on a cluster. Cheap to clone; clones share one QUIC endpoint, the
 /// cached connections (one per configured endpoint) and the write lanes.
@@ -66,11 +71,14 @@ struct Sockets {
     v6: Option<quinn::Endpoint>,
 }
 
-/// One configured endpoint and its cached connection. The async mutex also
-/// makes concurrent requests wait for one handshake instead of racing.
+/// A connection being made (or made) in a background task; every request
+/// that needs the endpoint meanwhile awaits the same handshake.
+type Connecting = Shared<BoxFuture<'static, Result<quinn::Connection, String>>>;
+
+/// One configured endpoint and its cached (or in-progress) connection.
 struct Slot {
     addr: String,
-    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    conn: Mutex<Option<Connecting>>,
 }
 
 /// How one attempt on one endpoint failed.
@@ -138,7 +146,7 @@ impl Client {
         let slots = config
             .endpoints
             .iter()
-            .map(|addr| Slot { addr: addr.clone(), conn: tokio::sync::Mutex::new(None) })
+            .map(|addr| Slot { addr: addr.clone(), conn: Mutex::new(None) })
             .collect();
         Ok(Client {
             inner: Arc::new(Inner {
@@ -382,7 +390,8 @@ impl Client {
 
     /// Sends `req` on a new stream, retrying on the next endpoint after a
     /// transport failure, a timeout or an `UNAVAILABLE` answer, until the
-    /// request timeout. With `read_first`, the first answer frame is read
+    /// request timeout; then fails with the last `UNAVAILABLE` answer, or
+    /// else the last transport failure. With `read_first`, the first answer frame is read
     /// (and a non-retryable `Error` body is returned as it is, for the caller
     /// to map); the receive side is returned for further frames.
     async fn open(&self, req: &pb::Request, read_first: bool) -> Result<(Option<Resp>, quinn::RecvStream), ClientError> {
@@ -393,8 +402,12 @@ impl Client {
         }
         let deadline = Instant::now() + config.request_timeout;
         let attempt_cap = if n > 1 { (config.request_timeout / 3).max(MIN_ATTEMPT) } else { config.request_timeout };
+        let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = MIN_BACKOFF;
+        // The last typed UNAVAILABLE says more (e.g. "no leader") than a
+        // transport failure of another endpoint, so it wins when there is one.
+        let mut last_server: Option<ClientError> = None;
         let mut last: Option<ClientError> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -404,7 +417,7 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            match tokio::time::timeout(budget, self.attempt(idx, req, read_first)).await {
+            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, connect_wait)).await {
                 Ok(Ok((Some(Resp::Error(err)), recv))) => {
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
@@ -415,7 +428,7 @@ impl Client {
                     }
                     let err = ClientError::from_pb(err);
                     tracing::debug!(endpoint = addr, error = %err, "retrying elsewhere");
-                    last = Some(err);
+                    last_server = Some(err);
                 }
                 Ok(Ok(opened)) => {
                     self.inner.preferred.store(idx, Ordering::Relaxed);
@@ -428,7 +441,7 @@ impl Client {
                 }
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
-                    self.forget_any(idx);
+                    self.forget(idx, None);
                     last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
                 }
             }
@@ -440,7 +453,7 @@ impl Client {
             tokio::time::sleep(backoff.min(remaining)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(last.unwrap_or_else(|| {
+        Err(last_server.or(last).unwrap_or_else(|| {
             ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))
         }))
     }
@@ -455,11 +468,15 @@ impl Client {
         idx: usize,
         req: &pb::Request,
         read_first: bool,
+        connect_wait: Duration,
     ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
-        let conn = self.connection(idx).await.map_err(AttemptError::Transport)?;
+        let conn = match tokio::time::timeout(connect_wait, self.connection(idx)).await {
+            Ok(conn) => conn.map_err(AttemptError::Transport)?,
+            Err(_) => return Err(AttemptError::Transport("connecting: handshake still in progress".into())),
+        };
         let result = self.exchange(&conn, req, read_first).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
-            self.forget(idx, &conn);
+            self.forget(idx, Some(&conn));
         }
         result
     }
@@ -484,43 +501,74 @@ impl Client {
         }
     }
 
-    /// The cached connection to endpoint `idx`, or a new one.
+    /// The cached connection to endpoint `idx`, or the one being made, or a
+    /// new one. Handshakes run in a spawned task bounded by the connect
+    /// timeout, so a caller that stops waiting does not waste them.
     async fn connection(&self, idx: usize) -> Result<quinn::Connection, String> {
         let slot = &self.inner.slots[idx];
-        let mut cached = slot.conn.lock().await;
-        if let Some(conn) = cached.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        let connecting = {
+            let mut cached = slot.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let reusable = match cached.as_ref().map(|c| c.peek()) {
+                Some(Some(Ok(conn))) => {
+                    if conn.close_reason().is_none() {
+                        return Ok(conn.clone());
+                    }
+                    false
+                }
+                // A finished failure: try again.
+                Some(Some(Err(_))) | None => false,
+                // In progress.
+                Some(None) => true,
+            };
+            match cached.as_ref() {
+                Some(connecting) if reusable => connecting.clone(),
+                _ => {
+                    let runtime = tokio::runtime::Handle::try_current()
+                        .map_err(|_| "the client must run inside a tokio runtime".to_string())?;
+                    let connecting = self.connect_task(idx).boxed().shared();
+                    runtime.spawn(connecting.clone());
+                    *cached = Some(connecting.clone());
+                    connecting
+                }
             }
-            *cached = None;
-        }
-        let addr = resolve(&slot.addr).await?;
-        let socket = self.socket_for(addr)?;
-        let connecting = socket
-            .connect_with(self.inner.quic.clone(), addr, caddy_wire::CLUSTER_SERVER_NAME)
-            .map_err(|e| format!("connecting: {e}"))?;
-        let timeout = self.inner.config.connect_timeout;
-        let conn = match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(format!("connecting: {e}")),
-            Err(_) => return Err(format!("connecting: no handshake within {timeout:?}")),
         };
-        *cached = Some(conn.clone());
-        Ok(conn)
+        connecting.await
     }
 
-    /// Drops the cached connection of `idx` if it is still `conn`.
-    fn forget(&self, idx: usize, conn: &quinn::Connection) {
-        if let Ok(mut cached) = self.inner.slots[idx].conn.try_lock()
-            && cached.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            *cached = None;
+    /// A handshake with endpoint `idx`; owns everything it needs, so that it
+    /// can finish after every requester has moved on.
+    fn connect_task(&self, idx: usize) -> impl Future<Output = Result<quinn::Connection, String>> + Send + 'static {
+        let addr_text = self.inner.slots[idx].addr.clone();
+        let quic = self.inner.quic.clone();
+        let timeout = self.inner.config.connect_timeout;
+        let client = self.clone();
+        let handshake = async move {
+            let addr = resolve(&addr_text).await?;
+            let socket = client.socket_for(addr)?;
+            drop(client);
+            let connecting = socket
+                .connect_with(quic, addr, caddy_wire::CLUSTER_SERVER_NAME)
+                .map_err(|e| format!("connecting: {e}"))?;
+            connecting.await.map_err(|e| format!("connecting: {e}"))
+        };
+        async move {
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("connecting: no handshake within {timeout:?}")),
+            }
         }
     }
 
-    /// Drops whatever connection `idx` has cached (after a timeout).
-    fn forget_any(&self, idx: usize) {
-        if let Ok(mut cached) = self.inner.slots[idx].conn.try_lock() {
+    /// Drops the cached connection of `idx` if it is `conn` (any finished
+    /// connection when `conn` is `None`); a handshake in progress is kept.
+    fn forget(&self, idx: usize, conn: Option<&quinn::Connection>) {
+        let mut cached = self.inner.slots[idx].conn.lock().unwrap_or_else(|p| p.into_inner());
+        let drop_it = match (cached.as_ref().and_then(|c| c.peek()), conn) {
+            (Some(Ok(cached)), Some(conn)) => cached.stable_id() == conn.stable_id(),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if drop_it {
             *cached = None;
         }
     }

@@ -23,10 +23,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// Events of a watch, in revision order. Created by [`Client::watch`].
 ///
 /// When the connection breaks, the watch is re-opened on another endpoint
-/// from the last delivered revision + 1, so no event is lost or repeated
-/// (when the watch started with `from_revision = 0` and no event has been
-/// delivered yet, it is re-opened with 0 again: events in the gap are not
-/// replayed). If no endpoint accepts the watch within the request timeout,
+/// from the last delivered revision + 1, so no event is lost or repeated.
+/// A watch asked with `from_revision = 0` ("only new events") first reads
+/// the answering node's current revision (a serializable one-key list) and
+/// watches from the next one, so that it too resumes exactly. If no
+/// endpoint accepts the watch within the request timeout,
 /// an `Unavailable` error is yielded. Any typed server error other than
 /// `UNAVAILABLE` is yielded once and ends the stream. Dropping the stream
 /// cancels the watch.
@@ -88,6 +89,14 @@ impl WatchState {
             return None;
         }
         loop {
+            if self.next_from == 0 {
+                // "Only new events": pin that to a concrete revision, so a
+                // resumed watch neither misses nor repeats anything.
+                match self.client.list(&self.prefix, "", 1, true).await {
+                    Ok(page) => self.next_from = page.revision.saturating_add(1),
+                    Err(err) => return self.finish(err),
+                }
+            }
             let recv = match self.recv.as_mut() {
                 Some(recv) => recv,
                 None => match self.client.open_watch(&self.prefix, self.next_from).await {

@@ -27,7 +27,8 @@ pub mod limits {
     pub const MAX_KEY_BYTES: usize = 4096;
     /// Largest value, in bytes.
     pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
-    /// Watch events kept for resuming watchers; older ones are compacted.
+    /// Default number of watch events kept for resuming watchers (a node
+    /// setting); older ones are compacted.
     pub const EVENT_HISTORY: u64 = 100_000;
     /// A client session (exactly-once memory) idle longer than this, judged
     /// by stamped time, is forgotten.

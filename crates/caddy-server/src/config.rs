@@ -107,6 +107,9 @@ pub struct Limits {
     pub max_list_limit: u32,
     /// A request not answered in this time gets UNAVAILABLE.
     pub request_timeout_ms: u64,
+    /// Watch events this node keeps for resuming watchers; a watch from an
+    /// older revision gets FAILED_PRECONDITION ("compacted").
+    pub watch_history: u64,
 }
 
 /// Log output.
@@ -164,6 +167,7 @@ impl Default for Limits {
             max_watches: 1024,
             max_list_limit: 1000,
             request_timeout_ms: 10_000,
+            watch_history: caddy_core::limits::EVENT_HISTORY,
         }
     }
 }

@@ -47,6 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls: tls.clone(),
     })
     .await?;
+    node.state_machine().set_event_history(config.limits.watch_history);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let peer_task = serve_peers(&config, &tls, node.clone(), shutdown_rx.clone()).await?;

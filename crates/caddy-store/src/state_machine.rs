@@ -88,6 +88,9 @@ pub struct ApplyEvent {
 
 struct SmInner {
     db: Database,
+    /// Watch events retained (a node-local policy: it bounds how far back a
+    /// watcher can resume, never what a key holds).
+    event_history: std::sync::atomic::AtomicU64,
     snapshot_dir: PathBuf,
     meta: Mutex<SmMeta>,
     current_snapshot: Mutex<Option<SnapshotInfo>>,
@@ -173,6 +176,7 @@ impl StateMachineStore {
         Ok(Self {
             inner: Arc::new(SmInner {
                 db,
+                event_history: std::sync::atomic::AtomicU64::new(limits::EVENT_HISTORY),
                 snapshot_dir,
                 meta: Mutex::new(meta),
                 current_snapshot: Mutex::new(current),
@@ -180,6 +184,11 @@ impl StateMachineStore {
                 events,
             }),
         })
+    }
+
+    /// Sets how many watch events are retained (at least 1).
+    pub fn set_event_history(&self, events: u64) {
+        self.inner.event_history.store(events.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Current key-value revision.
@@ -411,6 +420,7 @@ impl StateMachineStore {
     fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         let started = std::time::Instant::now();
         let mut meta = lock(&self.inner.meta).clone();
+        let history = self.inner.event_history.load(std::sync::atomic::Ordering::Relaxed);
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
@@ -421,7 +431,7 @@ impl StateMachineStore {
                 let reply = match entry.payload {
                     EntryPayload::Blank => Reply::default(),
                     EntryPayload::Normal(proposal) => {
-                        apply_proposal(&mut tables, &mut meta, &proposal, &mut events)?
+                        apply_proposal(&mut tables, &mut meta, &proposal, history, &mut events)?
                     }
                     EntryPayload::Membership(m) => {
                         meta.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
@@ -525,6 +535,7 @@ fn apply_proposal(
     tables: &mut Tables<'_>,
     meta: &mut SmMeta,
     proposal: &Proposal,
+    history: u64,
     events: &mut Vec<KvEvent>,
 ) -> io::Result<Reply> {
     if let Some(origin) = proposal.origin {
@@ -532,7 +543,7 @@ fn apply_proposal(
             return Ok(previous);
         }
     }
-    let result = apply_command(tables, meta, proposal, events)?;
+    let result = apply_command(tables, meta, proposal, history, events)?;
     let reply = Reply(result);
     if let Some(origin) = proposal.origin {
         session_store(tables, origin, proposal.stamp_ms, &reply)?;
@@ -591,12 +602,22 @@ fn sweep_sessions(tables: &mut Tables<'_>, now_ms: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn record_event(tables: &mut Tables<'_>, meta: &mut SmMeta, event: KvEvent, events: &mut Vec<KvEvent>) -> io::Result<()> {
+fn record_event(
+    tables: &mut Tables<'_>,
+    meta: &mut SmMeta,
+    event: KvEvent,
+    history: u64,
+    events: &mut Vec<KvEvent>,
+) -> io::Result<()> {
     tables.events.insert(event.revision, seal(&event)?.as_slice()).map_err(io_err)?;
-    if event.revision > limits::EVENT_HISTORY {
-        let drop_rev = event.revision - limits::EVENT_HISTORY;
-        tables.events.remove(drop_rev).map_err(io_err)?;
-        meta.compacted = meta.compacted.max(drop_rev);
+    if event.revision > history {
+        // Drop everything at or below the new horizon (more than one event
+        // when the retention was just lowered).
+        let horizon = event.revision - history;
+        if horizon > meta.compacted {
+            tables.events.retain_in(meta.compacted + 1..=horizon, |_, _| false).map_err(io_err)?;
+            meta.compacted = horizon;
+        }
     }
     events.push(event);
     Ok(())
@@ -606,6 +627,7 @@ fn apply_command(
     tables: &mut Tables<'_>,
     meta: &mut SmMeta,
     proposal: &Proposal,
+    history: u64,
     events: &mut Vec<KvEvent>,
 ) -> io::Result<Result<ReplyBody, CaddyError>> {
     match &proposal.command {
@@ -663,7 +685,7 @@ fn apply_command(
             };
             tables.kv.insert(key.as_str(), seal(&stored)?.as_slice()).map_err(io_err)?;
             let event = KvEvent { revision, kind: EventKind::Put, kv: to_kv(key, stored) };
-            record_event(tables, meta, event, events)?;
+            record_event(tables, meta, event, history, events)?;
             Ok(Ok(ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }))
         }
         Command::KvDelete { key, if_revision } => {
@@ -686,7 +708,7 @@ fn apply_command(
             meta.revision += 1;
             let revision = meta.revision;
             let kv = KeyValue { key: key.clone(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
-            record_event(tables, meta, KvEvent { revision, kind: EventKind::Delete, kv }, events)?;
+            record_event(tables, meta, KvEvent { revision, kind: EventKind::Delete, kv }, history, events)?;
             Ok(Ok(ReplyBody::Delete { revision, deleted: true }))
         }
     }

@@ -235,3 +235,17 @@ async fn compare_and_set_and_deletes_keep_revisions() {
     assert_eq!(live, vec![1, 2, 3]);
     let _ = Reply(Ok(ReplyBody::Done));
 }
+
+#[tokio::test]
+async fn watch_history_is_compacted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(&Disk::Dir(dir.path().to_path_buf())).unwrap();
+    sm.set_event_history(5);
+    apply(&mut sm, (1..=12).map(|i| put_entry(1, i, &format!("w{i}"), "v", None)).collect()).await;
+    assert_eq!(sm.compacted_revision(), 7);
+    let err = sm.events_from(3, "", 10).unwrap_err();
+    assert_eq!(err.code, caddy_core::ErrorCode::FailedPrecondition);
+    assert!(err.message.contains("compacted"), "{}", err.message);
+    let kept: Vec<u64> = sm.events_from(8, "", 10).unwrap().iter().map(|e| e.revision).collect();
+    assert_eq!(kept, vec![8, 9, 10, 11, 12]);
+}

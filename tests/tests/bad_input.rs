@@ -1,0 +1,137 @@
+//! Bad input gets a typed error and the node keeps serving: malformed and
+//! oversized frames, unknown request types, wrong credentials, stale
+//! compare-and-set, watches from a compacted revision.
+
+mod support;
+
+use std::sync::Arc;
+
+use caddy_client::{ClientConfig, ErrorCode};
+use caddy_wire::pb;
+use futures::StreamExt;
+use prost::Message;
+use support::Dev;
+
+async fn raw_connection(dev: &Dev, node: u64) -> quinn::Connection {
+    let config = ClientConfig::from_file(dev.client_toml()).expect("config");
+    let tls = caddy_wire::tls::client_config(&config.ca_cert_pem, &[caddy_wire::ALPN]).expect("tls");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let addr = dev.client_addr(node).parse().expect("addr");
+    endpoint.connect(addr, caddy_wire::CLUSTER_SERVER_NAME).expect("connect").await.expect("handshake")
+}
+
+/// Sends raw bytes on a new stream and decodes the single answer.
+async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> pb::Response {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(bytes).await.expect("send");
+    let _ = send.finish();
+    caddy_wire::read_frame::<pb::Response, _>(&mut recv, 1 << 20).await.expect("an answer frame")
+}
+
+fn error_code(resp: &pb::Response) -> (pb::ErrorCode, String) {
+    match &resp.body {
+        Some(pb::response::Body::Error(e)) => (pb::ErrorCode::try_from(e.code).expect("code"), e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn credential(dev: &Dev) -> String {
+    ClientConfig::from_file(dev.client_toml()).expect("config").credential
+}
+
+fn frame(req: &pb::Request) -> Vec<u8> {
+    let body = req.encode_to_vec();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_gets_its_typed_error_and_the_node_keeps_serving() {
+    let dev = Dev::start(3, &[("CADDY_LIMITS_WATCH_HISTORY", "5")]);
+    let conn = raw_connection(&dev, 1).await;
+    let cred = credential(&dev);
+
+    // Oversized frame: refused before the body is read.
+    let mut huge = (64u32 * 1024 * 1024).to_be_bytes().to_vec();
+    huge.extend(vec![0u8; 1024]);
+    let (code, msg) = error_code(&exchange(&conn, &huge).await);
+    assert_eq!(code, pb::ErrorCode::ResourceExhausted, "{msg}");
+    assert!(msg.contains("exceeds the limit"), "{msg}");
+
+    // Malformed protobuf.
+    let (code, msg) = error_code(&exchange(&conn, &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await);
+    assert_eq!(code, pb::ErrorCode::InvalidArgument, "{msg}");
+
+    // A request type this server does not know (an unknown oneof field).
+    let mut unknown = pb::Request { credential: cred.clone(), ..Default::default() }.encode_to_vec();
+    unknown.extend([0xfa, 0x06, 0x00]); // field 111, length-delimited, empty
+    let mut bytes = (unknown.len() as u32).to_be_bytes().to_vec();
+    bytes.extend(unknown);
+    let (code, msg) = error_code(&exchange(&conn, &bytes).await);
+    assert_eq!(code, pb::ErrorCode::InvalidArgument, "{msg}");
+    assert!(msg.contains("unknown"), "{msg}");
+
+    // Wrong and missing credentials.
+    let get = |credential: &str| pb::Request {
+        credential: credential.to_string(),
+        body: Some(pb::request::Body::Get(pb::GetRequest { key: "k".into(), serializable: false })),
+        ..Default::default()
+    };
+    let (code, _) = error_code(&exchange(&conn, &frame(&get("caddy_admin_wrong"))).await);
+    assert_eq!(code, pb::ErrorCode::Unauthenticated);
+    let (code, _) = error_code(&exchange(&conn, &frame(&get(""))).await);
+    assert_eq!(code, pb::ErrorCode::Unauthenticated);
+
+    // A truncated frame followed by the stream's end.
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&[0, 0, 0, 100, 1, 2]).await.expect("send");
+    let _ = send.finish();
+    let resp = caddy_wire::read_frame::<pb::Response, _>(&mut recv, 1 << 20).await.expect("answer");
+    assert_eq!(error_code(&resp).0, pb::ErrorCode::InvalidArgument);
+
+    // The same connection still serves a good request.
+    let client = dev.client().await;
+    let put = client.put("k", "v1").await.expect("put after bad input");
+
+    // Compare-and-set on a stale revision.
+    let err = client.put_if("k", "v2", put.revision - 1).await.expect_err("stale CAS must fail");
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition, "{err}");
+    assert_eq!(err.current_revision(), Some(put.revision));
+    client.put_if("k", "v2", put.revision).await.expect("CAS on the current revision");
+    let err = client.put_if("fresh", "x", 5).await.expect_err("CAS on an absent key");
+    assert_eq!(err.current_revision(), Some(0));
+
+    // Oversized value through the SDK.
+    let err = client.put("big", vec![0u8; 1_100_000]).await.expect_err("value over the limit");
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+
+    // A watch from a compacted revision (history of 5 events).
+    for i in 0..20 {
+        client.put(&format!("h/{i}"), "x").await.expect("put");
+    }
+    let mut watch = client.watch("h/", 1);
+    let first = watch.next().await.expect("an item");
+    let err = first.expect_err("watching from a compacted revision must fail");
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("compacted"), "{err}");
+
+    // Wrong credential through the SDK.
+    let mut config = ClientConfig::from_file(dev.client_toml()).expect("config");
+    config.credential = "caddy_admin_nope".into();
+    let bad = caddy_client::Client::connect(config).await.expect("connect");
+    assert_eq!(bad.get("k").await.expect_err("bad credential").code(), ErrorCode::Unauthenticated);
+
+    // CLI: a missing key is a one-line error and exit code 1.
+    let out = dev.ctl(&["kv", "get", "does/not/exist"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+
+    // And the node is still healthy and serving.
+    assert_eq!(client.get("k").await.expect("get").kv.map(|kv| kv.value), Some(b"v2".to_vec()));
+    conn.close(0u32.into(), b"done");
+}
