@@ -15,7 +15,13 @@ pub const DEFAULT_CONFIG: &str = "./.caddy-dev/client.toml";
 #[command(name = "caddyctl", version, about, propagate_version = true)]
 pub struct Cli {
     /// Client configuration file [env: CADDY_CONFIG; default: ./.caddy-dev/client.toml].
-    #[arg(long, global = true, value_name = "FILE", env = "CADDY_CONFIG", hide_env = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "CADDY_CONFIG",
+        hide_env = true
+    )]
     pub config: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -31,7 +37,9 @@ pub struct Cli {
 impl Cli {
     /// The configuration file to read.
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
 }
 
@@ -178,8 +186,15 @@ pub struct BenchKvArgs {
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
-    let ratio: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
-    if (0.0..=1.0).contains(&ratio) { Ok(ratio) } else { Err(format!("{ratio} is not between 0 and 1")) }
+    let ratio: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!("{ratio} is not between 0 and 1"))
+    }
 }
 
 #[cfg(test)]
@@ -193,42 +208,85 @@ mod tests {
 
     #[test]
     fn global_flags_anywhere() {
-        let cli = parse(&["kv", "get", "a", "--json", "--config", "/x/c.toml", "--timeout", "2s"]).unwrap();
+        let cli = parse(&[
+            "kv",
+            "get",
+            "a",
+            "--json",
+            "--config",
+            "/x/c.toml",
+            "--timeout",
+            "2s",
+        ])
+        .unwrap();
         assert!(cli.json);
         assert_eq!(cli.config_path(), PathBuf::from("/x/c.toml"));
         assert_eq!(cli.timeout, Some(Duration::from_secs(2)));
         let cli = parse(&["--json", "cluster", "status"]).unwrap();
         assert!(cli.json);
-        assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Status)));
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Status)
+        ));
         assert!(parse(&["--timeout", "soon", "cluster", "status"]).is_err());
     }
 
     #[test]
     fn kv_commands() {
-        match parse(&["kv", "put", "k", "-v-", "--if-revision", "7"]).unwrap().command {
-            Command::Kv(KvCommand::Put { key, value, if_revision }) => {
-                assert_eq!((key.as_str(), value.as_str(), if_revision), ("k", "-v-", Some(7)));
+        match parse(&["kv", "put", "k", "-v-", "--if-revision", "7"])
+            .unwrap()
+            .command
+        {
+            Command::Kv(KvCommand::Put {
+                key,
+                value,
+                if_revision,
+            }) => {
+                assert_eq!(
+                    (key.as_str(), value.as_str(), if_revision),
+                    ("k", "-v-", Some(7))
+                );
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "get", "k", "--serializable"]).unwrap().command {
-            Command::Kv(KvCommand::Get { key, serializable }) => assert!(key == "k" && serializable),
+        match parse(&["kv", "get", "k", "--serializable"])
+            .unwrap()
+            .command
+        {
+            Command::Kv(KvCommand::Get { key, serializable }) => {
+                assert!(key == "k" && serializable)
+            }
             other => panic!("{other:?}"),
         }
         match parse(&["kv", "del", "k"]).unwrap().command {
-            Command::Kv(KvCommand::Del { key, if_revision }) => assert!(key == "k" && if_revision.is_none()),
+            Command::Kv(KvCommand::Del { key, if_revision }) => {
+                assert!(key == "k" && if_revision.is_none())
+            }
             other => panic!("{other:?}"),
         }
         match parse(&["kv", "list", "p/"]).unwrap().command {
-            Command::Kv(KvCommand::List { prefix, limit, all, .. }) => assert!(prefix == "p/" && limit == 100 && !all),
+            Command::Kv(KvCommand::List {
+                prefix, limit, all, ..
+            }) => assert!(prefix == "p/" && limit == 100 && !all),
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "list", "--all", "--limit", "5"]).unwrap().command {
-            Command::Kv(KvCommand::List { prefix, limit, all, .. }) => assert!(prefix.is_empty() && limit == 5 && all),
+        match parse(&["kv", "list", "--all", "--limit", "5"])
+            .unwrap()
+            .command
+        {
+            Command::Kv(KvCommand::List {
+                prefix, limit, all, ..
+            }) => assert!(prefix.is_empty() && limit == 5 && all),
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "watch", "p/", "--from-revision", "12"]).unwrap().command {
-            Command::Kv(KvCommand::Watch { prefix, from_revision }) => assert!(prefix == "p/" && from_revision == 12),
+        match parse(&["kv", "watch", "p/", "--from-revision", "12"])
+            .unwrap()
+            .command
+        {
+            Command::Kv(KvCommand::Watch {
+                prefix,
+                from_revision,
+            }) => assert!(prefix == "p/" && from_revision == 12),
             other => panic!("{other:?}"),
         }
         assert!(parse(&["kv", "put", "k"]).is_err());
@@ -238,8 +296,13 @@ mod tests {
 
     #[test]
     fn cluster_commands() {
-        match parse(&["cluster", "add-node", "10.0.0.4:7000", "--learner"]).unwrap().command {
-            Command::Cluster(ClusterCommand::AddNode { addr, learner }) => assert!(addr == "10.0.0.4:7000" && learner),
+        match parse(&["cluster", "add-node", "10.0.0.4:7000", "--learner"])
+            .unwrap()
+            .command
+        {
+            Command::Cluster(ClusterCommand::AddNode { addr, learner }) => {
+                assert!(addr == "10.0.0.4:7000" && learner)
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
@@ -250,17 +313,32 @@ mod tests {
             parse(&["cluster", "transfer-leader", "2"]).unwrap().command,
             Command::Cluster(ClusterCommand::TransferLeader { id: 2 })
         ));
-        assert!(matches!(parse(&["cluster", "snapshot"]).unwrap().command, Command::Cluster(ClusterCommand::Snapshot)));
+        assert!(matches!(
+            parse(&["cluster", "snapshot"]).unwrap().command,
+            Command::Cluster(ClusterCommand::Snapshot)
+        ));
         match parse(&["cluster", "join-token"]).unwrap().command {
-            Command::Cluster(ClusterCommand::JoinToken { ttl }) => assert_eq!(ttl, Duration::from_secs(3600)),
+            Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
+                assert_eq!(ttl, Duration::from_secs(3600))
+            }
             other => panic!("{other:?}"),
         }
-        match parse(&["cluster", "join-token", "--ttl", "10m"]).unwrap().command {
-            Command::Cluster(ClusterCommand::JoinToken { ttl }) => assert_eq!(ttl, Duration::from_secs(600)),
+        match parse(&["cluster", "join-token", "--ttl", "10m"])
+            .unwrap()
+            .command
+        {
+            Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
+                assert_eq!(ttl, Duration::from_secs(600))
+            }
             other => panic!("{other:?}"),
         }
-        match parse(&["cluster", "backup", "-o", "b.bin"]).unwrap().command {
-            Command::Cluster(ClusterCommand::Backup { output }) => assert_eq!(output, PathBuf::from("b.bin")),
+        match parse(&["cluster", "backup", "-o", "b.bin"])
+            .unwrap()
+            .command
+        {
+            Command::Cluster(ClusterCommand::Backup { output }) => {
+                assert_eq!(output, PathBuf::from("b.bin"))
+            }
             other => panic!("{other:?}"),
         }
         assert!(parse(&["cluster", "backup"]).is_err());
@@ -269,20 +347,39 @@ mod tests {
 
     #[test]
     fn bench_flags_and_defaults() {
-        match parse(&["bench", "kv", "--clients", "8", "--duration", "3s"]).unwrap().command {
+        match parse(&["bench", "kv", "--clients", "8", "--duration", "3s"])
+            .unwrap()
+            .command
+        {
             Command::Bench(BenchCommand::Kv(a)) => {
-                assert_eq!((a.clients, a.duration, a.value_size, a.keys), (8, Duration::from_secs(3), 256, 10_000));
+                assert_eq!(
+                    (a.clients, a.duration, a.value_size, a.keys),
+                    (8, Duration::from_secs(3), 256, 10_000)
+                );
                 assert_eq!(a.read_ratio, 0.0);
                 assert!(!a.serializable);
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["bench", "kv", "--read-ratio", "0.9", "--keys", "10", "--value-size", "1", "--serializable"])
-            .unwrap()
-            .command
+        match parse(&[
+            "bench",
+            "kv",
+            "--read-ratio",
+            "0.9",
+            "--keys",
+            "10",
+            "--value-size",
+            "1",
+            "--serializable",
+        ])
+        .unwrap()
+        .command
         {
             Command::Bench(BenchCommand::Kv(a)) => {
-                assert_eq!((a.read_ratio, a.keys, a.value_size, a.serializable), (0.9, 10, 1, true));
+                assert_eq!(
+                    (a.read_ratio, a.keys, a.value_size, a.serializable),
+                    (0.9, 10, 1, true)
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -109,30 +109,40 @@ impl WatchState {
             };
             let max_frame = self.client.config().max_frame_bytes;
             let broken = match read_frame::<pb::Response, _>(recv, max_frame).await {
-                Ok(pb::Response { body: Some(Resp::WatchEvent(event)) }) => {
+                Ok(pb::Response {
+                    body: Some(Resp::WatchEvent(event)),
+                }) => {
                     self.next_from = self.next_from.max(event.revision.saturating_add(1));
                     self.failing_since = None;
                     self.backoff = MIN_BACKOFF;
                     return Some(Ok(event));
                 }
-                Ok(pb::Response { body: Some(Resp::Error(err)) }) => {
+                Ok(pb::Response {
+                    body: Some(Resp::Error(err)),
+                }) => {
                     let err = ClientError::from_pb(err);
                     if !err.is_retryable() {
                         return self.finish(err);
                     }
                     err
                 }
-                Ok(pb::Response { body: Some(other) }) => return self.finish(unexpected("watch_event", &other)),
+                Ok(pb::Response { body: Some(other) }) => {
+                    return self.finish(unexpected("watch_event", &other));
+                }
                 Ok(pb::Response { body: None }) => {
                     return self.finish(ClientError::Protocol("response without a body".into()));
                 }
-                Err(e) if e.is_protocol_violation() => return self.finish(ClientError::Protocol(e.to_string())),
+                Err(e) if e.is_protocol_violation() => {
+                    return self.finish(ClientError::Protocol(e.to_string()));
+                }
                 Err(e) => ClientError::Unavailable(format!("watch stream broken: {e}")),
             };
             tracing::debug!(error = %broken, resume_from = self.next_from, "re-opening watch");
             self.recv = None;
             let now = Instant::now();
-            let was_healthy = self.opened_at.is_some_and(|t| now.duration_since(t) >= HEALTHY_AFTER);
+            let was_healthy = self
+                .opened_at
+                .is_some_and(|t| now.duration_since(t) >= HEALTHY_AFTER);
             if was_healthy || self.failing_since.is_none() {
                 self.failing_since = Some(now);
                 self.backoff = MIN_BACKOFF;

@@ -93,7 +93,13 @@ mod tests {
         let fp = "0123456789abcdef0123456789abcdef";
         let t = format_token(fp, "s3cr3t");
         assert_eq!(parse_token(&t).unwrap(), (fp.to_string(), "s3cr3t".to_string()));
-        for bad in ["", "caddyjoin", "caddyjoin.xyz.s", "other.0123456789abcdef0123456789abcdef.s", "caddyjoin.0123456789abcdef0123456789abcdef."] {
+        for bad in [
+            "",
+            "caddyjoin",
+            "caddyjoin.xyz.s",
+            "other.0123456789abcdef0123456789abcdef.s",
+            "caddyjoin.0123456789abcdef0123456789abcdef.",
+        ] {
             assert!(parse_token(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -47,7 +47,13 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        Self { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600, snapshot_every: 20_000, keep_behind_snapshot: 5_000 }
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 20_000,
+            keep_behind_snapshot: 5_000,
+        }
     }
 }
 
@@ -91,8 +97,5 @@ pub fn openraft_config(timing: &RaftTiming) -> Result<Arc<openraft::Config>, Raf
 /// Milliseconds since the Unix epoch on this machine's clock (used only by
 /// proposers and by expiry checks outside apply).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caddy_core::codec;
 use caddy_core::NodeId;
+use caddy_core::codec;
 use caddy_store::{CaddyNode, Snapshot, SnapshotData, TypeConfig};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -121,7 +121,11 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         result
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         self.call_blob(&rpc, &option, |mut c, b| async move { c.vote(b).await }).await
     }
 
@@ -142,10 +146,8 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = codec::to_bytes(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let mut client = self
-            .peers
-            .client(&self.addr)
-            .map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
+        let mut client =
+            self.peers.client(&self.addr).map_err(|s| StreamingError::Unreachable(Unreachable::new(&s)))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
         let mut file = tokio::fs::File::from_std(snapshot.snapshot);
         let reader = tokio::spawn(async move {
@@ -182,7 +184,11 @@ impl RaftNetworkV2<TypeConfig> for GrpcConnection {
         };
         reader.abort();
         let response = match outcome {
-            Err(_) => return Err(StreamingError::Unreachable(Unreachable::new(&AnyError::error("snapshot transfer timed out")))),
+            Err(_) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(&AnyError::error(
+                    "snapshot transfer timed out",
+                ))));
+            }
             Ok(Err(status)) => return Err(StreamingError::Network(NetworkError::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use caddy_core::NodeId;
 use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, Proposal, ReplyBody, codec};
 use caddy_store::backend::Disk;
-use caddy_core::NodeId;
 use caddy_store::{CaddyNode, FlushMode, LogStore, Raft, StateMachineStore, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError as OpenRaftError};
@@ -437,17 +437,17 @@ impl RaftNode {
             OpenRaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
                 CaddyError::unavailable("leadership moved during the membership change; retry")
             }
-            OpenRaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => CaddyError::precondition(e.to_string()),
+            OpenRaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                CaddyError::precondition(e.to_string())
+            }
             OpenRaftError::APIError(e) => CaddyError::unavailable(e.to_string()),
             OpenRaftError::Fatal(e) => CaddyError::unavailable(e.to_string()),
         };
         if !matches!(op, MembershipOp::Status) {
             // openraft refuses a change while the previous one (including the
             // bootstrap configuration) is uncommitted; wait it out briefly.
-            self.wait_metrics(LEADER_WAIT, |m| {
-                m.committed_membership_config.log_id() == m.membership_config.log_id()
-            })
-            .await;
+            self.wait_metrics(LEADER_WAIT, |m| m.committed_membership_config.log_id() == m.membership_config.log_id())
+                .await;
         }
         match op {
             MembershipOp::Add { id, node, learner_only } => {
@@ -490,10 +490,7 @@ impl RaftNode {
                     return Err(CaddyError::new(ErrorCode::NotFound, format!("node {to} is not a voter")));
                 }
                 if to != self.inner.id {
-                    raft.trigger()
-                        .transfer_leader(to)
-                        .await
-                        .map_err(|e| CaddyError::unavailable(e.to_string()))?;
+                    raft.trigger().transfer_leader(to).await.map_err(|e| CaddyError::unavailable(e.to_string()))?;
                     let moved = self.wait_metrics(LEADER_WAIT, |m| m.current_leader == Some(to)).await;
                     if moved.is_none() {
                         return Err(CaddyError::unavailable(format!("node {to} did not take over leadership in time")));
@@ -556,7 +553,7 @@ impl RaftNode {
             .await;
         match done {
             Some(m) => {
-                let snap = m.snapshot.clone();
+                let snap = m.snapshot;
                 Ok(snap.map(|l| (l.index, l.leader_id.term)).unwrap_or((0, 0)))
             }
             _ => Err(CaddyError::unavailable("snapshot did not complete in time")),

@@ -97,13 +97,10 @@ impl Peer for PeerService {
             file.sync_all().map_err(|e| Status::internal(e.to_string()))?;
             let mut file = std::fs::File::open(&staging).map_err(|e| Status::internal(e.to_string()))?;
             // Reject a damaged transfer here: installing it would stop the node.
-            verify_snapshot_file(&mut file).map_err(|e| Status::data_loss(format!("received snapshot invalid: {e}")))?;
-            let resp = self
-                .node
-                .raft()
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: file })
-                .await
-                .map_err(fatal)?;
+            verify_snapshot_file(&mut file)
+                .map_err(|e| Status::data_loss(format!("received snapshot invalid: {e}")))?;
+            let resp =
+                self.node.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await.map_err(fatal)?;
             encode(&resp)
         }
         .await;
@@ -140,7 +137,8 @@ impl Peer for PeerService {
 
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let req = req.into_inner();
-        let (fingerprint, secret) = enroll::parse_token(&req.join_token).map_err(|e| Status::invalid_argument(e.message))?;
+        let (fingerprint, secret) =
+            enroll::parse_token(&req.join_token).map_err(|e| Status::invalid_argument(e.message))?;
         let tls = self.node.tls().ok_or_else(|| Status::failed_precondition("this node has no TLS material"))?;
         let own = caddy_wire::tls::ca_fingerprint(&tls.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?;
         if own != fingerprint {
@@ -154,12 +152,13 @@ impl Peer for PeerService {
             .join_token_valid(&enroll::secret_hash(&secret), now_ms())
             .map_err(|e| Status::internal(e.to_string()))?;
         if !valid {
-            return Err(Status::permission_denied("join token unknown or expired; create one with `caddyctl cluster join-token`"));
+            return Err(Status::permission_denied(
+                "join token unknown or expired; create one with `caddyctl cluster join-token`",
+            ));
         }
-        let key = tls
-            .ca_key_pem
-            .clone()
-            .ok_or_else(|| Status::failed_precondition("this member does not hold the CA key; join through another member"))?;
+        let key = tls.ca_key_pem.clone().ok_or_else(|| {
+            Status::failed_precondition("this member does not hold the CA key; join through another member")
+        })?;
         tracing::info!(node_id = req.node_id, "enrolled a joining node");
         Ok(Response::new(pb::EnrollResponse { ca_cert_pem: tls.ca_cert_pem.clone(), ca_key_pem: key }))
     }

@@ -215,7 +215,10 @@ impl RaftNetworkV2<TypeConfig> for SimConnection {
         req: TransferLeaderRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.net.deliver(self.from, self.to, |r| async move { r.handle_transfer_leader(req).await }).await.map_err(unreachable)
+        self.net
+            .deliver(self.from, self.to, |r| async move { r.handle_transfer_leader(req).await })
+            .await
+            .map_err(unreachable)
     }
 
     fn backoff(&self) -> Option<openraft::network::Backoff> {

@@ -1,6 +1,8 @@
 //! Cluster behaviour on the in-process harness: real storage (in memory,
 //! crashable), the simulated network, tokio's paused clock.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -39,7 +41,10 @@ impl Cluster {
         assert!(c.nodes[&1].initialize_single().await.unwrap());
         c.wait_leader_among(&[1]).await;
         for id in 2..=voters {
-            c.leader_node().membership_as_leader(MembershipOp::Add { id, node: addr(id), learner_only: false }).await.unwrap();
+            c.leader_node()
+                .membership_as_leader(MembershipOp::Add { id, node: addr(id), learner_only: false })
+                .await
+                .unwrap();
         }
         c
     }
@@ -106,7 +111,10 @@ impl Cluster {
 
     async fn wait_applied_everywhere(&self, ids: &[NodeId], index: u64) {
         for id in ids {
-            self.nodes[id].wait_applied(index, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("node {id}: {e}"));
+            self.nodes[id]
+                .wait_applied(index, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("node {id}: {e}"));
         }
     }
 
@@ -118,7 +126,13 @@ impl Cluster {
 use openraft::async_runtime::WatchReceiver;
 
 fn fast() -> RaftTiming {
-    RaftTiming { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 600, snapshot_every: 10_000, keep_behind_snapshot: 100 }
+    RaftTiming {
+        heartbeat_ms: 50,
+        election_min_ms: 300,
+        election_max_ms: 600,
+        snapshot_every: 10_000,
+        keep_behind_snapshot: 100,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +212,10 @@ async fn a_new_learner_catches_up_through_a_snapshot() {
     assert!(purged.is_some(), "leader never purged its log behind a snapshot");
 
     c.start(4).await;
-    c.nodes[&leader].membership_as_leader(MembershipOp::Add { id: 4, node: addr(4), learner_only: true }).await.unwrap();
+    c.nodes[&leader]
+        .membership_as_leader(MembershipOp::Add { id: 4, node: addr(4), learner_only: true })
+        .await
+        .unwrap();
     let index = c.nodes[&leader].status().applied_index;
     c.wait_applied_everywhere(&[4], index).await;
     assert!(c.nodes[&4].state_machine().snapshot_info().is_some(), "learner caught up without a snapshot");

@@ -206,7 +206,8 @@ impl Config {
         if self.node_id == 0 {
             bail!("node_id must not be 0");
         }
-        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms {
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms
+        {
             bail!("raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms");
         }
         if self.limits.max_frame_bytes < self.limits.max_value_bytes + self.limits.max_key_bytes + 1024 {
@@ -216,7 +217,8 @@ impl Config {
             bail!("cluster.bootstrap and cluster.join are mutually exclusive");
         }
         for addr in [&self.listen.raft, &self.listen.client, &self.listen.admin] {
-            addr.parse::<std::net::SocketAddr>().with_context(|| format!("listen address {addr:?} is not host:port"))?;
+            addr.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("listen address {addr:?} is not host:port"))?;
         }
         Ok(())
     }
@@ -273,7 +275,8 @@ fn apply_env(value: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()
     let (table, field) = if root.contains_key(&name) && !root[&name].is_table() {
         (root, name.clone())
     } else {
-        let Some(section) = root.keys().find(|s| root[*s].is_table() && name.starts_with(&format!("{s}_"))).cloned() else {
+        let Some(section) = root.keys().find(|s| root[*s].is_table() && name.starts_with(&format!("{s}_"))).cloned()
+        else {
             // Not one of ours (e.g. CADDY_CONFIG for caddyctl): ignore.
             return Ok(());
         };
@@ -285,8 +288,12 @@ fn apply_env(value: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()
         bail!("environment variable {key} names no configuration field");
     };
     let parsed = match existing {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.parse().with_context(|| format!("{key} must be an integer"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().with_context(|| format!("{key} must be true or false"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.parse().with_context(|| format!("{key} must be an integer"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(raw.parse().with_context(|| format!("{key} must be true or false"))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
         ),

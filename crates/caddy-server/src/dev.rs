@@ -49,11 +49,8 @@ fn node_dir(dir: &Path, id: u64) -> PathBuf {
 fn write_node_config(dir: &Path, node: &DevNode, seed: &DevNode) -> anyhow::Result<PathBuf> {
     let ndir = node_dir(dir, node.id);
     std::fs::create_dir_all(&ndir)?;
-    let cluster = if node.id == seed.id {
-        "bootstrap = true".to_string()
-    } else {
-        format!("join = [\"{}\"]", seed.raft)
-    };
+    let cluster =
+        if node.id == seed.id { "bootstrap = true".to_string() } else { format!("join = [\"{}\"]", seed.raft) };
     let text = format!(
         "# Written by `caddyd dev`.\nnode_id = {}\ndata_dir = \"{}\"\n\n[listen]\nraft = \"{}\"\nclient = \"{}\"\nadmin = \"{}\"\n\n[cluster]\n{}\n",
         node.id,
@@ -182,7 +179,12 @@ pub async fn run(count: u64, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_all(dir: &Path, nodes: &[DevNode], children: &mut Vec<(u64, Child)>, resumed: bool) -> anyhow::Result<()> {
+async fn start_all(
+    dir: &Path,
+    nodes: &[DevNode],
+    children: &mut Vec<(u64, Child)>,
+    resumed: bool,
+) -> anyhow::Result<()> {
     let seed = &nodes[0];
     children.push((seed.id, spawn_node(dir, seed, None)?));
     let token_path = node_dir(dir, seed.id).join(ADMIN_TOKEN_FILE);

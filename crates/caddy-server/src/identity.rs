@@ -72,7 +72,12 @@ pub fn store_new(config: &Config, ca: &CaMaterial) -> anyhow::Result<NodeTls> {
     tls::write_private(&p.key(), leaf.key_pem.as_bytes())?;
     std::fs::write(p.ca_cert(), &ca.cert_pem)?;
     std::fs::write(p.cert(), &chain)?;
-    Ok(NodeTls { ca_cert_pem: ca.cert_pem.clone(), ca_key_pem: Some(ca.key_pem.clone()), cert_pem: chain, key_pem: leaf.key_pem })
+    Ok(NodeTls {
+        ca_cert_pem: ca.cert_pem.clone(),
+        ca_key_pem: Some(ca.key_pem.clone()),
+        cert_pem: chain,
+        key_pem: leaf.key_pem,
+    })
 }
 
 /// The identity to run with: existing, new (bootstrap) or enrolled (join).
@@ -86,10 +91,14 @@ pub async fn obtain(config: &Config) -> anyhow::Result<NodeTls> {
         return store_new(config, &ca);
     }
     if config.cluster.join.is_empty() {
-        bail!("this node has no cluster identity: set cluster.bootstrap = true to create a cluster, or cluster.join and a join token to join one");
+        bail!(
+            "this node has no cluster identity: set cluster.bootstrap = true to create a cluster, or cluster.join and a join token to join one"
+        );
     }
     if config.cluster.join_token.is_empty() {
-        bail!("joining needs a join token: run `caddyctl cluster join-token` on the cluster and pass it as CADDY_CLUSTER_JOIN_TOKEN");
+        bail!(
+            "joining needs a join token: run `caddyctl cluster join-token` on the cluster and pass it as CADDY_CLUSTER_JOIN_TOKEN"
+        );
     }
     let mut last = None;
     for seed in &config.cluster.join {
@@ -104,5 +113,9 @@ pub async fn obtain(config: &Config) -> anyhow::Result<NodeTls> {
             }
         }
     }
-    bail!("could not enroll through any of {:?}: {}", config.cluster.join, last.map(|e| e.to_string()).unwrap_or_default())
+    bail!(
+        "could not enroll through any of {:?}: {}",
+        config.cluster.join,
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }

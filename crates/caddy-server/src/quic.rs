@@ -105,7 +105,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 FrameError::TooLarge { .. } => CaddyError::exhausted(format!("request rejected: {e}")),
                 _ => CaddyError::invalid(format!("request rejected: {e}")),
             };
-            metrics::counter!("caddy_requests_total", "op" => "malformed", "status" => error.code.as_str()).increment(1);
+            metrics::counter!("caddy_requests_total", "op" => "malformed", "status" => error.code.as_str())
+                .increment(1);
             let _ = write_frame(&mut send, &error_response(&error)).await;
             let _ = send.finish();
             // Do not read the rest of an oversized request.

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use caddy_core::Command;
+use caddy_raft::RaftNode;
 use caddy_raft::node::{NodeOptions, NodeTls};
 use caddy_raft::peers::PeerClients;
 use caddy_raft::service::PeerService;
-use caddy_raft::RaftNode;
 use caddy_store::backend::Disk;
 use caddy_store::{CaddyNode, FlushMode};
 use tokio::sync::watch;
@@ -55,7 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let endpoint = quic::bind(parse(&config.listen.client, "client")?, &tls, &service)?;
     let quic_task = tokio::spawn(quic::serve(endpoint, service, shutdown_rx.clone(), Duration::from_secs(10)));
     let admin_task =
-        admin::serve(parse(&config.listen.admin, "admin")?, &tls, node.clone(), prometheus, shutdown_rx.clone()).await?;
+        admin::serve(parse(&config.listen.admin, "admin")?, &tls, node.clone(), prometheus, shutdown_rx.clone())
+            .await?;
 
     let initialized = node.raft().is_initialized().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if config.cluster.bootstrap {
@@ -90,7 +91,8 @@ async fn serve_peers(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let addr = parse(&config.listen.raft, "raft")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the peer listener on {addr}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the peer listener on {addr}"))?;
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
@@ -124,8 +126,10 @@ async fn bootstrap(config: &Config, node: &RaftNode) -> anyhow::Result<()> {
     let secret: [u8; 32] = rand::random();
     let token = format!("caddy_admin_{}", hex::encode(secret));
     let cluster_id = hex::encode(rand::random::<[u8; 8]>());
-    let command =
-        Command::InitCluster { cluster_id: cluster_id.clone(), admin_credential_hash: caddy_core::credential_hash(&token) };
+    let command = Command::InitCluster {
+        cluster_id: cluster_id.clone(),
+        admin_credential_hash: caddy_core::credential_hash(&token),
+    };
     node.propose(None, command).await.map_err(|e| anyhow::anyhow!("creating the admin credential: {e}"))?;
     caddy_wire::tls::write_private(&token_path, token.as_bytes())?;
     tracing::info!(cluster_id, path = %token_path.display(), "admin credential created (shown only in this file)");
@@ -138,8 +142,14 @@ async fn join(config: Config, tls: NodeTls, self_node: CaddyNode) {
     let mut delay = Duration::from_millis(200);
     loop {
         for seed in &config.cluster.join {
-            match caddy_raft::enroll::request_membership(&peers, seed, config.node_id, &self_node, config.cluster.learner)
-                .await
+            match caddy_raft::enroll::request_membership(
+                &peers,
+                seed,
+                config.node_id,
+                &self_node,
+                config.cluster.learner,
+            )
+            .await
             {
                 Ok(view) => {
                     tracing::info!(seed, voters = ?view.voters, learners = ?view.learners, "joined the cluster");

@@ -112,7 +112,9 @@ impl Service {
 
     fn authenticate(&self, credential: &str) -> Result<(), CaddyError> {
         let Some(stored) = self.node.state_machine().admin_credential_hash() else {
-            return Err(CaddyError::unavailable("the cluster is not initialized yet (no credentials exist); retry shortly"));
+            return Err(CaddyError::unavailable(
+                "the cluster is not initialized yet (no credentials exist); retry shortly",
+            ));
         };
         if credential.is_empty() {
             return Err(CaddyError::new(ErrorCode::Unauthenticated, "no credential presented"));
@@ -204,7 +206,9 @@ impl Service {
             Req::Delete(d) => {
                 self.check_key(&d.key)?;
                 match node.propose(origin, Command::KvDelete { key: d.key, if_revision: d.if_revision }).await? {
-                    ReplyBody::Delete { revision, deleted } => ok(Resp::Delete(pb::DeleteResponse { revision, deleted })),
+                    ReplyBody::Delete { revision, deleted } => {
+                        ok(Resp::Delete(pb::DeleteResponse { revision, deleted }))
+                    }
                     other => Err(CaddyError::internal(format!("unexpected reply to delete: {other:?}"))),
                 }
             }
@@ -231,7 +235,8 @@ impl Service {
             Req::Status(_) => ok(Resp::Status(self.status().await)),
             Req::AddNode(a) => {
                 let peers = node.peers().ok_or_else(|| CaddyError::internal("no peer network"))?;
-                let mut client = peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
+                let mut client =
+                    peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
                 let who = tokio::time::timeout(Duration::from_secs(5), client.identify(caddy_raft::pb::Empty {}))
                     .await
                     .map_err(|_| CaddyError::unavailable(format!("no answer from {}", a.raft_addr)))?
@@ -296,7 +301,8 @@ impl Service {
             .iter()
             .map(|m| {
                 let is_leader = Some(m.id) == leader_view.leader;
-                let lag = if is_leader { Some(0) } else { m.matched.map(|x| leader_view.last_log_index.saturating_sub(x)) };
+                let lag =
+                    if is_leader { Some(0) } else { m.matched.map(|x| leader_view.last_log_index.saturating_sub(x)) };
                 let health = if is_leader {
                     "healthy"
                 } else if leader_view.leader != Some(leader_view.id) {
@@ -335,7 +341,10 @@ impl Service {
 
     async fn watch<W: AsyncWrite + Unpin + Send>(&self, w: pb::WatchRequest, out: &mut W) -> Result<(), CaddyError> {
         let _permit = self.watches.clone().try_acquire_owned().map_err(|_| {
-            CaddyError::exhausted(format!("this node serves at most {} watches; try another node", self.limits.max_watches))
+            CaddyError::exhausted(format!(
+                "this node serves at most {} watches; try another node",
+                self.limits.max_watches
+            ))
         })?;
         let sm = self.node.state_machine();
         // Subscribe before reading history, so no event falls between the two.

@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the `tracing` subscriber: `RUST_LOG` if set, else `level`;
 /// the chattiest dependencies are capped at `warn` unless named explicitly.
 pub fn init_logging(level: &str, json: bool) {
-    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| format!("openraft=warn,loro_internal=warn,h2=warn,{level}"));
+    let filter =
+        std::env::var("RUST_LOG").ok().unwrap_or_else(|| format!("openraft=warn,loro_internal=warn,h2=warn,{level}"));
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
@@ -16,9 +17,8 @@ pub fn init_logging(level: &str, json: bool) {
 
 /// Installs the Prometheus recorder (once per process).
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ];
+    let buckets =
+        [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     let handle = PrometheusBuilder::new().set_buckets(&buckets)?.install_recorder()?;
     Ok(handle)
 }

@@ -128,7 +128,8 @@ fn flush_loop(db: &Database, rx: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
 }
 
 fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
-    let (_, entry): (u8, Entry) = codec::open(RECORD_VERSION, bytes).map_err(|e| corrupt(&format!("log entry {index}"), e))?;
+    let (_, entry): (u8, Entry) =
+        codec::open(RECORD_VERSION, bytes).map_err(|e| corrupt(&format!("log entry {index}"), e))?;
     if entry.log_id.index != index {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -172,7 +173,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             }
         };
-        let last_log_id = last.or_else(|| last_purged.clone());
+        let last_log_id = last.or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 

@@ -203,7 +203,7 @@ impl StateMachineStore {
 
     /// Last applied log id.
     pub fn applied(&self) -> Option<LogId> {
-        lock(&self.inner.meta).applied.clone()
+        lock(&self.inner.meta).applied
     }
 
     /// Last applied membership.
@@ -409,10 +409,8 @@ impl StateMachineStore {
 
     fn publish_applied(&self) {
         let meta = lock(&self.inner.meta);
-        let event = ApplyEvent {
-            applied_index: meta.applied.as_ref().map(|l| l.index).unwrap_or(0),
-            revision: meta.revision,
-        };
+        let event =
+            ApplyEvent { applied_index: meta.applied.as_ref().map(|l| l.index).unwrap_or(0), revision: meta.revision };
         drop(meta);
         self.inner.applied_tx.send_replace(event);
     }
@@ -434,7 +432,7 @@ impl StateMachineStore {
                         apply_proposal(&mut tables, &mut meta, &proposal, history, &mut events)?
                     }
                     EntryPayload::Membership(m) => {
-                        meta.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                        meta.membership = StoredMembership::new(Some(entry.log_id), m);
                         Reply::default()
                     }
                 };
@@ -466,7 +464,7 @@ impl StateMachineStore {
         self.make_durable()?;
         let tmp = self.inner.snapshot_dir.join(format!("building-{}.tmp", std::process::id()));
         let (header, size) = self.export(&tmp)?;
-        let meta = SnapshotMeta { last_log_id: header.applied.clone(), last_membership: header.membership.clone() };
+        let meta = SnapshotMeta { last_log_id: header.applied, last_membership: header.membership.clone() };
         let (term, index) = header.applied.as_ref().map(|l| (l.leader_id.term, l.index)).unwrap_or((0, 0));
         let path = self.inner.snapshot_dir.join(format!("snap-{term:020}-{index:020}.snap"));
         std::fs::rename(&tmp, &path)?;
@@ -538,10 +536,10 @@ fn apply_proposal(
     history: u64,
     events: &mut Vec<KvEvent>,
 ) -> io::Result<Reply> {
-    if let Some(origin) = proposal.origin {
-        if let Some(previous) = session_lookup(tables, origin)? {
-            return Ok(previous);
-        }
+    if let Some(origin) = proposal.origin
+        && let Some(previous) = session_lookup(tables, origin)?
+    {
+        return Ok(previous);
     }
     let result = apply_command(tables, meta, proposal, history, events)?;
     let reply = Reply(result);
@@ -707,7 +705,13 @@ fn apply_command(
             tables.kv.remove(key.as_str()).map_err(io_err)?;
             meta.revision += 1;
             let revision = meta.revision;
-            let kv = KeyValue { key: key.clone(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
+            let kv = KeyValue {
+                key: key.clone(),
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: revision,
+                version: 0,
+            };
             record_event(tables, meta, KvEvent { revision, kind: EventKind::Delete, kv }, history, events)?;
             Ok(Ok(ReplyBody::Delete { revision, deleted: true }))
         }
@@ -734,7 +738,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let meta = lock(&self.inner.meta);
-        Ok((meta.applied.clone(), meta.membership.clone()))
+        Ok((meta.applied, meta.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>

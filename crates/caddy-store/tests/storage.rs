@@ -1,15 +1,17 @@
 //! Storage tests: openraft's conformance suite, power-loss durability,
 //! snapshot round trips and corruption detection.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::io::{Seek, SeekFrom, Write};
 
 use caddy_core::{ClientSeq, Command, Proposal, Reply, ReplyBody};
 use caddy_store::backend::{CrashableDisk, Disk};
 use caddy_store::{Entry, FlushMode, LogStore, StateMachineStore, TypeConfig, verify_snapshot_file};
 use openraft::entry::RaftEntry;
+use openraft::errors::ErrorSource;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
-use openraft::errors::ErrorSource;
 use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, StorageError};
 
@@ -19,7 +21,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
         let disk = Disk::Dir(dir.path().to_path_buf());
-        let log = LogStore::open(&disk, FlushMode::Background).map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
+        let log = LogStore::open(&disk, FlushMode::Background)
+            .map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
         let sm = StateMachineStore::open(&disk).map_err(|e| StorageError::read(ErrorSource::from_error(&e)))?;
         Ok((dir, log, sm))
     }

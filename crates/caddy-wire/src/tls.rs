@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -69,11 +69,7 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, "CADDY");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
@@ -200,28 +196,6 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ca_signs_node_certs_that_rustls_accepts() {
-        let ca = generate_ca().unwrap();
-        let node = issue_node_cert(&ca, 3, &["10.1.2.3".into(), "node3.example".into()]).unwrap();
-        server_config(&node, &[crate::ALPN]).unwrap();
-        client_config(&ca.cert_pem, &[crate::ALPN]).unwrap();
-        let fp = ca_fingerprint(&ca.cert_pem).unwrap();
-        assert_eq!(fp.len(), 32);
-        assert_ne!(fp, ca_fingerprint(&generate_ca().unwrap().cert_pem).unwrap());
-        assert!(parse_key("not a key").is_err());
-        assert!(parse_certs("").is_err());
-        let der = parse_certs(&ca.cert_pem).unwrap();
-        let pem = pick_pinned_ca(&der, &fp).unwrap();
-        assert_eq!(parse_certs(&pem).unwrap(), der);
-        assert!(pick_pinned_ca(&der, "00").is_none());
-    }
-}
-
 /// Connects to a TLS server at `addr` and returns the certificate chain it
 /// presents, without trusting it. Used once by a joining node to learn the
 /// cluster CA, which it then checks against the fingerprint pinned in its
@@ -297,4 +271,26 @@ pub fn pick_pinned_ca(chain: &[CertificateDer<'static>], fingerprint: &str) -> O
         .iter()
         .find(|c| hex::encode(&blake3::hash(c.as_ref()).as_bytes()[..16]) == fingerprint)
         .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_signs_node_certs_that_rustls_accepts() {
+        let ca = generate_ca().unwrap();
+        let node = issue_node_cert(&ca, 3, &["10.1.2.3".into(), "node3.example".into()]).unwrap();
+        server_config(&node, &[crate::ALPN]).unwrap();
+        client_config(&ca.cert_pem, &[crate::ALPN]).unwrap();
+        let fp = ca_fingerprint(&ca.cert_pem).unwrap();
+        assert_eq!(fp.len(), 32);
+        assert_ne!(fp, ca_fingerprint(&generate_ca().unwrap().cert_pem).unwrap());
+        assert!(parse_key("not a key").is_err());
+        assert!(parse_certs("").is_err());
+        let der = parse_certs(&ca.cert_pem).unwrap();
+        let pem = pick_pinned_ca(&der, &fp).unwrap();
+        assert_eq!(parse_certs(&pem).unwrap(), der);
+        assert!(pick_pinned_ca(&der, "00").is_none());
+    }
 }

@@ -212,7 +212,11 @@ impl Dev {
 
     /// Restarts a node with its dev config (as a child of the test).
     pub fn restart(&mut self, node: u64) {
-        let log = std::fs::OpenOptions::new().append(true).create(true).open(self.node_file(node, "caddyd.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.node_file(node, "caddyd.log"))
+            .expect("log");
         let child = Command::new(bin("caddyd"))
             .arg("start")
             .arg("--config")

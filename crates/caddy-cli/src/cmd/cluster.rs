@@ -18,7 +18,11 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
     match cmd {
         ClusterCommand::Status => {
             let status = client.status().await?;
-            if ctx.json { emit_json(out, &output::status_json(&status)) } else { emit_text(out, &output::status_text(&status)) }
+            if ctx.json {
+                emit_json(out, &output::status_json(&status))
+            } else {
+                emit_text(out, &output::status_text(&status))
+            }
         }
         ClusterCommand::AddNode { addr, learner } => {
             let m = client.add_node(&addr, learner).await?;
@@ -37,7 +41,10 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
             if ctx.json {
                 emit_json(out, &json!({ "index": s.index, "term": s.term }))
             } else {
-                emit_text(out, &format!("snapshot index={} term={}\n", s.index, s.term))
+                emit_text(
+                    out,
+                    &format!("snapshot index={} term={}\n", s.index, s.term),
+                )
             }
         }
         ClusterCommand::JoinToken { ttl } => {
@@ -47,7 +54,10 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
             }
             let t = client.join_token(ttl_seconds).await?;
             if ctx.json {
-                emit_json(out, &json!({ "token": t.token, "expires_at_ms": t.expires_at_ms }))
+                emit_json(
+                    out,
+                    &json!({ "token": t.token, "expires_at_ms": t.expires_at_ms }),
+                )
             } else {
                 emit_text(out, &format!("{}\n", t.token))
             }
@@ -55,7 +65,10 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
         ClusterCommand::Backup { output: path } => {
             let bytes = backup(ctx, &path).await?;
             if ctx.json {
-                emit_json(out, &json!({ "bytes": bytes, "path": path.display().to_string() }))
+                emit_json(
+                    out,
+                    &json!({ "bytes": bytes, "path": path.display().to_string() }),
+                )
             } else {
                 emit_text(out, &format!("wrote {bytes} bytes to {}\n", path.display()))
             }
@@ -63,8 +76,16 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
     }
 }
 
-fn membership(ctx: &Ctx, out: &mut dyn Write, m: &caddy_client::pb::MembershipResponse) -> anyhow::Result<()> {
-    if ctx.json { emit_json(out, &output::membership_json(m)) } else { emit_text(out, &format!("{}\n", output::membership_text(m))) }
+fn membership(
+    ctx: &Ctx,
+    out: &mut dyn Write,
+    m: &caddy_client::pb::MembershipResponse,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        emit_json(out, &output::membership_json(m))
+    } else {
+        emit_text(out, &format!("{}\n", output::membership_text(m)))
+    }
 }
 
 /// `FILE.tmp` next to `FILE`.
@@ -79,7 +100,9 @@ fn progress_bar(json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    ) {
         bar.set_style(style);
     }
     bar
@@ -88,7 +111,9 @@ fn progress_bar(json: bool) -> ProgressBar {
 /// Streams the backup into `FILE.tmp`, fsyncs it and renames it to `FILE`.
 async fn backup(ctx: &Ctx, path: &Path) -> anyhow::Result<u64> {
     let tmp = tmp_path(path);
-    let file = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    let file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let bar = progress_bar(ctx.json);
     let progress = bar.clone();
     let written = async {
@@ -102,8 +127,15 @@ async fn backup(ctx: &Ctx, path: &Path) -> anyhow::Result<u64> {
                 progress.set_position(done);
             })
             .await?;
-        writer.flush().await.with_context(|| format!("writing {}", tmp.display()))?;
-        writer.into_inner().sync_all().await.with_context(|| format!("syncing {}", tmp.display()))?;
+        writer
+            .flush()
+            .await
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        writer
+            .into_inner()
+            .sync_all()
+            .await
+            .with_context(|| format!("syncing {}", tmp.display()))?;
         anyhow::Ok(bytes)
     }
     .await;
@@ -135,7 +167,10 @@ mod tests {
 
     #[test]
     fn tmp_path_appends_suffix() {
-        assert_eq!(tmp_path(Path::new("/b/backup.bin")), PathBuf::from("/b/backup.bin.tmp"));
+        assert_eq!(
+            tmp_path(Path::new("/b/backup.bin")),
+            PathBuf::from("/b/backup.bin.tmp")
+        );
         assert_eq!(tmp_path(Path::new("out")), PathBuf::from("out.tmp"));
     }
 }
