@@ -15,13 +15,7 @@ pub const DEFAULT_CONFIG: &str = "./.caddy-dev/client.toml";
 #[command(name = "caddyctl", version, about, propagate_version = true)]
 pub struct Cli {
     /// Client configuration file [env: CADDY_CONFIG; default: ./.caddy-dev/client.toml].
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "CADDY_CONFIG",
-        hide_env = true
-    )]
+    #[arg(long, global = true, value_name = "FILE", env = "CADDY_CONFIG", hide_env = true)]
     pub config: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -37,9 +31,7 @@ pub struct Cli {
 impl Cli {
     /// The configuration file to read.
     pub fn config_path(&self) -> PathBuf {
-        self.config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
 }
 
@@ -171,9 +163,9 @@ pub struct BenchKvArgs {
     /// How long to run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Bytes per written value.
-    #[arg(long, default_value_t = 256)]
-    pub value_size: usize,
+    /// Bytes per written value (at most 16 MiB).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=16 * 1024 * 1024))]
+    pub value_size: u64,
     /// Fraction of operations that are reads, 0..1.
     #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
     pub read_ratio: f64,
@@ -186,15 +178,8 @@ pub struct BenchKvArgs {
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
-    let ratio: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
-    if (0.0..=1.0).contains(&ratio) {
-        Ok(ratio)
-    } else {
-        Err(format!("{ratio} is not between 0 and 1"))
-    }
+    let ratio: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) { Ok(ratio) } else { Err(format!("{ratio} is not between 0 and 1")) }
 }
 
 #[cfg(test)]
@@ -208,51 +193,25 @@ mod tests {
 
     #[test]
     fn global_flags_anywhere() {
-        let cli = parse(&[
-            "kv",
-            "get",
-            "a",
-            "--json",
-            "--config",
-            "/x/c.toml",
-            "--timeout",
-            "2s",
-        ])
-        .unwrap();
+        let cli = parse(&["kv", "get", "a", "--json", "--config", "/x/c.toml", "--timeout", "2s"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.config_path(), PathBuf::from("/x/c.toml"));
         assert_eq!(cli.timeout, Some(Duration::from_secs(2)));
         let cli = parse(&["--json", "cluster", "status"]).unwrap();
         assert!(cli.json);
-        assert!(matches!(
-            cli.command,
-            Command::Cluster(ClusterCommand::Status)
-        ));
+        assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Status)));
         assert!(parse(&["--timeout", "soon", "cluster", "status"]).is_err());
     }
 
     #[test]
     fn kv_commands() {
-        match parse(&["kv", "put", "k", "-v-", "--if-revision", "7"])
-            .unwrap()
-            .command
-        {
-            Command::Kv(KvCommand::Put {
-                key,
-                value,
-                if_revision,
-            }) => {
-                assert_eq!(
-                    (key.as_str(), value.as_str(), if_revision),
-                    ("k", "-v-", Some(7))
-                );
+        match parse(&["kv", "put", "k", "-v-", "--if-revision", "7"]).unwrap().command {
+            Command::Kv(KvCommand::Put { key, value, if_revision }) => {
+                assert_eq!((key.as_str(), value.as_str(), if_revision), ("k", "-v-", Some(7)));
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "get", "k", "--serializable"])
-            .unwrap()
-            .command
-        {
+        match parse(&["kv", "get", "k", "--serializable"]).unwrap().command {
             Command::Kv(KvCommand::Get { key, serializable }) => {
                 assert!(key == "k" && serializable)
             }
@@ -265,28 +224,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse(&["kv", "list", "p/"]).unwrap().command {
-            Command::Kv(KvCommand::List {
-                prefix, limit, all, ..
-            }) => assert!(prefix == "p/" && limit == 100 && !all),
+            Command::Kv(KvCommand::List { prefix, limit, all, .. }) => assert!(prefix == "p/" && limit == 100 && !all),
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "list", "--all", "--limit", "5"])
-            .unwrap()
-            .command
-        {
-            Command::Kv(KvCommand::List {
-                prefix, limit, all, ..
-            }) => assert!(prefix.is_empty() && limit == 5 && all),
+        match parse(&["kv", "list", "--all", "--limit", "5"]).unwrap().command {
+            Command::Kv(KvCommand::List { prefix, limit, all, .. }) => assert!(prefix.is_empty() && limit == 5 && all),
             other => panic!("{other:?}"),
         }
-        match parse(&["kv", "watch", "p/", "--from-revision", "12"])
-            .unwrap()
-            .command
-        {
-            Command::Kv(KvCommand::Watch {
-                prefix,
-                from_revision,
-            }) => assert!(prefix == "p/" && from_revision == 12),
+        match parse(&["kv", "watch", "p/", "--from-revision", "12"]).unwrap().command {
+            Command::Kv(KvCommand::Watch { prefix, from_revision }) => assert!(prefix == "p/" && from_revision == 12),
             other => panic!("{other:?}"),
         }
         assert!(parse(&["kv", "put", "k"]).is_err());
@@ -296,10 +242,7 @@ mod tests {
 
     #[test]
     fn cluster_commands() {
-        match parse(&["cluster", "add-node", "10.0.0.4:7000", "--learner"])
-            .unwrap()
-            .command
-        {
+        match parse(&["cluster", "add-node", "10.0.0.4:7000", "--learner"]).unwrap().command {
             Command::Cluster(ClusterCommand::AddNode { addr, learner }) => {
                 assert!(addr == "10.0.0.4:7000" && learner)
             }
@@ -313,29 +256,20 @@ mod tests {
             parse(&["cluster", "transfer-leader", "2"]).unwrap().command,
             Command::Cluster(ClusterCommand::TransferLeader { id: 2 })
         ));
-        assert!(matches!(
-            parse(&["cluster", "snapshot"]).unwrap().command,
-            Command::Cluster(ClusterCommand::Snapshot)
-        ));
+        assert!(matches!(parse(&["cluster", "snapshot"]).unwrap().command, Command::Cluster(ClusterCommand::Snapshot)));
         match parse(&["cluster", "join-token"]).unwrap().command {
             Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
                 assert_eq!(ttl, Duration::from_secs(3600))
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["cluster", "join-token", "--ttl", "10m"])
-            .unwrap()
-            .command
-        {
+        match parse(&["cluster", "join-token", "--ttl", "10m"]).unwrap().command {
             Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
                 assert_eq!(ttl, Duration::from_secs(600))
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["cluster", "backup", "-o", "b.bin"])
-            .unwrap()
-            .command
-        {
+        match parse(&["cluster", "backup", "-o", "b.bin"]).unwrap().command {
             Command::Cluster(ClusterCommand::Backup { output }) => {
                 assert_eq!(output, PathBuf::from("b.bin"))
             }
@@ -347,45 +281,27 @@ mod tests {
 
     #[test]
     fn bench_flags_and_defaults() {
-        match parse(&["bench", "kv", "--clients", "8", "--duration", "3s"])
-            .unwrap()
-            .command
-        {
+        match parse(&["bench", "kv", "--clients", "8", "--duration", "3s"]).unwrap().command {
             Command::Bench(BenchCommand::Kv(a)) => {
-                assert_eq!(
-                    (a.clients, a.duration, a.value_size, a.keys),
-                    (8, Duration::from_secs(3), 256, 10_000)
-                );
+                assert_eq!((a.clients, a.duration, a.value_size, a.keys), (8, Duration::from_secs(3), 256, 10_000));
                 assert_eq!(a.read_ratio, 0.0);
                 assert!(!a.serializable);
             }
             other => panic!("{other:?}"),
         }
-        match parse(&[
-            "bench",
-            "kv",
-            "--read-ratio",
-            "0.9",
-            "--keys",
-            "10",
-            "--value-size",
-            "1",
-            "--serializable",
-        ])
-        .unwrap()
-        .command
+        match parse(&["bench", "kv", "--read-ratio", "0.9", "--keys", "10", "--value-size", "1", "--serializable"])
+            .unwrap()
+            .command
         {
             Command::Bench(BenchCommand::Kv(a)) => {
-                assert_eq!(
-                    (a.read_ratio, a.keys, a.value_size, a.serializable),
-                    (0.9, 10, 1, true)
-                );
+                assert_eq!((a.read_ratio, a.keys, a.value_size, a.serializable), (0.9, 10, 1, true));
             }
             other => panic!("{other:?}"),
         }
         assert!(parse(&["bench", "kv", "--read-ratio", "1.5"]).is_err());
         assert!(parse(&["bench", "kv", "--clients", "0"]).is_err());
         assert!(parse(&["bench", "kv", "--keys", "0"]).is_err());
+        assert!(parse(&["bench", "kv", "--value-size", "1000000000000"]).is_err());
     }
 
     #[test]

@@ -20,9 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if number_end == 0 {
             return Err(format!("invalid duration {text:?}: expected a number"));
         }
-        let number: f64 = rest[..number_end]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: bad number"))?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| format!("invalid duration {text:?}: bad number"))?;
         rest = rest[number_end..].trim_start();
         let unit_end = rest.find(is_number).unwrap_or(rest.len());
         let unit = rest[..unit_end].trim();
@@ -33,17 +31,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" | "hr" | "hrs" => 3600.0,
             "d" => 86_400.0,
             "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: missing unit (ms, s, m, h, d)"
-                ));
+                return Err(format!("invalid duration {text:?}: missing unit (ms, s, m, h, d)"));
             }
             other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
         };
         let part = Duration::try_from_secs_f64(number * scale)
             .map_err(|_| format!("invalid duration {text:?}: out of range"))?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("invalid duration {text:?}: out of range"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("invalid duration {text:?}: out of range"))?;
         rest = &rest[unit_end..];
     }
     Ok(total)
@@ -67,11 +61,7 @@ mod tests {
             (" 3 s ", 3000),
         ];
         for (text, ms) in cases {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
         }
         for bad in ["", "s", "10x", "1.2.3s", "-1s", "1e400s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -50,12 +50,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         for (i, cell) in cells.into_iter().enumerate() {
             line.push_str(cell);
             if i < last {
-                let pad = widths
-                    .get(i)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(cell.chars().count())
-                    + 2;
+                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count()) + 2;
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -90,14 +85,7 @@ pub fn kv_json(kv: &pb::KeyValue) -> Value {
 pub fn list_text(kvs: &[pb::KeyValue]) -> String {
     let rows: Vec<Vec<String>> = kvs
         .iter()
-        .map(|kv| {
-            vec![
-                kv.key.clone(),
-                kv.mod_revision.to_string(),
-                kv.version.to_string(),
-                value_inline(&kv.value),
-            ]
-        })
+        .map(|kv| vec![kv.key.clone(), kv.mod_revision.to_string(), kv.version.to_string(), value_inline(&kv.value)])
         .collect();
     table(&["KEY", "MOD REV", "VERSION", "VALUE"], &rows)
 }
@@ -122,11 +110,7 @@ pub fn event_line(event: &pb::WatchEvent) -> String {
     match pb::watch_event::Kind::try_from(event.kind) {
         Ok(pb::watch_event::Kind::Delete) => format!("DELETE {key} rev={}", event.revision),
         _ => {
-            let value = event
-                .kv
-                .as_ref()
-                .map(|kv| value_inline(&kv.value))
-                .unwrap_or_default();
+            let value = event.kv.as_ref().map(|kv| value_inline(&kv.value)).unwrap_or_default();
             format!("{kind} {key}={value} rev={}", event.revision)
         }
     }
@@ -143,13 +127,7 @@ pub fn event_json(event: &pb::WatchEvent) -> Value {
     if pb::watch_event::Kind::try_from(event.kind) == Ok(pb::watch_event::Kind::Delete)
         && let Some(map) = obj.as_object_mut()
     {
-        for field in [
-            "value",
-            "value_hex",
-            "create_revision",
-            "mod_revision",
-            "version",
-        ] {
+        for field in ["value", "value_hex", "create_revision", "mod_revision", "version"] {
             map.remove(field);
         }
     }
@@ -193,18 +171,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "ID",
-            "RAFT ADDR",
-            "CLIENT ADDR",
-            "ROLE",
-            "LEADER",
-            "LAG",
-            "HEALTH",
-        ],
-        &rows,
-    ));
+    out.push_str(&table(&["ID", "RAFT ADDR", "CLIENT ADDR", "ROLE", "LEADER", "LAG", "HEALTH"], &rows));
     out
 }
 
@@ -233,11 +200,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
 }
 
 fn ids(ids: &[u64]) -> String {
-    if ids.is_empty() {
-        "-".into()
-    } else {
-        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-    }
+    if ids.is_empty() { "-".into() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
 }
 
 /// A membership answer for people.
@@ -276,21 +239,12 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: &[u8]) -> pb::KeyValue {
-        pb::KeyValue {
-            key: key.into(),
-            value: value.to_vec(),
-            create_revision: 2,
-            mod_revision: 5,
-            version: 3,
-        }
+        pb::KeyValue { key: key.into(), value: value.to_vec(), create_revision: 2, mod_revision: 5, version: 3 }
     }
 
     #[test]
     fn tables_align_without_trailing_spaces() {
-        let t = table(
-            &["A", "LONG HEADER", "C"],
-            &[vec!["wide cell".into(), "x".into(), String::new()]],
-        );
+        let t = table(&["A", "LONG HEADER", "C"], &[vec!["wide cell".into(), "x".into(), String::new()]]);
         assert_eq!(t, "A          LONG HEADER  C\nwide cell  x\n");
     }
 
@@ -309,25 +263,13 @@ mod tests {
 
     #[test]
     fn watch_lines() {
-        let put = pb::WatchEvent {
-            kind: pb::watch_event::Kind::Put as i32,
-            kv: Some(kv("k", b"v\n1")),
-            revision: 9,
-        };
+        let put = pb::WatchEvent { kind: pb::watch_event::Kind::Put as i32, kv: Some(kv("k", b"v\n1")), revision: 9 };
         assert_eq!(event_line(&put), "PUT k=v\\n1 rev=9");
-        let del = pb::WatchEvent {
-            kind: pb::watch_event::Kind::Delete as i32,
-            kv: Some(kv("k", b"")),
-            revision: 10,
-        };
+        let del = pb::WatchEvent { kind: pb::watch_event::Kind::Delete as i32, kv: Some(kv("k", b"")), revision: 10 };
         assert_eq!(event_line(&del), "DELETE k rev=10");
         let json = event_json(&put);
         assert_eq!(
-            (
-                json["kind"].as_str(),
-                json["key"].as_str(),
-                json["value"].as_str()
-            ),
+            (json["kind"].as_str(), json["key"].as_str(), json["value"].as_str()),
             (Some("PUT"), Some("k"), Some("v\n1"))
         );
         assert_eq!(json["revision"], 9);
@@ -372,23 +314,11 @@ mod tests {
             ],
         };
         let text = status_text(&status);
-        assert!(
-            text.starts_with("node:           1\nterm:           4\nleader:         2\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("node:           1\nterm:           4\nleader:         2\n"), "{text}");
         assert!(text.contains("snapshot index: -\n"), "{text}");
-        assert!(
-            text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy\n"),
-            "{text}"
-        );
+        assert!(text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH\n"), "{text}");
+        assert!(text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy\n"), "{text}");
+        assert!(text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy\n"), "{text}");
         let json = status_json(&status);
         assert_eq!(json["leader"], 2);
         assert!(json["snapshot_index"].is_null());
@@ -399,17 +329,11 @@ mod tests {
     #[test]
     fn list_and_membership() {
         let text = list_text(&[kv("a", b"1"), kv("bb", b"two")]);
-        assert_eq!(
-            text,
-            "KEY  MOD REV  VERSION  VALUE\na    5        3        1\nbb   5        3        two\n"
-        );
+        assert_eq!(text, "KEY  MOD REV  VERSION  VALUE\na    5        3        1\nbb   5        3        two\n");
         let json = list_json(&[kv("a", b"1")], true, 8);
         assert_eq!(json["kvs"][0]["key"], "a");
         assert_eq!(json["more"], true);
-        let m = pb::MembershipResponse {
-            voters: vec![1, 2, 3],
-            learners: vec![],
-        };
+        let m = pb::MembershipResponse { voters: vec![1, 2, 3], learners: vec![] };
         assert_eq!(membership_text(&m), "voters=1,2,3 learners=-");
         assert_eq!(membership_json(&m)["voters"][2], 3);
     }
@@ -428,10 +352,7 @@ mod tests {
         };
         let text = bench_text(&report);
         assert!(text.contains("throughput: 500.0 ops/s"), "{text}");
-        assert!(
-            text.contains("p50 1.23 ms  p90 2.00 ms  p99 10.50 ms  max 20.00 ms"),
-            "{text}"
-        );
+        assert!(text.contains("p50 1.23 ms  p90 2.00 ms  p99 10.50 ms  max 20.00 ms"), "{text}");
         assert_eq!(one_line("a\n  b\tc"), "a b c");
         assert_eq!(hex(&[0, 255]), "00ff");
     }

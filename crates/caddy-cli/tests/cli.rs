@@ -33,30 +33,17 @@ fn resp(body: Resp) -> pb::Response {
 }
 
 fn error(code: pb::ErrorCode, message: &str, current_revision: Option<u64>) -> pb::Response {
-    resp(Resp::Error(pb::Error {
-        code: code as i32,
-        message: message.into(),
-        current_revision,
-        leader_hint: None,
-    }))
+    resp(Resp::Error(pb::Error { code: code as i32, message: message.into(), current_revision, leader_hint: None }))
 }
 
 fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
     if req.credential != CREDENTIAL {
-        return vec![error(
-            pb::ErrorCode::Unauthenticated,
-            "bad credential",
-            None,
-        )];
+        return vec![error(pb::ErrorCode::Unauthenticated, "bad credential", None)];
     }
     let mut store = shared.store.lock().unwrap();
     let revision = store.revision;
     let record = |store: &mut Store, kind: pb::watch_event::Kind, kv: pb::KeyValue| {
-        let event = pb::WatchEvent {
-            kind: kind as i32,
-            revision: store.revision,
-            kv: Some(kv),
-        };
+        let event = pb::WatchEvent { kind: kind as i32, revision: store.revision, kv: Some(kv) };
         store.events.push(event.clone());
         let _ = shared.events.send(event);
     };
@@ -66,11 +53,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             if let Some(expected) = p.if_revision
                 && expected != current
             {
-                return vec![error(
-                    pb::ErrorCode::FailedPrecondition,
-                    "revision mismatch",
-                    Some(current),
-                )];
+                return vec![error(pb::ErrorCode::FailedPrecondition, "revision mismatch", Some(current))];
             }
             store.revision += 1;
             let rev = store.revision;
@@ -84,51 +67,25 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             };
             store.kvs.insert(p.key, kv.clone());
             record(&mut store, pb::watch_event::Kind::Put, kv);
-            vec![resp(Resp::Put(pb::PutResponse {
-                revision: rev,
-                previous,
-            }))]
+            vec![resp(Resp::Put(pb::PutResponse { revision: rev, previous }))]
         }
-        Some(Req::Get(g)) => vec![resp(Resp::Get(pb::GetResponse {
-            kv: store.kvs.get(&g.key).cloned(),
-            revision,
-        }))],
+        Some(Req::Get(g)) => vec![resp(Resp::Get(pb::GetResponse { kv: store.kvs.get(&g.key).cloned(), revision }))],
         Some(Req::Delete(d)) => match store.kvs.remove(&d.key) {
             Some(kv) => {
                 store.revision += 1;
                 let rev = store.revision;
-                record(
-                    &mut store,
-                    pb::watch_event::Kind::Delete,
-                    pb::KeyValue {
-                        key: kv.key,
-                        ..Default::default()
-                    },
-                );
-                vec![resp(Resp::Delete(pb::DeleteResponse {
-                    revision: rev,
-                    deleted: true,
-                }))]
+                record(&mut store, pb::watch_event::Kind::Delete, pb::KeyValue { key: kv.key, ..Default::default() });
+                vec![resp(Resp::Delete(pb::DeleteResponse { revision: rev, deleted: true }))]
             }
-            None => vec![resp(Resp::Delete(pb::DeleteResponse {
-                revision,
-                deleted: false,
-            }))],
+            None => vec![resp(Resp::Delete(pb::DeleteResponse { revision, deleted: false }))],
         },
         Some(Req::List(l)) => {
             let limit = if l.limit == 0 { 100 } else { l.limit as usize };
-            let mut matching = store
-                .kvs
-                .values()
-                .filter(|kv| kv.key.starts_with(&l.prefix) && kv.key > l.start_after)
-                .cloned();
+            let mut matching =
+                store.kvs.values().filter(|kv| kv.key.starts_with(&l.prefix) && kv.key > l.start_after).cloned();
             let kvs: Vec<_> = matching.by_ref().take(limit).collect();
             let more = matching.next().is_some();
-            vec![resp(Resp::List(pb::ListResponse {
-                kvs,
-                more,
-                revision,
-            }))]
+            vec![resp(Resp::List(pb::ListResponse { kvs, more, revision }))]
         }
         Some(Req::Status(_)) => vec![resp(Resp::Status(pb::StatusResponse {
             cluster_node: 1,
@@ -154,25 +111,16 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             token: format!("tok-{}", t.ttl_seconds),
             expires_at_ms: 1,
         }))],
-        Some(Req::AddNode(_)) => vec![resp(Resp::Membership(pb::MembershipResponse {
-            voters: vec![1, 2],
-            learners: vec![],
-        }))],
+        Some(Req::AddNode(_)) => {
+            vec![resp(Resp::Membership(pb::MembershipResponse { voters: vec![1, 2], learners: vec![] }))]
+        }
         Some(Req::Backup(_)) => {
             let chunk = |data: &[u8], total, last| {
-                resp(Resp::BackupChunk(pb::BackupChunk {
-                    total_bytes: total,
-                    data: data.to_vec(),
-                    last,
-                }))
+                resp(Resp::BackupChunk(pb::BackupChunk { total_bytes: total, data: data.to_vec(), last }))
             };
             vec![chunk(b"backup-", 11, false), chunk(b"data", 0, true)]
         }
-        _ => vec![error(
-            pb::ErrorCode::InvalidArgument,
-            "unsupported by the fake",
-            None,
-        )],
+        _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported by the fake", None)],
     }
 }
 
@@ -187,32 +135,19 @@ async fn handle(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quin
             let backlog: Vec<_> = if w.from_revision == 0 {
                 Vec::new()
             } else {
-                store
-                    .events
-                    .iter()
-                    .filter(|e| e.revision >= w.from_revision)
-                    .cloned()
-                    .collect()
+                store.events.iter().filter(|e| e.revision >= w.from_revision).cloned().collect()
             };
             (backlog, live)
         };
         let prefix = w.prefix.clone();
-        let matches =
-            |e: &pb::WatchEvent| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix));
+        let matches = |e: &pb::WatchEvent| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix));
         for event in backlog.into_iter().filter(|e| matches(e)) {
-            if write_frame(&mut send, &resp(Resp::WatchEvent(event)))
-                .await
-                .is_err()
-            {
+            if write_frame(&mut send, &resp(Resp::WatchEvent(event))).await.is_err() {
                 return;
             }
         }
         while let Ok(event) = live.recv().await {
-            if matches(&event)
-                && write_frame(&mut send, &resp(Resp::WatchEvent(event)))
-                    .await
-                    .is_err()
-            {
+            if matches(&event) && write_frame(&mut send, &resp(Resp::WatchEvent(event))).await.is_err() {
                 return;
             }
         }
@@ -234,11 +169,7 @@ struct Fake {
 
 impl Fake {
     fn start() -> Fake {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let ca = caddy_wire::tls::generate_ca().unwrap();
         let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
         let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
@@ -249,10 +180,7 @@ impl Fake {
             quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap()
         };
         let addr = endpoint.local_addr().unwrap();
-        let shared = Arc::new(Shared {
-            store: Mutex::new(Store::default()),
-            events: broadcast::channel(1024).0,
-        });
+        let shared = Arc::new(Shared { store: Mutex::new(Store::default()), events: broadcast::channel(1024).0 });
         runtime.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let shared = Arc::clone(&shared);
@@ -268,15 +196,10 @@ impl Fake {
         std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
         std::fs::write(
             dir.path().join("client.toml"),
-            format!(
-                "endpoints = [\"{addr}\"]\nca_cert = \"ca.pem\"\ncredential = \"{CREDENTIAL}\"\n"
-            ),
+            format!("endpoints = [\"{addr}\"]\nca_cert = \"ca.pem\"\ncredential = \"{CREDENTIAL}\"\n"),
         )
         .unwrap();
-        Fake {
-            dir,
-            _runtime: runtime,
-        }
+        Fake { dir, _runtime: runtime }
     }
 
     fn config(&self) -> PathBuf {
@@ -285,10 +208,7 @@ impl Fake {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_caddyctl"));
-        cmd.arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env_remove("CADDY_CONFIG");
+        cmd.arg("--config").arg(self.config()).args(args).env_remove("CADDY_CONFIG");
         cmd
     }
 
@@ -306,23 +226,12 @@ fn stderr(o: &Output) -> String {
 }
 
 fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}, stderr: {}",
-        o.status.code(),
-        stderr(&o)
-    );
+    assert!(o.status.success(), "exit {:?}, stderr: {}", o.status.code(), stderr(&o));
     stdout(&o)
 }
 
 fn fails(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {} stderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {}", stdout(&o), stderr(&o));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: "), "{err}");
@@ -336,42 +245,22 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn kv_round_trip() {
     let fake = Fake::start();
-    assert_eq!(
-        ok(fake.run(&["kv", "put", "a", "hello"])),
-        "OK revision=1\n"
-    );
+    assert_eq!(ok(fake.run(&["kv", "put", "a", "hello"])), "OK revision=1\n");
     assert_eq!(ok(fake.run(&["kv", "get", "a"])), "hello\n");
-    assert_eq!(
-        ok(fake.run(&["kv", "get", "a", "--serializable"])),
-        "hello\n"
-    );
+    assert_eq!(ok(fake.run(&["kv", "get", "a", "--serializable"])), "hello\n");
     let got = json(&ok(fake.run(&["--json", "kv", "get", "a"])));
     assert_eq!(got["key"], "a");
     assert_eq!(got["value"], "hello");
     assert_eq!(got["mod_revision"], 1);
     assert_eq!(got["version"], 1);
 
-    let put = json(&ok(fake.run(&[
-        "kv",
-        "put",
-        "a",
-        "again",
-        "--json",
-        "--if-revision",
-        "1",
-    ])));
+    let put = json(&ok(fake.run(&["kv", "put", "a", "again", "--json", "--if-revision", "1"])));
     assert_eq!(put["revision"], 2);
     assert_eq!(put["previous"]["value"], "hello");
     let err = fails(fake.run(&["kv", "put", "a", "x", "--if-revision", "1"]));
-    assert_eq!(
-        err,
-        "error: failed_precondition: revision mismatch (current revision 2)"
-    );
+    assert_eq!(err, "error: failed_precondition: revision mismatch (current revision 2)");
 
-    assert_eq!(
-        fails(fake.run(&["kv", "get", "nokey"])),
-        "error: key not found: nokey"
-    );
+    assert_eq!(fails(fake.run(&["kv", "get", "nokey"])), "error: key not found: nokey");
     assert!(fake.run(&["kv", "get", "nokey"]).stdout.is_empty());
 
     assert_eq!(ok(fake.run(&["kv", "del", "a"])), "deleted revision=3\n");
@@ -388,23 +277,13 @@ fn list_pages_with_all() {
     let one_page = fake.run(&["kv", "list", "p/", "--limit", "2"]);
     let text = ok(one_page);
     assert_eq!(text.lines().count(), 3, "{text}");
-    let all =
-        json(&ok(fake.run(&[
-            "--json", "kv", "list", "p/", "--limit", "2", "--all",
-        ])));
-    let keys: Vec<_> = all["kvs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| kv["key"].as_str().unwrap().to_string())
-        .collect();
+    let all = json(&ok(fake.run(&["--json", "kv", "list", "p/", "--limit", "2", "--all"])));
+    let keys: Vec<_> =
+        all["kvs"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap().to_string()).collect();
     assert_eq!(keys, ["p/1", "p/2", "p/3"]);
     assert_eq!(all["more"], false);
     let text = ok(fake.run(&["kv", "list"]));
-    assert!(
-        text.starts_with("KEY  MOD REV  VERSION  VALUE\np/1  1        1        v\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("KEY  MOD REV  VERSION  VALUE\np/1  1        1        v\n"), "{text}");
 }
 
 #[test]
@@ -412,33 +291,18 @@ fn cluster_commands() {
     let fake = Fake::start();
     let text = ok(fake.run(&["cluster", "status"]));
     assert!(text.contains("term:           3\n"), "{text}");
-    assert!(
-        text.contains("1   127.0.0.1:7001  127.0.0.1:7101  voter  *       0    healthy"),
-        "{text}"
-    );
+    assert!(text.contains("1   127.0.0.1:7001  127.0.0.1:7101  voter  *       0    healthy"), "{text}");
     let status = json(&ok(fake.run(&["cluster", "status", "--json"])));
     assert_eq!(status["members"][0]["role"], "voter");
-    assert_eq!(
-        ok(fake.run(&["cluster", "join-token", "--ttl", "2m"])),
-        "tok-120\n"
-    );
-    assert_eq!(
-        ok(fake.run(&["cluster", "add-node", "127.0.0.1:7003"])),
-        "voters=1,2 learners=-\n"
-    );
+    assert_eq!(ok(fake.run(&["cluster", "join-token", "--ttl", "2m"])), "tok-120\n");
+    assert_eq!(ok(fake.run(&["cluster", "add-node", "127.0.0.1:7003"])), "voters=1,2 learners=-\n");
 
     let out = fake.dir.path().join("backup.bin");
     let text = ok(fake.run(&["cluster", "backup", "-o", out.to_str().unwrap()]));
     assert_eq!(text, format!("wrote 11 bytes to {}\n", out.display()));
     assert_eq!(std::fs::read(&out).unwrap(), b"backup-data");
     assert!(!Path::new(&format!("{}.tmp", out.display())).exists());
-    let backup = json(&ok(fake.run(&[
-        "--json",
-        "cluster",
-        "backup",
-        "-o",
-        out.to_str().unwrap(),
-    ])));
+    let backup = json(&ok(fake.run(&["--json", "cluster", "backup", "-o", out.to_str().unwrap()])));
     assert_eq!(backup["bytes"], 11);
 }
 
@@ -463,11 +327,7 @@ fn watch_prints_events_as_they_happen() {
     let _ = child.wait();
 
     // Without --from-revision: only events after the watch started.
-    let mut child = fake
-        .command(&["kv", "watch", "w/"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fake.command(&["kv", "watch", "w/"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     std::thread::sleep(std::time::Duration::from_millis(800));
     ok(fake.run(&["kv", "put", "w/later", "2"]));
@@ -475,19 +335,12 @@ fn watch_prints_events_as_they_happen() {
     child.kill().unwrap();
     let _ = child.wait();
 
-    let mut child = fake
-        .command(&["--json", "kv", "watch", "w/", "--from-revision", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        fake.command(&["--json", "kv", "watch", "w/", "--from-revision", "3"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = json(&lines.next().unwrap().unwrap());
     assert_eq!(
-        (
-            first["kind"].as_str(),
-            first["key"].as_str(),
-            first["revision"].as_u64()
-        ),
+        (first["kind"].as_str(), first["key"].as_str(), first["revision"].as_u64()),
         (Some("PUT"), Some("w/new"), Some(3))
     );
     let second = json(&lines.next().unwrap().unwrap());
@@ -514,16 +367,7 @@ fn bench_reports_json() {
     ])));
     assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0);
-    let text = ok(fake.run(&[
-        "bench",
-        "kv",
-        "--clients",
-        "1",
-        "--duration",
-        "200ms",
-        "--value-size",
-        "8",
-    ]));
+    let text = ok(fake.run(&["bench", "kv", "--clients", "1", "--duration", "200ms", "--value-size", "8"]));
     assert!(text.starts_with("throughput: "), "{text}");
     assert!(text.contains(" ms  p99 "), "{text}");
 }
@@ -540,21 +384,9 @@ fn errors_are_one_line() {
     assert!(err.contains("/nonexistent/c.toml"), "{err}");
 
     let bad = fake.dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "endpoints = [\"127.0.0.1:1\"]\nca_cert = \"ca.pem\"\ncredential = \"wrong\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "endpoints = [\"127.0.0.1:1\"]\nca_cert = \"ca.pem\"\ncredential = \"wrong\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_caddyctl"))
-        .args([
-            "--config",
-            bad.to_str().unwrap(),
-            "--timeout",
-            "300ms",
-            "kv",
-            "get",
-            "k",
-        ])
+        .args(["--config", bad.to_str().unwrap(), "--timeout", "300ms", "kv", "get", "k"])
         .output()
         .unwrap();
     let err = fails(out);
@@ -562,9 +394,7 @@ fn errors_are_one_line() {
 
     // Wrong credential against the live fake: a typed error, not retried.
     let wrong = fake.dir.path().join("wrong.toml");
-    let text = std::fs::read_to_string(fake.config())
-        .unwrap()
-        .replace(CREDENTIAL, "nope");
+    let text = std::fs::read_to_string(fake.config()).unwrap().replace(CREDENTIAL, "nope");
     std::fs::write(&wrong, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_caddyctl"))
         .args(["--config", wrong.to_str().unwrap(), "kv", "get", "k"])

@@ -43,9 +43,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -119,10 +117,7 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
 }
 
 pub(crate) fn unexpected(expected: &str, got: &Resp) -> ClientError {
-    ClientError::Protocol(format!(
-        "expected a {expected} response, got {}",
-        body_name(got)
-    ))
+    ClientError::Protocol(format!("expected a {expected} response, got {}", body_name(got)))
 }
 
 macro_rules! expect_body {
@@ -150,14 +145,7 @@ impl Client {
             .map_err(|e| ClientError::Config(format!("idle timeout: {e}")))?;
         transport.max_idle_timeout(Some(idle));
         quic.transport_config(Arc::new(transport));
-        let slots = config
-            .endpoints
-            .iter()
-            .map(|addr| Slot {
-                addr: addr.clone(),
-                conn: Mutex::new(None),
-            })
-            .collect();
+        let slots = config.endpoints.iter().map(|addr| Slot { addr: addr.clone(), conn: Mutex::new(None) }).collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
@@ -181,10 +169,7 @@ impl Client {
     pub async fn close(&self) {
         let sockets: Vec<quinn::Endpoint> = {
             let sockets = self.inner.sockets.lock().unwrap_or_else(|p| p.into_inner());
-            [sockets.v4.clone(), sockets.v6.clone()]
-                .into_iter()
-                .flatten()
-                .collect()
+            [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten().collect()
         };
         for socket in &sockets {
             socket.close(0u32.into(), b"client closed");
@@ -196,11 +181,7 @@ impl Client {
     // ----- key-value -----
 
     /// Sets `key` to `value`.
-    pub async fn put(
-        &self,
-        key: &str,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<pb::PutResponse, ClientError> {
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<pb::PutResponse, ClientError> {
         self.put_request(key, value.into(), None).await
     }
 
@@ -222,11 +203,7 @@ impl Client {
         value: Vec<u8>,
         if_revision: Option<u64>,
     ) -> Result<pb::PutResponse, ClientError> {
-        let body = Req::Put(pb::PutRequest {
-            key: key.to_owned(),
-            value,
-            if_revision,
-        });
+        let body = Req::Put(pb::PutRequest { key: key.to_owned(), value, if_revision });
         expect_body!(self.call(body, true).await?, Put, "put")
     }
 
@@ -240,15 +217,8 @@ impl Client {
         self.get_request(key, true).await
     }
 
-    async fn get_request(
-        &self,
-        key: &str,
-        serializable: bool,
-    ) -> Result<pb::GetResponse, ClientError> {
-        let body = Req::Get(pb::GetRequest {
-            key: key.to_owned(),
-            serializable,
-        });
+    async fn get_request(&self, key: &str, serializable: bool) -> Result<pb::GetResponse, ClientError> {
+        let body = Req::Get(pb::GetRequest { key: key.to_owned(), serializable });
         expect_body!(self.call(body, false).await?, Get, "get")
     }
 
@@ -258,23 +228,12 @@ impl Client {
     }
 
     /// Deletes `key` only if its mod revision is `if_revision`.
-    pub async fn delete_if(
-        &self,
-        key: &str,
-        if_revision: u64,
-    ) -> Result<pb::DeleteResponse, ClientError> {
+    pub async fn delete_if(&self, key: &str, if_revision: u64) -> Result<pb::DeleteResponse, ClientError> {
         self.delete_request(key, Some(if_revision)).await
     }
 
-    async fn delete_request(
-        &self,
-        key: &str,
-        if_revision: Option<u64>,
-    ) -> Result<pb::DeleteResponse, ClientError> {
-        let body = Req::Delete(pb::DeleteRequest {
-            key: key.to_owned(),
-            if_revision,
-        });
+    async fn delete_request(&self, key: &str, if_revision: Option<u64>) -> Result<pb::DeleteResponse, ClientError> {
+        let body = Req::Delete(pb::DeleteRequest { key: key.to_owned(), if_revision });
         expect_body!(self.call(body, true).await?, Delete, "delete")
     }
 
@@ -309,24 +268,13 @@ impl Client {
 
     /// The answering node's view of the cluster.
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
-        expect_body!(
-            self.call(Req::Status(pb::StatusRequest {}), false).await?,
-            Status,
-            "status"
-        )
+        expect_body!(self.call(Req::Status(pb::StatusRequest {}), false).await?, Status, "status")
     }
 
     /// Adds the node whose peer listener is `raft_addr`: it joins as a
     /// learner and is promoted to voter once caught up, unless `learner_only`.
-    pub async fn add_node(
-        &self,
-        raft_addr: &str,
-        learner_only: bool,
-    ) -> Result<pb::MembershipResponse, ClientError> {
-        let body = Req::AddNode(pb::AddNodeRequest {
-            raft_addr: raft_addr.to_owned(),
-            learner_only,
-        });
+    pub async fn add_node(&self, raft_addr: &str, learner_only: bool) -> Result<pb::MembershipResponse, ClientError> {
+        let body = Req::AddNode(pb::AddNodeRequest { raft_addr: raft_addr.to_owned(), learner_only });
         expect_body!(self.call(body, true).await?, Membership, "membership")
     }
 
@@ -344,12 +292,7 @@ impl Client {
 
     /// Makes the answering node snapshot its state machine and compact its log.
     pub async fn snapshot(&self) -> Result<pb::SnapshotResponse, ClientError> {
-        expect_body!(
-            self.call(Req::Snapshot(pb::SnapshotRequest {}), true)
-                .await?,
-            Snapshot,
-            "snapshot"
-        )
+        expect_body!(self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?, Snapshot, "snapshot")
     }
 
     /// Creates a token with which a new node can enroll, valid `ttl_seconds`.
@@ -390,33 +333,24 @@ impl Client {
                 break;
             }
             let timeout = self.inner.config.request_timeout;
-            let frame = tokio::time::timeout(
-                timeout,
-                read_frame::<pb::Response, _>(&mut recv, self.max_frame()),
-            )
-            .await
-            .map_err(|_| {
-                ClientError::Unavailable(format!(
-                    "backup stalled: no data for {timeout:?} after {done} bytes"
-                ))
-            })?;
+            let frame = tokio::time::timeout(timeout, read_frame::<pb::Response, _>(&mut recv, self.max_frame()))
+                .await
+                .map_err(|_| {
+                    ClientError::Unavailable(format!("backup stalled: no data for {timeout:?} after {done} bytes"))
+                })?;
             body = match frame {
                 Ok(response) => response.body,
                 Err(e) if e.is_protocol_violation() => {
                     return Err(ClientError::Protocol(e.to_string()));
                 }
                 Err(e) => {
-                    return Err(ClientError::Unavailable(format!(
-                        "backup interrupted after {done} bytes: {e}"
-                    )));
+                    return Err(ClientError::Unavailable(format!("backup interrupted after {done} bytes: {e}")));
                 }
             };
         }
         writer.flush().await?;
         if total != 0 && done != total {
-            return Err(ClientError::Protocol(format!(
-                "backup ended after {done} of {total} announced bytes"
-            )));
+            return Err(ClientError::Protocol(format!("backup ended after {done} of {total} announced bytes")));
         }
         Ok(done)
     }
@@ -428,21 +362,14 @@ impl Client {
     }
 
     fn request(&self, body: Req, client_id: u64, sequence: u64) -> pb::Request {
-        pb::Request {
-            credential: self.inner.config.credential.clone(),
-            client_id,
-            sequence,
-            body: Some(body),
-        }
+        pb::Request { credential: self.inner.config.credential.clone(), client_id, sequence, body: Some(body) }
     }
 
     /// Sends one request and returns the answer's body (never an `Error`
     /// body: those become `ClientError::Server`). Writes take a lane.
     async fn call(&self, body: Req, write: bool) -> Result<Resp, ClientError> {
         let guard = write.then(|| self.inner.lanes.acquire());
-        let (client_id, sequence) = guard
-            .as_ref()
-            .map_or((0, 0), |g| (g.lane().client_id, g.lane().sequence));
+        let (client_id, sequence) = guard.as_ref().map_or((0, 0), |g| (g.lane().client_id, g.lane().sequence));
         let req = self.request(body, client_id, sequence);
         let result = match self.open(&req, true).await {
             Ok((Some(Resp::Error(err)), _)) => Err(ClientError::from_pb(err)),
@@ -464,19 +391,8 @@ impl Client {
     }
 
     /// Opens a watch stream (request sent, nothing read yet), with failover.
-    pub(crate) async fn open_watch(
-        &self,
-        prefix: &str,
-        from_revision: u64,
-    ) -> Result<quinn::RecvStream, ClientError> {
-        let req = self.request(
-            Req::Watch(pb::WatchRequest {
-                prefix: prefix.to_owned(),
-                from_revision,
-            }),
-            0,
-            0,
-        );
+    pub(crate) async fn open_watch(&self, prefix: &str, from_revision: u64) -> Result<quinn::RecvStream, ClientError> {
+        let req = self.request(Req::Watch(pb::WatchRequest { prefix: prefix.to_owned(), from_revision }), 0, 0);
         let (_, recv) = self.open(&req, false).await?;
         Ok(recv)
     }
@@ -500,16 +416,8 @@ impl Client {
         let now = Instant::now();
         // A huge configured timeout must not overflow the clock.
         let deadline = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
-        let attempt_cap = if n > 1 {
-            (config.request_timeout / 3).max(MIN_ATTEMPT)
-        } else {
-            config.request_timeout
-        };
-        let connect_wait = if n > 1 {
-            HEDGE_AFTER
-        } else {
-            config.connect_timeout
-        };
+        let attempt_cap = if n > 1 { (config.request_timeout / 3).max(MIN_ATTEMPT) } else { config.request_timeout };
+        let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = MIN_BACKOFF;
         // The last typed UNAVAILABLE says more (e.g. "no leader") than a
@@ -524,19 +432,13 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, connect_wait))
-                .await
-            {
+            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, connect_wait)).await {
                 Ok(Ok((Some(Resp::Error(err)), recv))) => {
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok((Some(Resp::Error(err)), recv));
                     }
-                    if let Some(leader) = err
-                        .leader_hint
-                        .as_deref()
-                        .and_then(|hint| self.slot_of(hint))
-                    {
+                    if let Some(leader) = err.leader_hint.as_deref().and_then(|hint| self.slot_of(hint)) {
                         next = leader;
                     }
                     let err = ClientError::from_pb(err);
@@ -555,9 +457,7 @@ impl Client {
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
                     self.forget(idx, None);
-                    last = Some(ClientError::Unavailable(format!(
-                        "{addr}: no answer within {budget:?}"
-                    )));
+                    last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
                 }
             }
             idx = next;
@@ -568,9 +468,9 @@ impl Client {
             tokio::time::sleep(backoff.min(remaining)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(last_server.or(last).unwrap_or_else(|| {
-            ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))
-        }))
+        Err(last_server
+            .or(last)
+            .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))))
     }
 
     /// Index of the configured endpoint named `hint`, if any.
@@ -588,9 +488,7 @@ impl Client {
         let conn = match tokio::time::timeout(connect_wait, self.connection(idx)).await {
             Ok(conn) => conn.map_err(AttemptError::Transport)?,
             Err(_) => {
-                return Err(AttemptError::Transport(
-                    "connecting: handshake still in progress".into(),
-                ));
+                return Err(AttemptError::Transport("connecting: handshake still in progress".into()));
             }
         };
         let result = self.exchange(&conn, req, read_first).await;
@@ -606,24 +504,17 @@ impl Client {
         req: &pb::Request,
         read_first: bool,
     ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
         write_frame(&mut send, req).await.map_err(frame_error)?;
-        send.finish()
-            .map_err(|e| AttemptError::Transport(format!("finishing the request: {e}")))?;
+        send.finish().map_err(|e| AttemptError::Transport(format!("finishing the request: {e}")))?;
         if !read_first {
             return Ok((None, recv));
         }
-        let response: pb::Response = read_frame(&mut recv, self.max_frame())
-            .await
-            .map_err(frame_error)?;
+        let response: pb::Response = read_frame(&mut recv, self.max_frame()).await.map_err(frame_error)?;
         match response.body {
             Some(body) => Ok((Some(body), recv)),
-            None => Err(AttemptError::Fatal(ClientError::Protocol(
-                "response without a body".into(),
-            ))),
+            None => Err(AttemptError::Fatal(ClientError::Protocol("response without a body".into()))),
         }
     }
 
@@ -663,10 +554,7 @@ impl Client {
 
     /// A handshake with endpoint `idx`; owns everything it needs, so that it
     /// can finish after every requester has moved on.
-    fn connect_task(
-        &self,
-        idx: usize,
-    ) -> impl Future<Output = Result<quinn::Connection, String>> + Send + 'static {
+    fn connect_task(&self, idx: usize) -> impl Future<Output = Result<quinn::Connection, String>> + Send + 'static {
         let addr_text = self.inner.slots[idx].addr.clone();
         let quic = self.inner.quic.clone();
         let timeout = self.inner.config.connect_timeout;
@@ -691,10 +579,7 @@ impl Client {
     /// Drops the cached connection of `idx` if it is `conn` (any finished
     /// connection when `conn` is `None`); a handshake in progress is kept.
     fn forget(&self, idx: usize, conn: Option<&quinn::Connection>) {
-        let mut cached = self.inner.slots[idx]
-            .conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.inner.slots[idx].conn.lock().unwrap_or_else(|p| p.into_inner());
         let drop_it = match (cached.as_ref().and_then(|c| c.peek()), conn) {
             (Some(Ok(cached)), Some(conn)) => cached.stable_id() == conn.stable_id(),
             (Some(_), None) => true,
@@ -716,18 +601,13 @@ impl Client {
         if let Some(socket) = slot {
             return Ok(socket.clone());
         }
-        let socket = quinn::Endpoint::client(bind)
-            .map_err(|e| format!("binding a UDP socket on {bind}: {e}"))?;
+        let socket = quinn::Endpoint::client(bind).map_err(|e| format!("binding a UDP socket on {bind}: {e}"))?;
         *slot = Some(socket.clone());
         Ok(socket)
     }
 }
 
 async fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| format!("resolving: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| "resolving: no address".to_string())
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| format!("resolving: {e}"))?;
+    addrs.next().ok_or_else(|| "resolving: no address".to_string())
 }

@@ -56,11 +56,7 @@ struct FileConfig {
 
 impl ClientConfig {
     /// A configuration with the default timeouts and frame limit.
-    pub fn new(
-        endpoints: Vec<String>,
-        ca_cert_pem: impl Into<String>,
-        credential: impl Into<String>,
-    ) -> Self {
+    pub fn new(endpoints: Vec<String>, ca_cert_pem: impl Into<String>, credential: impl Into<String>) -> Self {
         Self {
             endpoints,
             ca_cert_pem: ca_cert_pem.into(),
@@ -91,15 +87,13 @@ impl ClientConfig {
     /// Parses the TOML form, resolving a relative `ca_cert` against `base_dir`
     /// and reading it.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Self, ClientError> {
-        let file: FileConfig =
-            toml::from_str(text).map_err(|e| ClientError::Config(e.message().to_string()))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| ClientError::Config(e.message().to_string()))?;
         let ca_path = {
             let p = PathBuf::from(&file.ca_cert);
             if p.is_absolute() { p } else { base_dir.join(p) }
         };
-        let ca_cert_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
-            ClientError::Config(format!("reading CA certificate {}: {e}", ca_path.display()))
-        })?;
+        let ca_cert_pem = std::fs::read_to_string(&ca_path)
+            .map_err(|e| ClientError::Config(format!("reading CA certificate {}: {e}", ca_path.display())))?;
         let mut config = Self::new(file.endpoints, ca_cert_pem, file.credential);
         if let Some(ms) = file.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);
@@ -121,13 +115,11 @@ impl ClientConfig {
             return Err(ClientError::Config("no endpoints configured".into()));
         }
         for endpoint in &self.endpoints {
-            let port_ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-            });
+            let port_ok = endpoint
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
             if !port_ok {
-                return Err(ClientError::Config(format!(
-                    "endpoint {endpoint:?} is not host:port"
-                )));
+                return Err(ClientError::Config(format!("endpoint {endpoint:?} is not host:port")));
             }
         }
         if self.ca_cert_pem.trim().is_empty() {
@@ -137,9 +129,7 @@ impl ClientConfig {
             return Err(ClientError::Config("timeouts must be positive".into()));
         }
         if self.max_frame_bytes < 1024 {
-            return Err(ClientError::Config(
-                "max_frame_bytes must be at least 1024".into(),
-            ));
+            return Err(ClientError::Config("max_frame_bytes must be at least 1024".into()));
         }
         Ok(())
     }
@@ -159,11 +149,7 @@ mod tests {
     #[test]
     fn relative_ca_resolves_against_the_file_directory() {
         let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "ca.pem",
-            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
-        );
+        write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
         let path = write(
             dir.path(),
             "client.toml",
@@ -183,10 +169,8 @@ mod tests {
     fn absolute_ca_path_is_used_as_is() {
         let dir = tempfile::tempdir().unwrap();
         let ca = write(dir.path(), "ca.pem", "PEM");
-        let text = format!(
-            "endpoints = [\"[::1]:7101\"]\nca_cert = {:?}\ncredential = \"c\"\n",
-            ca.display().to_string()
-        );
+        let text =
+            format!("endpoints = [\"[::1]:7101\"]\nca_cert = {:?}\ncredential = \"c\"\n", ca.display().to_string());
         let config = ClientConfig::from_toml_str(&text, Path::new("/nonexistent")).unwrap();
         assert_eq!(config.ca_cert_pem, "PEM");
     }
@@ -198,30 +182,12 @@ mod tests {
         let cases = [
             ("ca_cert = \"ca.pem\"\ncredential = \"c\"\n", "endpoints"),
             ("endpoints = [\"a:1\"]\ncredential = \"c\"\n", "ca_cert"),
-            (
-                "endpoints = [\"a:1\"]\nca_cert = \"ca.pem\"\n",
-                "credential",
-            ),
-            (
-                "endpoints = []\nca_cert = \"ca.pem\"\ncredential = \"c\"\n",
-                "no endpoints",
-            ),
-            (
-                "endpoints = [\"nohost\"]\nca_cert = \"ca.pem\"\ncredential = \"c\"\n",
-                "host:port",
-            ),
-            (
-                "endpoints = [\"a:1\"]\nca_cert = \"missing.pem\"\ncredential = \"c\"\n",
-                "missing.pem",
-            ),
-            (
-                "endpoints = [\"a:1\"]\nca_cert = \"ca.pem\"\ncredential = \"c\"\nrequest_timeout_ms = 0\n",
-                "timeouts",
-            ),
-            (
-                "endpoints = \"a:1\"\nca_cert = \"ca.pem\"\ncredential = \"c\"\n",
-                "invalid type",
-            ),
+            ("endpoints = [\"a:1\"]\nca_cert = \"ca.pem\"\n", "credential"),
+            ("endpoints = []\nca_cert = \"ca.pem\"\ncredential = \"c\"\n", "no endpoints"),
+            ("endpoints = [\"nohost\"]\nca_cert = \"ca.pem\"\ncredential = \"c\"\n", "host:port"),
+            ("endpoints = [\"a:1\"]\nca_cert = \"missing.pem\"\ncredential = \"c\"\n", "missing.pem"),
+            ("endpoints = [\"a:1\"]\nca_cert = \"ca.pem\"\ncredential = \"c\"\nrequest_timeout_ms = 0\n", "timeouts"),
+            ("endpoints = \"a:1\"\nca_cert = \"ca.pem\"\ncredential = \"c\"\n", "invalid type"),
             ("this is not toml", ""),
         ];
         for (text, needle) in cases {
@@ -230,9 +196,6 @@ mod tests {
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
         let err = ClientConfig::from_file(dir.path().join("nope.toml")).unwrap_err();
-        assert!(
-            matches!(err, ClientError::Config(ref m) if m.contains("nope.toml")),
-            "{err}"
-        );
+        assert!(matches!(err, ClientError::Config(ref m) if m.contains("nope.toml")), "{err}");
     }
 }

@@ -56,9 +56,7 @@ impl ClientError {
     /// For a failed compare-and-set, the key's current mod revision.
     pub fn current_revision(&self) -> Option<u64> {
         match self {
-            ClientError::Server {
-                current_revision, ..
-            } => *current_revision,
+            ClientError::Server { current_revision, .. } => *current_revision,
             _ => None,
         }
     }
@@ -97,12 +95,7 @@ mod tests {
     use super::*;
 
     fn pb_err(code: pb::ErrorCode) -> pb::Error {
-        pb::Error {
-            code: code as i32,
-            message: "m".into(),
-            current_revision: Some(7),
-            leader_hint: Some("h:1".into()),
-        }
+        pb::Error { code: code as i32, message: "m".into(), current_revision: Some(7), leader_hint: Some("h:1".into()) }
     }
 
     #[test]
@@ -111,16 +104,10 @@ mod tests {
             (pb::ErrorCode::InvalidArgument, ErrorCode::InvalidArgument),
             (pb::ErrorCode::NotFound, ErrorCode::NotFound),
             (pb::ErrorCode::AlreadyExists, ErrorCode::AlreadyExists),
-            (
-                pb::ErrorCode::FailedPrecondition,
-                ErrorCode::FailedPrecondition,
-            ),
+            (pb::ErrorCode::FailedPrecondition, ErrorCode::FailedPrecondition),
             (pb::ErrorCode::Unauthenticated, ErrorCode::Unauthenticated),
             (pb::ErrorCode::PermissionDenied, ErrorCode::PermissionDenied),
-            (
-                pb::ErrorCode::ResourceExhausted,
-                ErrorCode::ResourceExhausted,
-            ),
+            (pb::ErrorCode::ResourceExhausted, ErrorCode::ResourceExhausted),
             (pb::ErrorCode::Unavailable, ErrorCode::Unavailable),
             (pb::ErrorCode::Internal, ErrorCode::Internal),
         ];
@@ -131,20 +118,11 @@ mod tests {
             assert_eq!(err.current_revision(), Some(7));
             assert!(err.to_string().starts_with(code.as_str()), "{err}");
         }
-        assert_eq!(
-            ClientError::from_pb(pb_err(pb::ErrorCode::Unspecified)).code(),
-            ErrorCode::Internal
-        );
-        let unknown = pb::Error {
-            code: 99,
-            message: "?".into(),
-            current_revision: None,
-            leader_hint: Some(String::new()),
-        };
+        assert_eq!(ClientError::from_pb(pb_err(pb::ErrorCode::Unspecified)).code(), ErrorCode::Internal);
+        let unknown =
+            pb::Error { code: 99, message: "?".into(), current_revision: None, leader_hint: Some(String::new()) };
         match ClientError::from_pb(unknown) {
-            ClientError::Server {
-                code, leader_hint, ..
-            } => {
+            ClientError::Server { code, leader_hint, .. } => {
                 assert_eq!(code, ErrorCode::Internal);
                 assert_eq!(leader_hint, None);
             }
@@ -154,23 +132,11 @@ mod tests {
 
     #[test]
     fn local_errors_have_codes() {
-        assert_eq!(
-            ClientError::Unavailable("x".into()).code(),
-            ErrorCode::Unavailable
-        );
+        assert_eq!(ClientError::Unavailable("x".into()).code(), ErrorCode::Unavailable);
         assert!(ClientError::Unavailable("x".into()).is_retryable());
-        assert_eq!(
-            ClientError::Config("x".into()).code(),
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            ClientError::Protocol("x".into()).code(),
-            ErrorCode::Internal
-        );
+        assert_eq!(ClientError::Config("x".into()).code(), ErrorCode::InvalidArgument);
+        assert_eq!(ClientError::Protocol("x".into()).code(), ErrorCode::Internal);
         assert!(!ClientError::Protocol("x".into()).is_retryable());
-        assert_eq!(
-            ClientError::from(std::io::Error::other("disk")).code(),
-            ErrorCode::Internal
-        );
+        assert_eq!(ClientError::from(std::io::Error::other("disk")).code(), ErrorCode::Internal);
     }
 }

@@ -31,15 +31,8 @@ impl LanePool {
     /// Takes a free lane, or opens a new one with a fresh random client id.
     pub fn acquire(self: &Arc<Self>) -> LaneGuard {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let lane = reused.unwrap_or_else(|| Lane {
-            client_id: fresh_client_id(),
-            sequence: 1,
-        });
-        LaneGuard {
-            pool: Arc::clone(self),
-            lane,
-            completed: false,
-        }
+        let lane = reused.unwrap_or_else(|| Lane { client_id: fresh_client_id(), sequence: 1 });
+        LaneGuard { pool: Arc::clone(self), lane, completed: false }
     }
 
     /// Number of lanes currently free.
@@ -77,25 +70,15 @@ impl LaneGuard {
     /// The write got a definitive answer: advance and give the lane back.
     pub fn complete(mut self) {
         self.completed = true;
-        let next = Lane {
-            client_id: self.lane.client_id,
-            sequence: self.lane.sequence.saturating_add(1),
-        };
-        self.pool
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(next);
+        let next = Lane { client_id: self.lane.client_id, sequence: self.lane.sequence.saturating_add(1) };
+        self.pool.free.lock().unwrap_or_else(|p| p.into_inner()).push(next);
     }
 }
 
 impl Drop for LaneGuard {
     fn drop(&mut self) {
         if !self.completed {
-            tracing::debug!(
-                client_id = self.lane.client_id,
-                "discarding write lane with an unknown outcome"
-            );
+            tracing::debug!(client_id = self.lane.client_id, "discarding write lane with an unknown outcome");
         }
     }
 }
@@ -115,13 +98,7 @@ mod tests {
         first.complete();
         for expected in 2..10 {
             let guard = pool.acquire();
-            assert_eq!(
-                guard.lane(),
-                Lane {
-                    client_id: lane.client_id,
-                    sequence: expected
-                }
-            );
+            assert_eq!(guard.lane(), Lane { client_id: lane.client_id, sequence: expected });
             guard.complete();
         }
         assert_eq!(pool.free_len(), 1);

@@ -33,9 +33,7 @@ mod tests;
 
 pub use caddy_wire::pb;
 pub use client::Client;
-pub use config::{
-    ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT,
-};
+pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
 pub use error::{ClientError, ErrorCode};
 pub use loadgen::LoadReport;
 pub use watch::WatchStream;

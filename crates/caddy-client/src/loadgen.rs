@@ -79,25 +79,20 @@ where
     let clients = clients.max(1);
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let deadline = start + duration;
+    // A duration too large for the clock means "run until stopped".
+    let deadline = start.checked_add(duration).unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
     let mut tasks = Vec::with_capacity(clients);
     for index in 0..clients {
         let op = op.clone();
         let counter = Arc::clone(&counter);
         tasks.push(tokio::spawn(async move {
-            let mut tally = Tally {
-                ops: 0,
-                errors: 0,
-                histogram: new_histogram(),
-            };
+            let mut tally = Tally { ops: 0, errors: 0, histogram: new_histogram() };
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let began = Instant::now();
                 match op(index, n).await {
                     Ok(()) => {
-                        let us = u64::try_from(began.elapsed().as_micros())
-                            .unwrap_or(u64::MAX)
-                            .max(1);
+                        let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                         tally.ops += 1;
                         if let Some(h) = tally.histogram.as_mut() {
                             // Auto-resizing: recording cannot fail on range.
@@ -110,11 +105,7 @@ where
             tally
         }));
     }
-    let mut total = Tally {
-        ops: 0,
-        errors: 0,
-        histogram: new_histogram(),
-    };
+    let mut total = Tally { ops: 0, errors: 0, histogram: new_histogram() };
     for task in tasks {
         match task.await {
             Ok(tally) => {
@@ -135,30 +126,17 @@ where
 
 fn report(total: Tally, elapsed_secs: f64) -> LoadReport {
     let q = |quantile: f64| {
-        total.histogram.as_ref().map_or(0, |h| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(quantile)
-            }
-        })
+        total.histogram.as_ref().map_or(0, |h| if h.is_empty() { 0 } else { h.value_at_quantile(quantile) })
     };
     LoadReport {
         ops: total.ops,
         errors: total.errors,
         elapsed_secs,
-        throughput: if elapsed_secs > 0.0 {
-            total.ops as f64 / elapsed_secs
-        } else {
-            0.0
-        },
+        throughput: if elapsed_secs > 0.0 { total.ops as f64 / elapsed_secs } else { 0.0 },
         p50_us: q(0.50),
         p90_us: q(0.90),
         p99_us: q(0.99),
-        max_us: total
-            .histogram
-            .as_ref()
-            .map_or(0, |h| if h.is_empty() { 0 } else { h.max() }),
+        max_us: total.histogram.as_ref().map_or(0, |h| if h.is_empty() { 0 } else { h.max() }),
     }
 }
 
@@ -179,55 +157,28 @@ mod tests {
                 assert!(client < 4);
                 assert!(seen.lock().unwrap().insert(n), "op number {n} repeated");
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                if n % 10 == 0 {
-                    Err("boom".to_string())
-                } else {
-                    Ok(())
-                }
+                if n % 10 == 0 { Err("boom".to_string()) } else { Ok(()) }
             }
         })
         .await;
         assert!(report.ops > 20, "{report}");
         assert!(report.errors > 0, "{report}");
-        assert_eq!(
-            report.ops + report.errors,
-            seen.lock().unwrap().len() as u64
-        );
+        assert_eq!(report.ops + report.errors, seen.lock().unwrap().len() as u64);
         assert!(report.elapsed_secs >= 0.3);
         assert!(report.p50_us >= 2000, "{report:?}");
-        assert!(
-            report.p50_us <= report.p90_us
-                && report.p90_us <= report.p99_us
-                && report.p99_us <= report.max_us
-        );
+        assert!(report.p50_us <= report.p90_us && report.p90_us <= report.p99_us && report.p99_us <= report.max_us);
         assert!(report.throughput > 0.0);
         let line = report.to_string();
         assert!(line.contains("ops/s") && line.contains("p99"), "{line}");
         let json = serde_json::to_value(&report).unwrap();
-        for field in [
-            "ops",
-            "errors",
-            "elapsed_secs",
-            "throughput",
-            "p50_us",
-            "p90_us",
-            "p99_us",
-            "max_us",
-        ] {
+        for field in ["ops", "errors", "elapsed_secs", "throughput", "p50_us", "p90_us", "p99_us", "max_us"] {
             assert!(json.get(field).is_some(), "{field} missing in {json}");
         }
     }
 
     #[test]
     fn empty_report_is_zero() {
-        let r = report(
-            Tally {
-                ops: 0,
-                errors: 3,
-                histogram: new_histogram(),
-            },
-            1.0,
-        );
+        let r = report(Tally { ops: 0, errors: 3, histogram: new_histogram() }, 1.0);
         assert_eq!((r.ops, r.errors, r.p50_us, r.max_us), (0, 3, 0, 0));
         assert_eq!(r.throughput, 0.0);
     }

@@ -45,13 +45,7 @@ fn error(code: pb::ErrorCode, message: &str) -> pb::Response {
 }
 
 fn kv(key: &str, value: &[u8], rev: u64) -> pb::KeyValue {
-    pb::KeyValue {
-        key: key.into(),
-        value: value.to_vec(),
-        create_revision: rev,
-        mod_revision: rev,
-        version: 1,
-    }
+    pb::KeyValue { key: key.into(), value: value.to_vec(), create_revision: rev, mod_revision: rev, version: 1 }
 }
 
 fn event(key: &str, rev: u64) -> pb::Response {
@@ -86,12 +80,7 @@ async fn start_server() -> TestServer {
             });
         }
     });
-    TestServer {
-        addr,
-        ca_pem: ca.cert_pem,
-        log,
-        _endpoint: endpoint,
-    }
+    TestServer { addr, ca_pem: ca.cert_pem, log, _endpoint: endpoint }
 }
 
 async fn handle(mut send: quinn::SendStream, mut recv: quinn::RecvStream, log: Arc<Mutex<Log>>) {
@@ -123,12 +112,8 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
     };
     let attempt = {
         let mut log = log.lock().unwrap();
-        log.requests
-            .push((kind.into(), key.clone(), req.client_id, req.sequence));
-        let n = log
-            .attempts
-            .entry((req.client_id, req.sequence))
-            .or_default();
+        log.requests.push((kind.into(), key.clone(), req.client_id, req.sequence));
+        let n = log.attempts.entry((req.client_id, req.sequence)).or_default();
         *n += 1;
         *n
     };
@@ -138,10 +123,7 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
                 return vec![error(pb::ErrorCode::InvalidArgument, "reads carry no lane")];
             }
             vec![pb::Response {
-                body: Some(Resp::Get(pb::GetResponse {
-                    kv: Some(kv(&g.key, b"canned", 4)),
-                    revision: 9,
-                })),
+                body: Some(Resp::Get(pb::GetResponse { kv: Some(kv(&g.key, b"canned", 4)), revision: 9 })),
             }]
         }
         Some(Req::Put(p)) => {
@@ -155,20 +137,13 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             vec![pb::Response {
-                body: Some(Resp::Put(pb::PutResponse {
-                    revision: 10 + req.sequence,
-                    previous: None,
-                })),
+                body: Some(Resp::Put(pb::PutResponse { revision: 10 + req.sequence, previous: None })),
             }]
         }
         Some(Req::Delete(_)) => vec![error(pb::ErrorCode::NotFound, "no such key")],
-        Some(Req::List(_)) => vec![pb::Response {
-            body: Some(Resp::List(pb::ListResponse {
-                kvs: vec![],
-                more: false,
-                revision: 0,
-            })),
-        }],
+        Some(Req::List(_)) => {
+            vec![pb::Response { body: Some(Resp::List(pb::ListResponse { kvs: vec![], more: false, revision: 0 })) }]
+        }
         Some(Req::Watch(w)) => {
             log.lock().unwrap().watches.push(w.from_revision);
             match w.from_revision {
@@ -176,30 +151,20 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
                 // then the stream ends (a "broken" watch).
                 1 => vec![event("w/a", 1), event("w/b", 2)],
                 // Resumed stream: one more event, then a typed error.
-                3 => vec![
-                    event("w/c", 3),
-                    error(pb::ErrorCode::FailedPrecondition, "compacted"),
-                ],
-                _ => vec![error(
-                    pb::ErrorCode::InvalidArgument,
-                    "unexpected from_revision",
-                )],
+                3 => vec![event("w/c", 3), error(pb::ErrorCode::FailedPrecondition, "compacted")],
+                _ => vec![error(pb::ErrorCode::InvalidArgument, "unexpected from_revision")],
             }
         }
         Some(Req::Backup(_)) => {
             let chunk = |data: &[u8], total: u64, last: bool| pb::Response {
-                body: Some(Resp::BackupChunk(pb::BackupChunk {
-                    total_bytes: total,
-                    data: data.to_vec(),
-                    last,
-                })),
+                body: Some(Resp::BackupChunk(pb::BackupChunk { total_bytes: total, data: data.to_vec(), last })),
             };
             vec![chunk(b"hello", 10, false), chunk(b"world", 0, true)]
         }
         // Wrong body on purpose, to exercise protocol checks.
-        Some(Req::Status(_)) => vec![pb::Response {
-            body: Some(Resp::Snapshot(pb::SnapshotResponse { index: 1, term: 1 })),
-        }],
+        Some(Req::Status(_)) => {
+            vec![pb::Response { body: Some(Resp::Snapshot(pb::SnapshotResponse { index: 1, term: 1 })) }]
+        }
         _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported")],
     }
 }
@@ -214,9 +179,7 @@ fn config(endpoints: Vec<String>, ca_pem: &str) -> ClientConfig {
 #[tokio::test]
 async fn get_put_and_retry_on_unavailable_keep_the_lane() {
     let server = start_server().await;
-    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem))
-        .await
-        .unwrap();
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
 
     let got = client.get("k").await.unwrap();
     assert_eq!(got.revision, 9);
@@ -243,55 +206,29 @@ async fn get_put_and_retry_on_unavailable_keep_the_lane() {
 #[tokio::test]
 async fn concurrent_writes_use_distinct_lanes() {
     let server = start_server().await;
-    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem))
-        .await
-        .unwrap();
-    let (a, b, c) = tokio::join!(
-        client.put("slow/a", "1"),
-        client.put("slow/b", "2"),
-        client.put("slow/c", "3")
-    );
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let (a, b, c) = tokio::join!(client.put("slow/a", "1"), client.put("slow/b", "2"), client.put("slow/c", "3"));
     a.unwrap();
     b.unwrap();
     c.unwrap();
     let log = server.log.lock().unwrap();
-    let ids: std::collections::HashSet<u64> = log
-        .requests
-        .iter()
-        .filter(|r| r.0 == "put")
-        .map(|r| r.2)
-        .collect();
+    let ids: std::collections::HashSet<u64> = log.requests.iter().filter(|r| r.0 == "put").map(|r| r.2).collect();
     assert_eq!(ids.len(), 3);
 }
 
 #[tokio::test]
 async fn typed_errors_are_not_retried() {
     let server = start_server().await;
-    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem))
-        .await
-        .unwrap();
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
     let err = client.delete("missing").await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
     assert!(!err.is_retryable());
-    assert_eq!(
-        server
-            .log
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| r.0 == "delete")
-            .count(),
-        1
-    );
+    assert_eq!(server.log.lock().unwrap().requests.iter().filter(|r| r.0 == "delete").count(), 1);
 
     let mut bad = config(vec![server.addr.to_string()], &server.ca_pem);
     bad.credential = "wrong".into();
     let bad = Client::connect(bad).await.unwrap();
-    assert_eq!(
-        bad.get("k").await.unwrap_err().code(),
-        ErrorCode::Unauthenticated
-    );
+    assert_eq!(bad.get("k").await.unwrap_err().code(), ErrorCode::Unauthenticated);
 
     // A well-formed frame of the wrong kind is a protocol violation.
     let err = client.status().await.unwrap_err();
@@ -303,10 +240,7 @@ async fn fails_over_from_a_silent_endpoint() {
     let server = start_server().await;
     // A UDP socket that never answers: the handshake times out.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let endpoints = vec![
-        silent.local_addr().unwrap().to_string(),
-        server.addr.to_string(),
-    ];
+    let endpoints = vec![silent.local_addr().unwrap().to_string(), server.addr.to_string()];
     let mut config = config(endpoints, &server.ca_pem);
     config.connect_timeout = Duration::from_secs(3);
     let client = Client::connect(config).await.unwrap();
@@ -315,11 +249,7 @@ async fn fails_over_from_a_silent_endpoint() {
     let started = std::time::Instant::now();
     let got = client.get("k").await.unwrap();
     assert_eq!(got.revision, 9);
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
     // The working endpoint is now preferred: no new handshake wait.
     let started = std::time::Instant::now();
     client.get("k").await.unwrap();
@@ -330,10 +260,7 @@ async fn fails_over_from_a_silent_endpoint() {
 async fn unreachable_cluster_is_unavailable_after_the_timeout() {
     let server = start_server().await;
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut config = config(
-        vec![silent.local_addr().unwrap().to_string()],
-        &server.ca_pem,
-    );
+    let mut config = config(vec![silent.local_addr().unwrap().to_string()], &server.ca_pem);
     config.request_timeout = Duration::from_millis(800);
     config.connect_timeout = Duration::from_millis(200);
     let client = Client::connect(config).await.unwrap();
@@ -351,10 +278,7 @@ async fn wrong_ca_is_rejected() {
     let mut config = config(vec![server.addr.to_string()], &other.cert_pem);
     config.request_timeout = Duration::from_millis(500);
     let client = Client::connect(config).await.unwrap();
-    assert_eq!(
-        client.get("k").await.unwrap_err().code(),
-        ErrorCode::Unavailable
-    );
+    assert_eq!(client.get("k").await.unwrap_err().code(), ErrorCode::Unavailable);
     assert!(matches!(
         Client::connect(ClientConfig::new(vec!["a:1".into()], "not pem", "c")).await,
         Err(ClientError::Config(_))
@@ -364,16 +288,11 @@ async fn wrong_ca_is_rejected() {
 #[tokio::test]
 async fn watch_resumes_after_a_broken_stream_and_ends_on_a_typed_error() {
     let server = start_server().await;
-    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem))
-        .await
-        .unwrap();
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
     let mut watch = client.watch("w/", 0);
     let mut revisions = Vec::new();
     let end = loop {
-        match tokio::time::timeout(Duration::from_secs(5), watch.next())
-            .await
-            .unwrap()
-        {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap() {
             Some(Ok(event)) => revisions.push(event.revision),
             Some(Err(err)) => break err,
             None => panic!("stream ended without an error"),
@@ -388,15 +307,10 @@ async fn watch_resumes_after_a_broken_stream_and_ends_on_a_typed_error() {
 #[tokio::test]
 async fn backup_streams_chunks_with_progress() {
     let server = start_server().await;
-    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem))
-        .await
-        .unwrap();
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
     let mut out = Vec::new();
     let mut progress = Vec::new();
-    let bytes = client
-        .backup(&mut out, |done, total| progress.push((done, total)))
-        .await
-        .unwrap();
+    let bytes = client.backup(&mut out, |done, total| progress.push((done, total))).await.unwrap();
     assert_eq!(bytes, 10);
     assert_eq!(out, b"helloworld");
     assert_eq!(progress, vec![(5, 10), (10, 10)]);
@@ -414,4 +328,14 @@ fn futures_are_send(client: &Client) {
     send(&client.status());
     send(&client.backup(tokio::io::sink(), |_, _| {}));
     send(&client.watch("p", 0));
+}
+
+#[tokio::test]
+async fn huge_timeouts_do_not_overflow() {
+    let server = start_server().await;
+    let mut config = config(vec![server.addr.to_string()], &server.ca_pem);
+    config.request_timeout = Duration::MAX;
+    config.connect_timeout = Duration::MAX;
+    let client = Client::connect(config).await.unwrap();
+    assert_eq!(client.get("k").await.unwrap().revision, 9);
 }

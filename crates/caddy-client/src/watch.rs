@@ -109,17 +109,13 @@ impl WatchState {
             };
             let max_frame = self.client.config().max_frame_bytes;
             let broken = match read_frame::<pb::Response, _>(recv, max_frame).await {
-                Ok(pb::Response {
-                    body: Some(Resp::WatchEvent(event)),
-                }) => {
+                Ok(pb::Response { body: Some(Resp::WatchEvent(event)) }) => {
                     self.next_from = self.next_from.max(event.revision.saturating_add(1));
                     self.failing_since = None;
                     self.backoff = MIN_BACKOFF;
                     return Some(Ok(event));
                 }
-                Ok(pb::Response {
-                    body: Some(Resp::Error(err)),
-                }) => {
+                Ok(pb::Response { body: Some(Resp::Error(err)) }) => {
                     let err = ClientError::from_pb(err);
                     if !err.is_retryable() {
                         return self.finish(err);
@@ -140,9 +136,7 @@ impl WatchState {
             tracing::debug!(error = %broken, resume_from = self.next_from, "re-opening watch");
             self.recv = None;
             let now = Instant::now();
-            let was_healthy = self
-                .opened_at
-                .is_some_and(|t| now.duration_since(t) >= HEALTHY_AFTER);
+            let was_healthy = self.opened_at.is_some_and(|t| now.duration_since(t) >= HEALTHY_AFTER);
             if was_healthy || self.failing_since.is_none() {
                 self.failing_since = Some(now);
                 self.backoff = MIN_BACKOFF;

@@ -239,9 +239,10 @@ impl Service {
                     peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
                 let who = tokio::time::timeout(Duration::from_secs(5), client.identify(caddy_raft::pb::Empty {}))
                     .await
-                    .map_err(|_| CaddyError::unavailable(format!("no answer from {}", a.raft_addr)))?
+                    .map_err(|_| CaddyError::precondition(format!("no answer from a node at {}", a.raft_addr)))?
                     .map_err(|s| {
-                        CaddyError::unavailable(format!(
+                        // Not UNAVAILABLE: retrying elsewhere cannot make that node reachable.
+                        CaddyError::precondition(format!(
                             "cannot reach a CADDY node at {} ({}); it must be running with this cluster's certificates",
                             a.raft_addr,
                             s.message()

@@ -33,11 +33,7 @@ pub fn key_name(i: u64) -> String {
 
 /// Runs the load and prints the report.
 pub async fn run(ctx: &Ctx, args: BenchKvArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let value: Arc<Vec<u8>> = Arc::new(
-        (0..args.value_size)
-            .map(|i| b'a' + (i % 26) as u8)
-            .collect(),
-    );
+    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
     let first_error: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let client = ctx.client.clone();
     let (keys, read_ratio, serializable) = (args.keys, args.read_ratio, args.serializable);
@@ -75,11 +71,7 @@ pub async fn run(ctx: &Ctx, args: BenchKvArgs, out: &mut dyn Write) -> anyhow::R
     if report.errors > 0
         && let Some(first) = first_error.get()
     {
-        eprintln!(
-            "{} operations failed; first error: {}",
-            report.errors,
-            output::one_line(first)
-        );
+        eprintln!("{} operations failed; first error: {}", report.errors, output::one_line(first));
     }
     if ctx.json {
         emit_json(out, &serde_json::to_value(&report)?)
@@ -100,8 +92,7 @@ mod tests {
             assert!((reads - ratio).abs() < 0.02, "ratio {ratio}: got {reads}");
         }
         assert!((0..n).all(|i| plan(i, 7, 0.5).0 < 7));
-        let distinct: std::collections::HashSet<u64> =
-            (0..n).map(|i| plan(i, 100, 0.0).0).collect();
+        let distinct: std::collections::HashSet<u64> = (0..n).map(|i| plan(i, 100, 0.0).0).collect();
         assert_eq!(distinct.len(), 100);
         assert_eq!(key_name(42), "bench/00000042");
     }

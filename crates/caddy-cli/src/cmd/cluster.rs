@@ -41,10 +41,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
             if ctx.json {
                 emit_json(out, &json!({ "index": s.index, "term": s.term }))
             } else {
-                emit_text(
-                    out,
-                    &format!("snapshot index={} term={}\n", s.index, s.term),
-                )
+                emit_text(out, &format!("snapshot index={} term={}\n", s.index, s.term))
             }
         }
         ClusterCommand::JoinToken { ttl } => {
@@ -54,10 +51,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
             }
             let t = client.join_token(ttl_seconds).await?;
             if ctx.json {
-                emit_json(
-                    out,
-                    &json!({ "token": t.token, "expires_at_ms": t.expires_at_ms }),
-                )
+                emit_json(out, &json!({ "token": t.token, "expires_at_ms": t.expires_at_ms }))
             } else {
                 emit_text(out, &format!("{}\n", t.token))
             }
@@ -65,10 +59,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
         ClusterCommand::Backup { output: path } => {
             let bytes = backup(ctx, &path).await?;
             if ctx.json {
-                emit_json(
-                    out,
-                    &json!({ "bytes": bytes, "path": path.display().to_string() }),
-                )
+                emit_json(out, &json!({ "bytes": bytes, "path": path.display().to_string() }))
             } else {
                 emit_text(out, &format!("wrote {bytes} bytes to {}\n", path.display()))
             }
@@ -76,11 +67,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
     }
 }
 
-fn membership(
-    ctx: &Ctx,
-    out: &mut dyn Write,
-    m: &caddy_client::pb::MembershipResponse,
-) -> anyhow::Result<()> {
+fn membership(ctx: &Ctx, out: &mut dyn Write, m: &caddy_client::pb::MembershipResponse) -> anyhow::Result<()> {
     if ctx.json {
         emit_json(out, &output::membership_json(m))
     } else {
@@ -100,9 +87,9 @@ fn progress_bar(json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
+    {
         bar.set_style(style);
     }
     bar
@@ -111,9 +98,7 @@ fn progress_bar(json: bool) -> ProgressBar {
 /// Streams the backup into `FILE.tmp`, fsyncs it and renames it to `FILE`.
 async fn backup(ctx: &Ctx, path: &Path) -> anyhow::Result<u64> {
     let tmp = tmp_path(path);
-    let file = tokio::fs::File::create(&tmp)
-        .await
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let file = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
     let bar = progress_bar(ctx.json);
     let progress = bar.clone();
     let written = async {
@@ -127,15 +112,8 @@ async fn backup(ctx: &Ctx, path: &Path) -> anyhow::Result<u64> {
                 progress.set_position(done);
             })
             .await?;
-        writer
-            .flush()
-            .await
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        writer
-            .into_inner()
-            .sync_all()
-            .await
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+        writer.flush().await.with_context(|| format!("writing {}", tmp.display()))?;
+        writer.into_inner().sync_all().await.with_context(|| format!("syncing {}", tmp.display()))?;
         anyhow::Ok(bytes)
     }
     .await;
@@ -147,9 +125,7 @@ async fn backup(ctx: &Ctx, path: &Path) -> anyhow::Result<u64> {
             return Err(e);
         }
     };
-    tokio::fs::rename(&tmp, path)
-        .await
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    tokio::fs::rename(&tmp, path).await.with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     // Make the rename durable; best effort where directories cannot be opened.
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -167,10 +143,7 @@ mod tests {
 
     #[test]
     fn tmp_path_appends_suffix() {
-        assert_eq!(
-            tmp_path(Path::new("/b/backup.bin")),
-            PathBuf::from("/b/backup.bin.tmp")
-        );
+        assert_eq!(tmp_path(Path::new("/b/backup.bin")), PathBuf::from("/b/backup.bin.tmp"));
         assert_eq!(tmp_path(Path::new("out")), PathBuf::from("out.tmp"));
     }
 }

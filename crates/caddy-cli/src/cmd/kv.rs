@@ -14,11 +14,7 @@ use crate::output;
 pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let client = &ctx.client;
     match cmd {
-        KvCommand::Put {
-            key,
-            value,
-            if_revision,
-        } => {
+        KvCommand::Put { key, value, if_revision } => {
             let resp = match if_revision {
                 Some(rev) => client.put_if(&key, value.into_bytes(), rev).await?,
                 None => client.put(&key, value.into_bytes()).await?,
@@ -33,14 +29,8 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Resu
             }
         }
         KvCommand::Get { key, serializable } => {
-            let resp = if serializable {
-                client.get_serializable(&key).await?
-            } else {
-                client.get(&key).await?
-            };
-            let Some(kv) = resp.kv else {
-                bail!("key not found: {key}")
-            };
+            let resp = if serializable { client.get_serializable(&key).await? } else { client.get(&key).await? };
+            let Some(kv) = resp.kv else { bail!("key not found: {key}") };
             if ctx.json {
                 emit_json(out, &output::kv_json(&kv))
             } else {
@@ -53,31 +43,18 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Resu
                 None => client.delete(&key).await?,
             };
             if ctx.json {
-                emit_json(
-                    out,
-                    &json!({ "revision": resp.revision, "deleted": resp.deleted }),
-                )
+                emit_json(out, &json!({ "revision": resp.revision, "deleted": resp.deleted }))
             } else if resp.deleted {
                 emit_text(out, &format!("deleted revision={}\n", resp.revision))
             } else {
-                emit_text(
-                    out,
-                    &format!("not found (nothing deleted) revision={}\n", resp.revision),
-                )
+                emit_text(out, &format!("not found (nothing deleted) revision={}\n", resp.revision))
             }
         }
-        KvCommand::List {
-            prefix,
-            limit,
-            all,
-            serializable,
-        } => {
+        KvCommand::List { prefix, limit, all, serializable } => {
             let mut kvs = Vec::new();
             let mut start_after = String::new();
             let (more, revision) = loop {
-                let page = client
-                    .list(&prefix, &start_after, limit, serializable)
-                    .await?;
+                let page = client.list(&prefix, &start_after, limit, serializable).await?;
                 let last = page.kvs.last().map(|kv| kv.key.clone());
                 kvs.extend(page.kvs);
                 match last {
@@ -95,10 +72,7 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Resu
                 Ok(())
             }
         }
-        KvCommand::Watch {
-            prefix,
-            from_revision,
-        } => {
+        KvCommand::Watch { prefix, from_revision } => {
             let mut events = client.watch(&prefix, from_revision);
             let interrupted = tokio::signal::ctrl_c();
             tokio::pin!(interrupted);

@@ -31,10 +31,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         config.request_timeout = timeout;
     }
     let client = Client::connect(config).await?;
-    let ctx = Ctx {
-        client,
-        json: cli.json,
-    };
+    let ctx = Ctx { client, json: cli.json };
     let result = match cli.command {
         Command::Cluster(cmd) => cluster::run(&ctx, cmd, out).await,
         Command::Kv(cmd) => kv::run(&ctx, cmd, out).await,
@@ -48,15 +45,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 /// failed compare-and-set, the leader hint of an unavailable cluster.
 fn describe(err: anyhow::Error) -> anyhow::Error {
     let extra = match err.downcast_ref::<ClientError>() {
-        Some(ClientError::Server {
-            current_revision: Some(rev),
-            message,
-            ..
-        }) if !message.contains(&rev.to_string()) => Some(format!("current revision {rev}")),
-        Some(ClientError::Server {
-            leader_hint: Some(hint),
-            ..
-        }) => Some(format!("leader hint {hint}")),
+        Some(ClientError::Server { current_revision: Some(rev), message, .. })
+            if !message.contains(&rev.to_string()) =>
+        {
+            Some(format!("current revision {rev}"))
+        }
+        Some(ClientError::Server { leader_hint: Some(hint), .. }) => Some(format!("leader hint {hint}")),
         _ => None,
     };
     match extra {
@@ -74,8 +68,7 @@ pub fn emit_json(out: &mut dyn Write, value: &serde_json::Value) -> anyhow::Resu
 
 /// Writes text as it is (callers include the final newline).
 pub fn emit_text(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
-    out.write_all(text.as_bytes())
-        .context("writing to stdout")?;
+    out.write_all(text.as_bytes()).context("writing to stdout")?;
     out.flush().context("writing to stdout")
 }
 
@@ -92,37 +85,21 @@ mod tests {
             current_revision: Some(42),
             leader_hint: None,
         };
-        assert_eq!(
-            describe(cas.into()).to_string(),
-            "failed_precondition: revision mismatch (current revision 42)"
-        );
+        assert_eq!(describe(cas.into()).to_string(), "failed_precondition: revision mismatch (current revision 42)");
         let unavailable = ClientError::Server {
             code: ErrorCode::Unavailable,
             message: "not the leader".into(),
             current_revision: None,
             leader_hint: Some("10.0.0.2:7101".into()),
         };
-        assert_eq!(
-            describe(unavailable.into()).to_string(),
-            "unavailable: not the leader (leader hint 10.0.0.2:7101)"
-        );
-        assert_eq!(
-            describe(anyhow::anyhow!("key not found: k")).to_string(),
-            "key not found: k"
-        );
+        assert_eq!(describe(unavailable.into()).to_string(), "unavailable: not the leader (leader hint 10.0.0.2:7101)");
+        assert_eq!(describe(anyhow::anyhow!("key not found: k")).to_string(), "key not found: k");
     }
 
     #[tokio::test]
     async fn missing_config_is_one_clear_error() {
         use clap::Parser;
-        let cli = Cli::try_parse_from([
-            "caddyctl",
-            "--config",
-            "/nonexistent/client.toml",
-            "kv",
-            "get",
-            "k",
-        ]);
+        let cli = Cli::try_parse_from(["caddyctl", "--config", "/nonexistent/client.toml", "kv", "get", "k"]);
         let cli = match cli {
             Ok(cli) => cli,
             Err(e) => panic!("{e}"),
