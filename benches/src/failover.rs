@@ -90,11 +90,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Result<(), String>) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut last = String::from("not checked");
     while start.elapsed() < timeout {
@@ -118,7 +114,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let recovery_timeout = Duration::from_secs_f64(args.recovery_timeout);
     let settle = Duration::from_secs_f64(args.settle);
 
-    wait_until("a healthy cluster", heal_timeout, || control_healthy(&mut control, args.max_lag))
+    wait_until("a healthy cluster", heal_timeout, async || control.healthy(args.max_lag).await)
         .await
         .context("before the first kill")?;
 
@@ -178,9 +174,9 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             (t.first_ack_after, t.errors_after_kill, t.first_error_after_kill.clone())
         };
         // Wait for the victim to be really gone before restarting it.
-        let gone = wait_until("the killed process to exit", Duration::from_secs(10), || {
-            let pid = victim.pid;
-            async move { if alive(pid) { Err(format!("PID {pid} still alive")) } else { Ok(()) } }
+        let pid = victim.pid;
+        let gone = wait_until("the killed process to exit", Duration::from_secs(10), async || {
+            if alive(pid) { Err(format!("PID {pid} still alive")) } else { Ok(()) }
         })
         .await;
         let new_leader = control.leader().await.ok().map(|m| m.id);
@@ -220,8 +216,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         }));
     }
     // Let the last restarted member come back so that the cluster is left whole.
-    let healed = wait_until("the cluster to heal after the last round", heal_timeout, || {
-        control_healthy(&mut control, args.max_lag)
+    let healed = wait_until("the cluster to heal after the last round", heal_timeout, async || {
+        control.healthy(args.max_lag).await
     })
     .await;
     if let Err(e) = &healed {
@@ -266,10 +262,6 @@ fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn control_healthy(control: &mut Control, max_lag: u64) -> Result<(), String> {
-    control.healthy(max_lag).await
-}
-
 /// Waits for a healthy cluster, then `settle`, then for writes to flow.
 async fn prepare_round(
     control: &mut Control,
@@ -278,15 +270,13 @@ async fn prepare_round(
     heal_timeout: Duration,
     settle: Duration,
 ) -> anyhow::Result<()> {
-    wait_until("a healthy cluster", heal_timeout, || control_healthy(control, max_lag)).await?;
+    wait_until("a healthy cluster", heal_timeout, async || control.healthy(max_lag).await).await?;
     tokio::time::sleep(settle).await;
-    wait_until("writes to flow", heal_timeout, || {
+    wait_until("writes to flow", heal_timeout, async || {
         let last = lock(tracker).last_ok;
-        async move {
-            match last {
-                Some(t) if t.elapsed() < Duration::from_millis(500) => Ok(()),
-                _ => Err("no write acknowledged in the last 500 ms".into()),
-            }
+        match last {
+            Some(t) if t.elapsed() < Duration::from_millis(500) => Ok(()),
+            _ => Err("no write acknowledged in the last 500 ms".into()),
         }
     })
     .await?;

@@ -140,8 +140,15 @@ enum ProposeError {
     Failed(CaddyError),
 }
 
+#[derive(Default)]
+struct ReadBatch {
+    in_flight: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, CaddyError>>>,
+}
+
 struct NodeInner {
     id: NodeId,
+    reads: std::sync::Mutex<ReadBatch>,
     node: CaddyNode,
     raft: Raft,
     sm: StateMachineStore,
@@ -195,7 +202,9 @@ impl RaftNode {
         let raft = Raft::new(id, config, network, log.clone(), sm.clone())
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
-        Ok(Self { inner: Arc::new(NodeInner { id, node, raft, sm, log, peers, tls, timing }) })
+        Ok(Self {
+            inner: Arc::new(NodeInner { id, reads: Default::default(), node, raft, sm, log, peers, tls, timing }),
+        })
     }
 
     /// This node's id.
@@ -351,12 +360,7 @@ impl RaftNode {
     pub async fn read_barrier(&self) -> Result<(), CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.leader() {
-                Some((id, _)) if id == self.inner.id => self.leader_read_index().await,
-                Some((_, node)) => self.remote_read_index(&node.raft_addr).await,
-                None => Err(CaddyError::unavailable("no leader elected; linearizable reads are unavailable")),
-            };
-            match attempt {
+            match self.batched_read_index().await {
                 Ok(index) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return self.wait_applied(index, remaining.max(Duration::from_secs(1))).await;
@@ -366,6 +370,47 @@ impl RaftNode {
                     let mut rx = self.inner.raft.metrics();
                     let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
                 }
+            }
+        }
+    }
+
+    /// One read index, shared by every read that arrived before it was
+    /// requested: reads that come in while a round is in flight wait for
+    /// the next round, which starts after they arrived, so each read still
+    /// gets an index obtained after it began (linearizable), while the
+    /// leader sees at most one read-index request per node at a time.
+    async fn batched_read_index(&self) -> Result<u64, CaddyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_round = {
+            let mut batch = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+            batch.waiting.push(tx);
+            !std::mem::replace(&mut batch.in_flight, true)
+        };
+        if start_round {
+            let node = self.clone();
+            tokio::spawn(async move { node.drive_read_rounds().await });
+        }
+        rx.await.unwrap_or_else(|_| Err(CaddyError::unavailable("read index round abandoned; retry")))
+    }
+
+    async fn drive_read_rounds(&self) {
+        loop {
+            let waiting = {
+                let mut batch = self.inner.reads.lock().unwrap_or_else(|p| p.into_inner());
+                if batch.waiting.is_empty() {
+                    batch.in_flight = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            metrics::histogram!("caddy_read_index_batch").record(waiting.len() as f64);
+            let result = match self.leader() {
+                Some((id, _)) if id == self.inner.id => self.leader_read_index().await,
+                Some((_, node)) => self.remote_read_index(&node.raft_addr).await,
+                None => Err(CaddyError::unavailable("no leader elected; linearizable reads are unavailable")),
+            };
+            for waiter in waiting {
+                let _ = waiter.send(result.clone());
             }
         }
     }

@@ -51,7 +51,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let peer_task = serve_peers(&config, &tls, node.clone(), shutdown_rx.clone()).await?;
-    let service = Arc::new(Service::new(node.clone(), config.limits.clone(), config.data_dir.join("backups")));
+    let service = Arc::new(Service::new(
+        node.clone(),
+        config.limits.clone(),
+        config.data_dir.join("backups"),
+        shutdown_rx.clone(),
+    ));
     let endpoint = quic::bind(parse(&config.listen.client, "client")?, &tls, &service)?;
     let quic_task = tokio::spawn(quic::serve(endpoint, service, shutdown_rx.clone(), Duration::from_secs(10)));
     let admin_task =

@@ -22,6 +22,7 @@ pub struct Service {
     limits: Limits,
     watches: Arc<Semaphore>,
     backup_dir: std::path::PathBuf,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn code_to_pb(code: ErrorCode) -> pb::ErrorCode {
@@ -99,10 +100,16 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
 }
 
 impl Service {
-    /// A service for `node` with `limits`; backups are staged in `backup_dir`.
-    pub fn new(node: RaftNode, limits: Limits, backup_dir: std::path::PathBuf) -> Self {
+    /// A service for `node` with `limits`; backups are staged in
+    /// `backup_dir`; long-lived streams end when `shutdown` flips.
+    pub fn new(
+        node: RaftNode,
+        limits: Limits,
+        backup_dir: std::path::PathBuf,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let watches = Arc::new(Semaphore::new(limits.max_watches));
-        Self { node, limits, watches, backup_dir }
+        Self { node, limits, watches, backup_dir, shutdown }
     }
 
     /// Limits in force.
@@ -368,9 +375,18 @@ impl Service {
             return Err(CaddyError::precondition("watch history was compacted while catching up; restart the watch"));
         }
         metrics::gauge!("caddy_watches_active").increment(1.0);
+        let mut shutdown = self.shutdown.clone();
         let result = async {
             loop {
-                match live.recv().await {
+                let message = tokio::select! {
+                    m = live.recv() => m,
+                    _ = crate::run::stopped(&mut shutdown) => {
+                        return Err(CaddyError::unavailable(format!(
+                            "node shutting down; resume the watch elsewhere from revision {next}"
+                        )));
+                    }
+                };
+                match message {
                     Ok(WatchMessage::Event(e)) => {
                         if e.revision < next || !e.kv.key.starts_with(&w.prefix) {
                             continue;
