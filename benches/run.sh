@@ -11,6 +11,7 @@
 #   BENCH_SKIP_BUILD  1: use the existing release binaries
 #   BENCH_TMPDIR      parent of the throwaway directory (default /tmp; must be a real disk)
 #   BENCH_KEEP_TMP    1: keep the throwaway directory (logs, data) on exit
+#   BENCH_RESULTS_DIR where latest.json goes (default benches/results)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +24,8 @@ KEYS=10000
 FAILOVER_CLIENTS=8
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
-RESULTS_DIR=$ROOT/benches/results
+RESULTS_DIR=${BENCH_RESULTS_DIR:-$ROOT/benches/results}
+export RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -133,7 +135,10 @@ for i in 1 2 3; do
     peer=${PORTS[$((i + 2))]}
     ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}https://127.0.0.1:$client"
     # mN.sh records its PID, then becomes the etcd member: the failover run
-    # restarts a killed member by running it again.
+    # restarts a killed member by running it again. Clients verify the server
+    # (no --trusted-ca-file: etcd would then demand client certificates, and
+    # CADDY clients authenticate with a bearer credential, not a certificate);
+    # peers authenticate each other with certificates, as CADDY's do.
     cat >"$TMP/etcd/m$i.sh" <<EOF
 #!/usr/bin/env bash
 echo \$\$ >"$TMP/etcd/m$i.pid"
@@ -141,7 +146,7 @@ exec etcd --name m$i --data-dir "$TMP/etcd/m$i.data" \\
   --listen-client-urls https://127.0.0.1:$client --advertise-client-urls https://127.0.0.1:$client \\
   --listen-peer-urls https://127.0.0.1:$peer --initial-advertise-peer-urls https://127.0.0.1:$peer \\
   --initial-cluster $ETCD_CLUSTER --initial-cluster-token caddy-bench --initial-cluster-state new \\
-  --cert-file "$PKI/member.pem" --key-file "$PKI/member.key" --trusted-ca-file "$PKI/ca.pem" \\
+  --cert-file "$PKI/member.pem" --key-file "$PKI/member.key" \\
   --peer-cert-file "$PKI/member.pem" --peer-key-file "$PKI/member.key" --peer-trusted-ca-file "$PKI/ca.pem" \\
   --peer-client-cert-auth --logger zap --log-outputs stderr --log-level warn >>"$TMP/etcd/m$i.log" 2>&1
 EOF
@@ -149,6 +154,7 @@ done
 log "starting etcd $ETCD_VERSION: $ETCD_ENDPOINTS"
 for i in 1 2 3; do
     bash "$TMP/etcd/m$i.sh" &
+    disown  # killed by the failover run on purpose: no job-control notices
 done
 ETCD_TARGET=(--system etcd --etcd-endpoints "$ETCD_ENDPOINTS" --etcd-ca "$PKI/ca.pem")
 "$BENCH" wait-healthy "${ETCD_TARGET[@]}" --timeout 60 || {
@@ -224,8 +230,8 @@ for mode in write read; do
             step "kv $sys $mode x$clients" "$kv_limit" "$BENCH" kv "${target[@]}" --mode "$mode" \
                 --clients "$clients" --duration "$BENCH_SECS" --warmup "$BENCH_WARMUP" \
                 --value-size "$VALUE_SIZE" --keys "$KEYS" "${extra[@]}"
-            if [[ $mode == write && $clients == 64 ]]; then
-                rss "$sys" load
+            if [[ $clients == 64 ]]; then
+                if [[ $mode == write ]]; then rss "$sys" load; else rss "$sys" after-reads; fi
             fi
         done
     done
@@ -244,11 +250,12 @@ fi
 # ----- report -----
 mkdir -p "$RESULTS_DIR"
 echo
-echo "CADDY $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') vs etcd $ETCD_VERSION: 3 nodes each on loopback, TLS client+peer, fsync before ack;"
+CADDY_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+echo "CADDY $CADDY_REV vs etcd $ETCD_VERSION: 3 nodes each on loopback, TLS client+peer, fsync before ack;"
 echo "$VALUE_SIZE-byte values, $KEYS keys, ${BENCH_SECS}s per run, $(nproc) CPUs ($(uname -r))"
 echo
 "$BENCH" report --input "$RESULTS" --output "$RESULTS_DIR/latest.json" \
-    --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" --meta "caddy_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
+    --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" --meta "caddy_commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" --meta "caddy_rev=$CADDY_REV" \
     --meta "etcd_version=$ETCD_VERSION" --meta "bench_secs=$BENCH_SECS" --meta "warmup_secs=$BENCH_WARMUP" \
     --meta "value_size=$VALUE_SIZE" --meta "keys=$KEYS" --meta "cpus=$(nproc)" --meta "kernel=$(uname -r)" \
     --meta "filesystem=$fstype" --meta "failover_clients=$FAILOVER_CLIENTS" --meta "kills=$BENCH_KILLS"

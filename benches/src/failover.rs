@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::systems::{Control, Kv, alive, kill9};
+use crate::systems::{Control, Kv, Probe, alive, kill9};
 use crate::{FailoverArgs, key_name, mix};
 
 /// Pause after a failed write before the loop's next one, so that a loop on a
@@ -90,7 +90,11 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Result<(), String>) -> anyhow::Result<Duration> {
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut last = String::from("not checked");
     while start.elapsed() < timeout {
@@ -107,9 +111,10 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let system = args.target.system;
     let kv = args.target.connect().await?;
-    let mut control = Control::new(&args.target, args.caddy_dir.as_deref(), args.caddyd.as_deref(), args.etcd_dir.as_deref())
-        .await
-        .context("cluster control")?;
+    let mut control =
+        Control::new(&args.target, args.caddy_dir.as_deref(), args.caddyd.as_deref(), args.etcd_dir.as_deref())
+            .await
+            .context("cluster control")?;
     let heal_timeout = Duration::from_secs_f64(args.heal_timeout);
     let recovery_timeout = Duration::from_secs_f64(args.recovery_timeout);
     let settle = Duration::from_secs_f64(args.settle);
@@ -135,6 +140,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
 
     let mut rounds = Vec::new();
     let mut samples = Vec::new();
+    let mut elections = Vec::new();
     let mut failed_rounds = 0u64;
     for round in 1..=args.kills {
         let prepared = prepare_round(&mut control, &tracker, args.max_lag, heal_timeout, settle).await;
@@ -157,9 +163,11 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        let probes = control.survivor_probes(&victim).await;
         let k = Instant::now();
         lock(&tracker).arm(k);
         kill9(victim.pid)?;
+        let election = tokio::spawn(watch_election(probes, victim.raft_id, recovery_timeout));
         let deadline = k + recovery_timeout;
         let mut recovered = None;
         while Instant::now() < deadline {
@@ -169,6 +177,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let elected = election.await.ok().flatten();
         let (first_ack, errors, first_error) = {
             let t = lock(&tracker);
             (t.first_ack_after, t.errors_after_kill, t.first_error_after_kill.clone())
@@ -182,7 +191,12 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         let new_leader = control.leader().await.ok().map(|m| m.id);
         let recovery_ms = recovered.map(|t| ms(t.duration_since(k)));
         match recovery_ms {
-            Some(r) => samples.push(r),
+            Some(r) => {
+                samples.push(r);
+                if let Some(t) = elected {
+                    elections.push(ms(t.duration_since(k)));
+                }
+            }
             None => failed_rounds += 1,
         }
         let restarted = match gone {
@@ -190,12 +204,13 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             Err(e) => Err(format!("{e:#}")),
         };
         eprintln!(
-            "failover[{}] round {round}/{}: killed leader {} (PID {}); new leader {:?}; write recovery {}; first ack {}; {} failed writes meanwhile{}",
+            "failover[{}] round {round}/{}: killed leader {} (PID {}); new leader {:?} known to a survivor after {}; write recovery {}; first ack {}; {} failed writes meanwhile{}",
             system.name(),
             args.kills,
             victim.id,
             victim.pid,
             new_leader,
+            elected.map_or("?".to_string(), |t| format!("{:.1} ms", ms(t.duration_since(k)))),
             recovery_ms.map_or("TIMEOUT".to_string(), |r| format!("{r:.1} ms")),
             first_ack.map_or("none".to_string(), |t| format!("{:.1} ms", ms(t.duration_since(k)))),
             errors,
@@ -207,6 +222,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             "killed_pid": victim.pid,
             "new_leader": new_leader,
             "recovery_ms": recovery_ms,
+            "elected_ms": elected.map(|t| ms(t.duration_since(k))),
             "first_ack_ms": first_ack.map(|t| ms(t.duration_since(k))),
             "failed_writes": errors,
             "first_error": first_error,
@@ -233,6 +249,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         (t.ok_total, t.err_total)
     };
     samples.sort_by(f64::total_cmp);
+    elections.sort_by(f64::total_cmp);
     let line = json!({
         "kind": "failover",
         "system": system.name(),
@@ -244,6 +261,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         "recovery_p99_ms": percentile(&samples, 0.99),
         "recovery_max_ms": samples.last(),
         "recovery_ms": samples,
+        "elected_p50_ms": percentile(&elections, 0.50),
+        "elected_p99_ms": percentile(&elections, 0.99),
         "writes_ok": ok_total,
         "writes_failed": err_total,
         "healed_at_end": healed.is_ok(),
@@ -251,6 +270,39 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The earliest instant at which a status probe of a surviving member
+/// answered with a leader other than `victim`. A new probe is started every
+/// 20 ms without waiting for earlier ones (a member may be slow to answer
+/// while it still believes in the dead leader), so the answer is an upper
+/// bound on the election time, within about 20 ms plus one round trip.
+async fn watch_election(probes: Vec<Probe>, victim: u64, timeout: Duration) -> Option<Instant> {
+    let found: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let deadline = Instant::now() + timeout;
+    let mut tasks = Vec::new();
+    while Instant::now() < deadline && found.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        for probe in &probes {
+            let (probe, found) = (probe.clone(), Arc::clone(&found));
+            tasks.push(tokio::spawn(async move {
+                if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_secs(2), probe.leader()).await
+                    && leader != victim
+                {
+                    let now = Instant::now();
+                    let mut f = found.lock().unwrap_or_else(|p| p.into_inner());
+                    if f.is_none_or(|t| now < t) {
+                        *f = Some(now);
+                    }
+                }
+            }));
+        }
+        tasks.retain(|t| !t.is_finished());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    *found.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn one_line(s: &str) -> String {
@@ -284,7 +336,14 @@ async fn prepare_round(
     control.healthy(max_lag).await.map_err(|e| anyhow::anyhow!(e))
 }
 
-async fn write_loop(kv: Kv, index: u64, keys: u64, value: Arc<Vec<u8>>, tracker: Arc<Mutex<Tracker>>, stop: Arc<AtomicBool>) {
+async fn write_loop(
+    kv: Kv,
+    index: u64,
+    keys: u64,
+    value: Arc<Vec<u8>>,
+    tracker: Arc<Mutex<Tracker>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut n = index << 40;
     while !stop.load(Ordering::Relaxed) {
         n += 1;

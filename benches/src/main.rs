@@ -227,10 +227,20 @@ async fn kv(args: KvArgs) -> anyhow::Result<()> {
         }
     };
     if args.warmup > 0.0 {
-        let warm = caddy_client::loadgen::run(args.clients, Duration::from_secs_f64(args.warmup), make_op(Arc::new(OnceLock::new()))).await;
+        let warm = caddy_client::loadgen::run(
+            args.clients,
+            Duration::from_secs_f64(args.warmup),
+            make_op(Arc::new(OnceLock::new())),
+        )
+        .await;
         eprintln!("warmup {} {:?} x{}: {warm}", system.name(), args.mode, args.clients);
     }
-    let report = caddy_client::loadgen::run(args.clients, Duration::from_secs_f64(args.duration), make_op(Arc::clone(&first_error))).await;
+    let report = caddy_client::loadgen::run(
+        args.clients,
+        Duration::from_secs_f64(args.duration),
+        make_op(Arc::clone(&first_error)),
+    )
+    .await;
     eprintln!("{} {:?} x{}: {report}", system.name(), args.mode, args.clients);
     let mut line = serde_json::to_value(&report)?;
     if let Some(obj) = line.as_object_mut() {
@@ -263,10 +273,13 @@ fn rss(args: RssArgs) -> anyhow::Result<()> {
         values.push(vm_rss_kib(pid)?);
     }
     let avg_mib = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64 / 1024.0;
-    eprintln!("rss {} {}: {values:?} KiB, average {avg_mib:.1} MiB", args.system, args.label);
+    let max_mib = values.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+    eprintln!("rss {} {}: {values:?} KiB, average {avg_mib:.1} MiB, largest {max_mib:.1} MiB", args.system, args.label);
+    let round1 = |v: f64| (v * 10.0).round() / 10.0;
     println!(
         "{}",
-        json!({"kind": "rss", "system": args.system, "label": args.label, "pids": args.pids, "rss_kib": values, "avg_mib": (avg_mib * 10.0).round() / 10.0})
+        json!({"kind": "rss", "system": args.system, "label": args.label, "pids": args.pids, "rss_kib": values,
+               "avg_mib": round1(avg_mib), "max_mib": round1(max_mib)})
     );
     Ok(())
 }
@@ -274,7 +287,8 @@ fn rss(args: RssArgs) -> anyhow::Result<()> {
 fn free_ports(n: usize) -> anyhow::Result<()> {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    let ports: Vec<String> = listeners.iter().map(|l| l.local_addr().map(|a| a.port().to_string())).collect::<Result<_, _>>()?;
+    let ports: Vec<String> =
+        listeners.iter().map(|l| l.local_addr().map(|a| a.port().to_string())).collect::<Result<_, _>>()?;
     println!("{}", ports.join(" "));
     Ok(())
 }

@@ -22,7 +22,7 @@ pub struct ReportArgs {
 
 const SYSTEMS: [&str; 2] = ["caddy", "etcd"];
 
-fn find<'a>(records: &'a [Value], pred: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+fn find(records: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     records.iter().rev().find(|r| pred(r))
 }
 
@@ -52,7 +52,15 @@ struct Table {
 }
 
 impl Table {
-    fn row(&mut self, section: &str, metric: &str, caddy: Option<f64>, etcd: Option<f64>, decimals: usize, better: &str) {
+    fn row(
+        &mut self,
+        section: &str,
+        metric: &str,
+        caddy: Option<f64>,
+        etcd: Option<f64>,
+        decimals: usize,
+        better: &str,
+    ) {
         let r = ratio(caddy, etcd);
         let _ = writeln!(
             self.text,
@@ -80,11 +88,8 @@ impl Table {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let records: Vec<Value> = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let records: Vec<Value> =
+        text.lines().filter(|l| l.trim_start().starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect();
     let mut meta = Map::new();
     for kv in &args.meta {
         if let Some((k, v)) = kv.split_once('=') {
@@ -93,10 +98,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     }
 
     let mut t = Table { text: String::new(), rows: Vec::new() };
-    t.note(&format!(
-        "{:<28} {:<18} {:>11} {:>11} {:>11}",
-        "workload", "metric", "CADDY", "etcd", "CADDY/etcd"
-    ));
+    t.note(&format!("{:<28} {:<18} {:>11} {:>11} {:>11}", "workload", "metric", "CADDY", "etcd", "CADDY/etcd"));
     t.note(&"-".repeat(83));
 
     // kv workloads, in the order they ran.
@@ -134,7 +136,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
 
     let fo = |system: &str| {
         find(&records, |r| {
-            r.get("kind").and_then(Value::as_str) == Some("failover") && r.get("system").and_then(Value::as_str) == Some(system)
+            r.get("kind").and_then(Value::as_str) == Some("failover")
+                && r.get("system").and_then(Value::as_str) == Some(system)
         })
     };
     let (fc, fe) = (fo("caddy"), fo("etcd"));
@@ -143,6 +146,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         let section = format!("leader kill -9 ({clients:.0} writers)");
         t.row(&section, "recovery p50 ms", num(fc, "recovery_p50_ms"), num(fe, "recovery_p50_ms"), 1, "lower");
         t.row("", "recovery p99 ms", num(fc, "recovery_p99_ms"), num(fe, "recovery_p99_ms"), 1, "lower");
+        t.row("", "new leader p50 ms", num(fc, "elected_p50_ms"), num(fe, "elected_p50_ms"), 1, "lower");
         let recovered = |v: Option<&Value>| match (num(v, "recovered"), num(v, "kills")) {
             (Some(r), Some(k)) => format!("{r:.0}/{k:.0}"),
             _ => "-".into(),
@@ -150,19 +154,22 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         let _ = writeln!(t.text, "{:<28} {:<18} {:>11} {:>11}", "", "recovered/kills", recovered(fc), recovered(fe));
     }
 
-    let rss = |system: &str, label: &str| {
+    let rss = |system: &str, label: &str, field: &str| {
         num(
             find(&records, |r| {
                 r.get("kind").and_then(Value::as_str) == Some("rss")
                     && r.get("system").and_then(Value::as_str) == Some(system)
                     && r.get("label").and_then(Value::as_str) == Some(label)
             }),
-            "avg_mib",
+            field,
         )
     };
-    for (label, section) in [("idle", "RSS idle (avg per node)"), ("load", "RSS after 64-client writes")] {
-        if rss("caddy", label).is_some() || rss("etcd", label).is_some() {
-            t.row(section, "MiB", rss("caddy", label), rss("etcd", label), 1, "lower");
+    for (label, section) in
+        [("idle", "RSS idle"), ("load", "RSS after 64-client writes"), ("after-reads", "RSS after 64-client reads")]
+    {
+        if rss("caddy", label, "avg_mib").is_some() || rss("etcd", label, "avg_mib").is_some() {
+            t.row(section, "MiB avg/node", rss("caddy", label, "avg_mib"), rss("etcd", label, "avg_mib"), 1, "lower");
+            t.row("", "MiB largest node", rss("caddy", label, "max_mib"), rss("etcd", label, "max_mib"), 1, "lower");
         }
     }
 
@@ -177,7 +184,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| {
                 let v = find(&records, |r| {
-                    r.get("kind").and_then(Value::as_str) == Some(kind) && r.get("system").and_then(Value::as_str) == Some(*s)
+                    r.get("kind").and_then(Value::as_str) == Some(kind)
+                        && r.get("system").and_then(Value::as_str) == Some(*s)
                 });
                 (s.to_string(), v.cloned().unwrap_or(Value::Null))
             })

@@ -56,7 +56,7 @@ pub struct Target {
 #[derive(Clone)]
 pub enum Kv {
     Caddy(CaddyClient),
-    Etcd(EtcdClient),
+    Etcd(std::sync::Arc<EtcdClient>),
 }
 
 fn etcd_options(ca_pem: &str, timeout: Duration, connect_timeout: Duration) -> ConnectOptions {
@@ -91,7 +91,7 @@ impl Target {
                 }
                 let options = etcd_options(&self.etcd_ca_pem()?, REQUEST_TIMEOUT, CONNECT_TIMEOUT);
                 let client = EtcdClient::connect(&self.etcd_endpoints, Some(options)).await?;
-                Ok(Kv::Etcd(client))
+                Ok(Kv::Etcd(std::sync::Arc::new(client)))
             }
         }
     }
@@ -131,7 +131,26 @@ impl Kv {
 pub struct Member {
     /// CADDY node id, or etcd member number (1-based position in --etcd-endpoints).
     pub id: u64,
+    /// The id Raft knows it by (CADDY: the node id; etcd: the member id).
+    pub raft_id: u64,
     pub pid: i32,
+}
+
+/// A status probe of one member, to see when it knows a new leader.
+#[derive(Clone)]
+pub enum Probe {
+    Caddy(CaddyClient),
+    Etcd(Box<EtcdClient>),
+}
+
+impl Probe {
+    /// The leader (Raft id) this member currently knows, if any.
+    pub async fn leader(&self) -> Option<u64> {
+        match self {
+            Probe::Caddy(c) => c.status().await.ok().and_then(|s| s.leader),
+            Probe::Etcd(c) => c.as_ref().clone().status().await.ok().map(|s| s.leader()).filter(|&l| l != 0),
+        }
+    }
 }
 
 /// Reads a PID file.
@@ -171,6 +190,8 @@ pub enum Control {
         /// One single-endpoint client per node, by client address.
         probes: HashMap<String, CaddyClient>,
         config: ClientConfig,
+        /// Client address of each node, by id (from the last status).
+        addrs: HashMap<u64, String>,
         /// The `caddyd dev` directory (nodeN/caddyd.{toml,pid,log}).
         dir: PathBuf,
         /// The `caddyd` binary, to restart killed nodes.
@@ -181,6 +202,8 @@ pub enum Control {
         probes: Vec<EtcdClient>,
         /// Where run.sh keeps mN.sh (start script) and mN.pid.
         dir: Option<PathBuf>,
+        /// Member ids, in member order (learned when all members answered).
+        ids: Vec<u64>,
     },
 }
 
@@ -188,7 +211,12 @@ pub enum Control {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Control {
-    pub async fn new(target: &Target, caddy_dir: Option<&Path>, caddyd: Option<&Path>, etcd_dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn new(
+        target: &Target,
+        caddy_dir: Option<&Path>,
+        caddyd: Option<&Path>,
+        etcd_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         match target.system {
             System::Caddy => {
                 let mut config = target.caddy_config()?;
@@ -207,6 +235,7 @@ impl Control {
                     client: CaddyClient::connect(config.clone()).await?,
                     probes: HashMap::new(),
                     config,
+                    addrs: HashMap::new(),
                     dir,
                     caddyd: caddyd.map(Path::to_path_buf),
                 })
@@ -222,7 +251,7 @@ impl Control {
                 if probes.is_empty() {
                     bail!("--etcd-endpoints is required");
                 }
-                Ok(Control::Etcd { probes, dir })
+                Ok(Control::Etcd { probes, dir, ids: Vec::new() })
             }
         }
     }
@@ -238,28 +267,73 @@ impl Control {
     /// The current leader and its PID.
     pub async fn leader(&mut self) -> anyhow::Result<Member> {
         match self {
-            Control::Caddy { client, dir, .. } => {
+            Control::Caddy { client, dir, addrs, .. } => {
                 let status = client.status().await?;
                 let id = status.leader.context("no leader")?;
+                for m in &status.members {
+                    addrs.insert(m.id, m.client_addr.clone());
+                }
                 let pid = read_pid(&Self::caddy_pid_file(dir, id))?;
-                Ok(Member { id, pid })
+                Ok(Member { id, raft_id: id, pid })
             }
-            Control::Etcd { probes, dir } => {
-                let mut ids = Vec::new();
+            Control::Etcd { probes, dir, ids } => {
+                let mut seen = Vec::new();
                 let mut leader = 0;
                 for probe in probes.iter_mut() {
-                    let status = probe.status().await?;
-                    ids.push(status.header().map_or(0, |h| h.member_id()));
-                    if leader == 0 {
-                        leader = status.leader();
+                    match tokio::time::timeout(2 * PROBE_TIMEOUT, probe.status()).await {
+                        Ok(Ok(status)) => {
+                            seen.push(status.header().map_or(0, |h| h.member_id()));
+                            if leader == 0 {
+                                leader = status.leader();
+                            }
+                        }
+                        _ => seen.push(0),
                     }
                 }
-                let pos = ids.iter().position(|&id| id == leader && id != 0).context("no leader among the members")?;
+                if !seen.contains(&0) {
+                    *ids = seen;
+                }
+                if leader == 0 {
+                    bail!("no member knows a leader");
+                }
+                let pos = ids.iter().position(|&id| id == leader).context("leader is not a known member")?;
                 let n = pos as u64 + 1;
                 let dir = dir.as_deref().context("--etcd-dir is required to find PIDs")?;
                 let pid = read_pid(&Self::etcd_pid_file(dir, n))?;
-                Ok(Member { id: n, pid })
+                Ok(Member { id: n, raft_id: leader, pid })
             }
+        }
+    }
+
+    /// Single-member status probes of every member but `victim` (as of the
+    /// last [`Control::leader`] call).
+    pub async fn survivor_probes(&mut self, victim: &Member) -> Vec<Probe> {
+        match self {
+            Control::Caddy { addrs, probes, config, .. } => {
+                let mut out = Vec::new();
+                for (&id, addr) in addrs.iter() {
+                    if id == victim.id {
+                        continue;
+                    }
+                    if !probes.contains_key(addr) {
+                        let mut c = config.clone();
+                        c.endpoints = vec![addr.clone()];
+                        if let Ok(probe) = CaddyClient::connect(c).await {
+                            probes.insert(addr.clone(), probe);
+                        }
+                    }
+                    if let Some(p) = probes.get(addr) {
+                        out.push(Probe::Caddy(p.clone()));
+                    }
+                }
+                out
+            }
+            Control::Etcd { probes, .. } => probes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u64 + 1 != victim.id)
+                .map(|(_, p)| Probe::Etcd(Box::new(p.clone())))
+                .collect(),
         }
     }
 
@@ -306,7 +380,8 @@ impl Control {
                         return Err(format!("member {}: {:?}", i + 1, status.errors()));
                     }
                     leaders.push(status.leader());
-                    let index = if status.raft_applied_index() > 0 { status.raft_applied_index() } else { status.raft_index() };
+                    let index =
+                        if status.raft_applied_index() > 0 { status.raft_applied_index() } else { status.raft_index() };
                     applied.push(index);
                 }
                 if leaders[0] == 0 || leaders.iter().any(|&l| l != leaders[0]) {

@@ -29,7 +29,7 @@ struct Shared {
 }
 
 fn resp(body: Resp) -> pb::Response {
-    pb::Response { body: Some(body) }
+    pb::Response { leader_client_addr: String::new(), body: Some(body) }
 }
 
 fn error(code: pb::ErrorCode, message: &str, current_revision: Option<u64>) -> pb::Response {

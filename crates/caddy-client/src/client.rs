@@ -28,6 +28,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Shortest time one attempt may take before the next endpoint is tried.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a key-value request waits on one endpoint before it is also
+/// tried on the next. A process killed with `kill -9` sends nothing over
+/// UDP, so this bounds how long a client stays on a dead node; a retry is
+/// safe (writes are exactly-once, reads are idempotent), and key-value
+/// requests on a live node answer far faster than this.
+const KV_ATTEMPT: Duration = Duration::from_millis(500);
 /// With several endpoints, how long a request waits for a new handshake
 /// before trying the next endpoint (the handshake goes on in the background
 /// and its connection is cached for later requests).
@@ -54,6 +60,9 @@ struct Inner {
     sockets: Mutex<Sockets>,
     /// Index of the endpoint that answered last; attempts start there.
     preferred: AtomicUsize,
+    /// Endpoint a follower named as the leader in its last answer
+    /// (`usize::MAX` when none); taken by the next successful request.
+    leader_hint: AtomicUsize,
     lanes: Arc<LanePool>,
 }
 
@@ -153,6 +162,7 @@ impl Client {
                 slots,
                 sockets: Mutex::new(Sockets::default()),
                 preferred: AtomicUsize::new(0),
+                leader_hint: AtomicUsize::new(usize::MAX),
                 lanes: LanePool::new(),
             }),
         })
@@ -416,7 +426,12 @@ impl Client {
         let now = Instant::now();
         // A huge configured timeout must not overflow the clock.
         let deadline = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
-        let attempt_cap = if n > 1 { (config.request_timeout / 3).max(MIN_ATTEMPT) } else { config.request_timeout };
+        let is_kv = matches!(req.body, Some(Req::Put(_) | Req::Get(_) | Req::Delete(_) | Req::List(_)));
+        let attempt_cap = match (n > 1, is_kv) {
+            (false, _) => config.request_timeout,
+            (true, true) => KV_ATTEMPT.min(config.request_timeout),
+            (true, false) => (config.request_timeout / 3).max(MIN_ATTEMPT),
+        };
         let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = MIN_BACKOFF;
@@ -446,7 +461,8 @@ impl Client {
                     last_server = Some(err);
                 }
                 Ok(Ok(opened)) => {
-                    self.inner.preferred.store(idx, Ordering::Relaxed);
+                    let hinted = self.inner.leader_hint.swap(usize::MAX, Ordering::Relaxed);
+                    self.inner.preferred.store(if hinted < n { hinted } else { idx }, Ordering::Relaxed);
                     return Ok(opened);
                 }
                 Ok(Err(AttemptError::Fatal(err))) => return Err(err),
@@ -512,6 +528,12 @@ impl Client {
             return Ok((None, recv));
         }
         let response: pb::Response = read_frame(&mut recv, self.max_frame()).await.map_err(frame_error)?;
+        if !response.leader_client_addr.is_empty()
+            && let Some(leader) = self.slot_of(&response.leader_client_addr)
+        {
+            // Served by a follower: later requests go straight to the leader.
+            self.inner.leader_hint.store(leader, Ordering::Relaxed);
+        }
         match response.body {
             Some(body) => Ok((Some(body), recv)),
             None => Err(AttemptError::Fatal(ClientError::Protocol("response without a body".into()))),

@@ -35,6 +35,7 @@ struct TestServer {
 
 fn error(code: pb::ErrorCode, message: &str) -> pb::Response {
     pb::Response {
+        leader_client_addr: String::new(),
         body: Some(Resp::Error(pb::Error {
             code: code as i32,
             message: message.into(),
@@ -50,6 +51,7 @@ fn kv(key: &str, value: &[u8], rev: u64) -> pb::KeyValue {
 
 fn event(key: &str, rev: u64) -> pb::Response {
     pb::Response {
+        leader_client_addr: String::new(),
         body: Some(Resp::WatchEvent(pb::WatchEvent {
             kind: pb::watch_event::Kind::Put as i32,
             kv: Some(kv(key, b"x", rev)),
@@ -59,7 +61,13 @@ fn event(key: &str, rev: u64) -> pb::Response {
 }
 
 async fn start_server() -> TestServer {
-    let ca = caddy_wire::tls::generate_ca().unwrap();
+    start_server_hinting(None, None).await
+}
+
+/// A server whose every answer names `leader` as the leader (as a follower
+/// does), reusing `ca` when given so one client trusts several servers.
+async fn start_server_hinting(leader: Option<String>, ca: Option<caddy_wire::tls::CaMaterial>) -> TestServer {
+    let ca = ca.unwrap_or_else(|| caddy_wire::tls::generate_ca().unwrap());
     let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
     let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
@@ -72,10 +80,11 @@ async fn start_server() -> TestServer {
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
             let log = Arc::clone(&server_log);
+            let leader = leader.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(handle(send, recv, Arc::clone(&log)));
+                    tokio::spawn(handle(send, recv, Arc::clone(&log), leader.clone()));
                 }
             });
         }
@@ -83,12 +92,18 @@ async fn start_server() -> TestServer {
     TestServer { addr, ca_pem: ca.cert_pem, log, _endpoint: endpoint }
 }
 
-async fn handle(mut send: quinn::SendStream, mut recv: quinn::RecvStream, log: Arc<Mutex<Log>>) {
+async fn handle(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    log: Arc<Mutex<Log>>,
+    leader: Option<String>,
+) {
     let Ok(req) = read_frame::<pb::Request, _>(&mut recv, 1 << 20).await else {
         return;
     };
     let responses = answer(req, &log).await;
-    for response in responses {
+    for mut response in responses {
+        response.leader_client_addr = leader.clone().unwrap_or_default();
         if write_frame(&mut send, &response).await.is_err() {
             return;
         }
@@ -123,6 +138,7 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
                 return vec![error(pb::ErrorCode::InvalidArgument, "reads carry no lane")];
             }
             vec![pb::Response {
+                leader_client_addr: String::new(),
                 body: Some(Resp::Get(pb::GetResponse { kv: Some(kv(&g.key, b"canned", 4)), revision: 9 })),
             }]
         }
@@ -137,12 +153,16 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             vec![pb::Response {
+                leader_client_addr: String::new(),
                 body: Some(Resp::Put(pb::PutResponse { revision: 10 + req.sequence, previous: None })),
             }]
         }
         Some(Req::Delete(_)) => vec![error(pb::ErrorCode::NotFound, "no such key")],
         Some(Req::List(_)) => {
-            vec![pb::Response { body: Some(Resp::List(pb::ListResponse { kvs: vec![], more: false, revision: 0 })) }]
+            vec![pb::Response {
+                leader_client_addr: String::new(),
+                body: Some(Resp::List(pb::ListResponse { kvs: vec![], more: false, revision: 0 })),
+            }]
         }
         Some(Req::Watch(w)) => {
             log.lock().unwrap().watches.push(w.from_revision);
@@ -157,13 +177,17 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
         }
         Some(Req::Backup(_)) => {
             let chunk = |data: &[u8], total: u64, last: bool| pb::Response {
+                leader_client_addr: String::new(),
                 body: Some(Resp::BackupChunk(pb::BackupChunk { total_bytes: total, data: data.to_vec(), last })),
             };
             vec![chunk(b"hello", 10, false), chunk(b"world", 0, true)]
         }
         // Wrong body on purpose, to exercise protocol checks.
         Some(Req::Status(_)) => {
-            vec![pb::Response { body: Some(Resp::Snapshot(pb::SnapshotResponse { index: 1, term: 1 })) }]
+            vec![pb::Response {
+                leader_client_addr: String::new(),
+                body: Some(Resp::Snapshot(pb::SnapshotResponse { index: 1, term: 1 })),
+            }]
         }
         _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported")],
     }
@@ -338,4 +362,20 @@ async fn huge_timeouts_do_not_overflow() {
     config.connect_timeout = Duration::MAX;
     let client = Client::connect(config).await.unwrap();
     assert_eq!(client.get("k").await.unwrap().revision, 9);
+}
+
+#[tokio::test]
+async fn a_follower_naming_the_leader_moves_later_requests_there() {
+    let ca = caddy_wire::tls::generate_ca().unwrap();
+    let leader = start_server_hinting(None, Some(ca.clone())).await;
+    let follower = start_server_hinting(Some(leader.addr.to_string()), Some(ca)).await;
+    let client = Client::connect(config(vec![follower.addr.to_string(), leader.addr.to_string()], &leader.ca_pem))
+        .await
+        .unwrap();
+    client.get("first").await.unwrap();
+    client.get("second").await.unwrap();
+    client.get("third").await.unwrap();
+    let keys = |s: &TestServer| s.log.lock().unwrap().requests.iter().map(|r| r.1.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&follower), vec!["first".to_string()]);
+    assert_eq!(keys(&leader), vec!["second".to_string(), "third".to_string()]);
 }

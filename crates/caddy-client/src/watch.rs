@@ -109,23 +109,23 @@ impl WatchState {
             };
             let max_frame = self.client.config().max_frame_bytes;
             let broken = match read_frame::<pb::Response, _>(recv, max_frame).await {
-                Ok(pb::Response { body: Some(Resp::WatchEvent(event)) }) => {
+                Ok(pb::Response { body: Some(Resp::WatchEvent(event)), .. }) => {
                     self.next_from = self.next_from.max(event.revision.saturating_add(1));
                     self.failing_since = None;
                     self.backoff = MIN_BACKOFF;
                     return Some(Ok(event));
                 }
-                Ok(pb::Response { body: Some(Resp::Error(err)) }) => {
+                Ok(pb::Response { body: Some(Resp::Error(err)), .. }) => {
                     let err = ClientError::from_pb(err);
                     if !err.is_retryable() {
                         return self.finish(err);
                     }
                     err
                 }
-                Ok(pb::Response { body: Some(other) }) => {
+                Ok(pb::Response { body: Some(other), .. }) => {
                     return self.finish(unexpected("watch_event", &other));
                 }
-                Ok(pb::Response { body: None }) => {
+                Ok(pb::Response { body: None, .. }) => {
                     return self.finish(ClientError::Protocol("response without a body".into()));
                 }
                 Err(e) if e.is_protocol_violation() => {

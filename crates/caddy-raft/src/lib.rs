@@ -89,6 +89,9 @@ pub fn openraft_config(timing: &RaftTiming) -> Result<Arc<openraft::Config>, Raf
         max_in_snapshot_log_to_keep: timing.keep_behind_snapshot,
         install_snapshot_timeout: 10_000,
         enable_pre_vote: Some(true),
+        // Replicate entries as soon as they are in the local log, so the
+        // leader's fsync and the followers' overlap instead of adding up.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| RaftError::Config(e.to_string()))?))

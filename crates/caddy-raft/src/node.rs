@@ -149,6 +149,9 @@ struct ReadBatch {
 struct NodeInner {
     id: NodeId,
     reads: std::sync::Mutex<ReadBatch>,
+    /// One membership change at a time on this leader: concurrent joins
+    /// would otherwise race on openraft's expected-membership check.
+    membership_lock: tokio::sync::Mutex<()>,
     node: CaddyNode,
     raft: Raft,
     sm: StateMachineStore,
@@ -203,7 +206,18 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(NodeInner { id, reads: Default::default(), node, raft, sm, log, peers, tls, timing }),
+            inner: Arc::new(NodeInner {
+                id,
+                reads: Default::default(),
+                membership_lock: Default::default(),
+                node,
+                raft,
+                sm,
+                log,
+                peers,
+                tls,
+                timing,
+            }),
         })
     }
 
@@ -487,6 +501,10 @@ impl RaftNode {
             }
             OpenRaftError::APIError(e) => CaddyError::unavailable(e.to_string()),
             OpenRaftError::Fatal(e) => CaddyError::unavailable(e.to_string()),
+        };
+        let _serialized = match op {
+            MembershipOp::Status => None,
+            _ => Some(self.inner.membership_lock.lock().await),
         };
         if !matches!(op, MembershipOp::Status) {
             // openraft refuses a change while the previous one (including the

@@ -88,6 +88,9 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>, mut sh
                 let service = service.clone();
                 streams.spawn(serve_stream(send, recv, service));
             }
+            // Reap finished streams as they end, so a long-lived connection
+            // holds only its in-flight requests.
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
     while streams.join_next().await.is_some() {}

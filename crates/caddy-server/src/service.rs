@@ -42,6 +42,7 @@ fn code_to_pb(code: ErrorCode) -> pb::ErrorCode {
 /// The protocol form of an error.
 pub fn error_response(e: &CaddyError) -> pb::Response {
     pb::Response {
+        leader_client_addr: String::new(),
         body: Some(Resp::Error(pb::Error {
             code: code_to_pb(e.code) as i32,
             message: e.message.clone(),
@@ -77,7 +78,7 @@ fn local(e: std::io::Error) -> CaddyError {
 }
 
 fn ok(body: Resp) -> Result<pb::Response, CaddyError> {
-    Ok(pb::Response { body: Some(body) })
+    Ok(pb::Response { leader_client_addr: String::new(), body: Some(body) })
 }
 
 /// Name of a request kind, for metrics and logs.
@@ -117,6 +118,14 @@ impl Service {
         &self.limits
     }
 
+    /// The leader's client address when this node is not the leader.
+    fn leader_client_addr(&self) -> String {
+        match self.node.leader() {
+            Some((id, node)) if id != self.node.id() => node.client_addr,
+            _ => String::new(),
+        }
+    }
+
     fn authenticate(&self, credential: &str) -> Result<(), CaddyError> {
         let Some(stored) = self.node.state_machine().admin_credential_hash() else {
             return Err(CaddyError::unavailable(
@@ -152,10 +161,13 @@ impl Service {
         let started = Instant::now();
         let name = request_name(&req.body);
         let status = match self.dispatch(req, out).await {
-            Ok(Some(resp)) => match write_frame(out, &resp).await {
-                Ok(()) => "ok",
-                Err(_) => "client_gone",
-            },
+            Ok(Some(mut resp)) => {
+                resp.leader_client_addr = self.leader_client_addr();
+                match write_frame(out, &resp).await {
+                    Ok(()) => "ok",
+                    Err(_) => "client_gone",
+                }
+            }
             Ok(None) => "ok",
             Err(e) => {
                 let _ = write_frame(out, &error_response(&e)).await;
@@ -365,9 +377,12 @@ impl Service {
             }
             for e in &batch {
                 next = e.revision + 1;
-                write_frame(out, &pb::Response { body: Some(Resp::WatchEvent(event_to_pb(e))) })
-                    .await
-                    .map_err(|_| CaddyError::unavailable("watcher went away"))?;
+                write_frame(
+                    out,
+                    &pb::Response { leader_client_addr: String::new(), body: Some(Resp::WatchEvent(event_to_pb(e))) },
+                )
+                .await
+                .map_err(|_| CaddyError::unavailable("watcher went away"))?;
             }
         }
         // Older history could also have been compacted while we read it.
@@ -392,7 +407,7 @@ impl Service {
                             continue;
                         }
                         next = e.revision + 1;
-                        write_frame(out, &pb::Response { body: Some(Resp::WatchEvent(event_to_pb(&e))) })
+                        write_frame(out, &pb::Response { leader_client_addr: String::new(), body: Some(Resp::WatchEvent(event_to_pb(&e))) })
                             .await
                             .map_err(|_| CaddyError::unavailable("watcher went away"))?;
                     }
@@ -442,9 +457,12 @@ impl Service {
                 let last = n == 0 || sent >= size;
                 let chunk = pb::BackupChunk { total_bytes: if first { size } else { 0 }, data: buf, last };
                 first = false;
-                write_frame(out, &pb::Response { body: Some(Resp::BackupChunk(chunk)) })
-                    .await
-                    .map_err(|_| CaddyError::unavailable("client went away during the backup"))?;
+                write_frame(
+                    out,
+                    &pb::Response { leader_client_addr: String::new(), body: Some(Resp::BackupChunk(chunk)) },
+                )
+                .await
+                .map_err(|_| CaddyError::unavailable("client went away during the backup"))?;
                 if last {
                     return Ok(());
                 }

@@ -26,16 +26,20 @@ pub enum Disk {
 }
 
 impl Disk {
-    /// Opens (or creates) the database `name` on this disk.
-    pub fn open_db(&self, name: &str) -> Result<Database, StoreError> {
+    /// Opens (or creates) the database `name` on this disk with a page
+    /// cache of at most `cache_bytes` (redb's default, 1 GiB, would let an
+    /// idle node grow far past its working set).
+    pub fn open_db(&self, name: &str, cache_bytes: usize) -> Result<Database, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
         match self {
             Disk::Dir(dir) => {
                 std::fs::create_dir_all(dir)?;
-                Ok(Database::create(dir.join(format!("{name}.redb")))?)
+                Ok(builder.create(dir.join(format!("{name}.redb")))?)
             }
             Disk::Crashable(disk) => {
                 let backend = disk.file(name);
-                Ok(Database::builder().create_with_backend(backend)?)
+                Ok(builder.create_with_backend(backend)?)
             }
         }
     }

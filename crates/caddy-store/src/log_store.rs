@@ -47,7 +47,8 @@ pub struct LogStore {
 impl LogStore {
     /// Opens or creates the log database on `disk`.
     pub fn open(disk: &Disk, mode: FlushMode) -> Result<Self, StoreError> {
-        let db = Arc::new(disk.open_db("raft-log")?);
+        // The log is written once and read back mostly while it is recent.
+        let db = Arc::new(disk.open_db("raft-log", 8 << 20)?);
         let txn = db.begin_write().map_err(|e| StoreError::Storage(e.to_string()))?;
         {
             txn.open_table(LOG).map_err(|e| StoreError::Storage(e.to_string()))?;

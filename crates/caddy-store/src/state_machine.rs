@@ -48,6 +48,8 @@ const KEY_STATE: &str = "state";
 /// Capacity of the live event channel; a watcher further behind than this is
 /// told it fell behind instead of silently missing events.
 const EVENT_CHANNEL: usize = 8192;
+/// Apply batches between two durable state-machine commits.
+const DURABLE_EVERY: u64 = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredKv {
@@ -91,6 +93,10 @@ struct SmInner {
     /// Watch events retained (a node-local policy: it bounds how far back a
     /// watcher can resume, never what a key holds).
     event_history: std::sync::atomic::AtomicU64,
+    /// Apply batches committed without fsync since the last durable commit.
+    /// redb frees pages only at durable commits, so they are made durable
+    /// every [`DURABLE_EVERY`] batches to bound file and memory growth.
+    since_durable: std::sync::atomic::AtomicU64,
     snapshot_dir: PathBuf,
     meta: Mutex<SmMeta>,
     current_snapshot: Mutex<Option<SnapshotInfo>>,
@@ -150,7 +156,7 @@ impl StateMachineStore {
     /// Opens or creates the state machine on `disk`, loading the newest valid
     /// snapshot file's metadata.
     pub fn open(disk: &Disk) -> Result<Self, StoreError> {
-        let db = disk.open_db("state")?;
+        let db = disk.open_db("state", 32 << 20)?;
         let snapshot_dir = disk.snapshot_dir();
         std::fs::create_dir_all(&snapshot_dir)?;
         let txn = db.begin_write().map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -177,6 +183,7 @@ impl StateMachineStore {
             inner: Arc::new(SmInner {
                 db,
                 event_history: std::sync::atomic::AtomicU64::new(limits::EVENT_HISTORY),
+                since_durable: std::sync::atomic::AtomicU64::new(0),
                 snapshot_dir,
                 meta: Mutex::new(meta),
                 current_snapshot: Mutex::new(current),
@@ -422,7 +429,12 @@ impl StateMachineStore {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::None).map_err(io_err)?;
+        let batches = self.inner.since_durable.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let durable = batches >= DURABLE_EVERY;
+        if durable {
+            self.inner.since_durable.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(io_err)?;
         {
             let mut tables = Tables::open(&txn)?;
             for (entry, responder) in batch {

@@ -284,9 +284,10 @@ pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = caddy_wire::tls::client_config(ca_pem, &[b"http/1.1"]).expect("tls config");
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    // Status 0: nothing listening (yet), e.g. a node still starting.
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
     let name = rustls::pki_types::ServerName::try_from(caddy_wire::CLUSTER_SERVER_NAME).expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+    let Ok(mut tls) = connector.connect(name, tcp).await else { return (0, String::new()) };
     let req = format!("GET {path} HTTP/1.1\r\nHost: caddy\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
