@@ -120,3 +120,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod format_tests {
+    /// `serde_bytes` must not change the stored form of a value: postcard
+    /// writes a byte sequence and a byte string identically (length, then
+    /// raw bytes), so records written before it still read back.
+    #[test]
+    fn byte_strings_keep_the_sequence_encoding() {
+        #[derive(serde::Serialize)]
+        struct AsSeq(Vec<u8>);
+        #[derive(serde::Serialize)]
+        struct AsBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+        let data: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::to_bytes(&AsSeq(data.clone())).unwrap(), super::to_bytes(&AsBytes(data)).unwrap());
+    }
+}

@@ -47,7 +47,8 @@ pub enum Command {
     KvPut {
         /// Key.
         key: String,
-        /// Value.
+        /// Value (encoded as one byte string, not a sequence of numbers).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Compare-and-set: the key's mod revision must equal this (0: absent).
         if_revision: Option<u64>,

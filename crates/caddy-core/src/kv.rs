@@ -9,6 +9,7 @@ pub struct KeyValue {
     /// The key.
     pub key: String,
     /// The value bytes (empty in a delete event).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision at which the key was created (since its last deletion).
     pub create_revision: u64,

@@ -95,13 +95,13 @@ pub enum SnapshotRecord {
     /// Always first.
     Header(SmMeta),
     /// A key and its stored record.
-    Kv(String, Vec<u8>),
+    Kv(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A retained watch event.
-    Event(u64, Vec<u8>),
+    Event(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A client session.
-    Session(u64, Vec<u8>),
+    Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A join token hash and its expiry.
-    JoinToken(Vec<u8>, u64),
+    JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
 }
 
 /// A snapshot file on disk with its metadata.

@@ -53,6 +53,7 @@ const DURABLE_EVERY: u64 = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredKv {
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     create_revision: u64,
     mod_revision: u64,
