@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod identity;
 pub mod kv;
 
 pub use codec::CodecError;

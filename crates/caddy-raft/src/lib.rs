@@ -47,10 +47,14 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
+        // Failover takes about election_max_ms plus the sampled timeout
+        // (a follower grants no vote while the old leader's lease,
+        // election_max_ms, may still hold), so both are kept short;
+        // heartbeats come three times per minimum timeout.
         Self {
             heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            election_min_ms: 150,
+            election_max_ms: 300,
             snapshot_every: 20_000,
             keep_behind_snapshot: 5_000,
         }
