@@ -107,3 +107,33 @@ mod tests {
         assert!(matches!(err, FrameError::Closed), "{err}");
     }
 }
+
+#[cfg(test)]
+mod garbage_tests {
+    use super::*;
+    use crate::pb;
+
+    /// Arbitrary bytes on a stream yield a frame, a typed error or a clean
+    /// close: never a panic, never an allocation past the limit.
+    #[tokio::test]
+    async fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 && bytes.len() >= 4 {
+                // A plausible length prefix, so decoding is reached too.
+                let body = (bytes.len() - 4) as u32;
+                bytes[..4].copy_from_slice(&body.to_be_bytes());
+            }
+            let _ = read_frame::<pb::Request, _>(&mut bytes.as_slice(), 1024).await;
+            let _ = read_frame::<pb::Response, _>(&mut bytes.as_slice(), 1024).await;
+        }
+    }
+}

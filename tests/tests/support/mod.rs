@@ -230,6 +230,23 @@ impl Dev {
         self.extra.push(child);
     }
 
+    /// Starts `caddyd start --config FILE` with extra environment, as a
+    /// child of the test (stopped with the cluster).
+    pub fn spawn_node(&mut self, config: &Path, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(config.with_file_name("caddyd.log"))
+            .expect("log");
+        let mut cmd = Command::new(bin("caddyd"));
+        cmd.arg("start").arg("--config").arg(config).stdin(Stdio::null());
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.extra.push(cmd.spawn().expect("start node"));
+    }
+
     /// Stops the whole cluster gracefully (SIGTERM to `caddyd dev`).
     pub fn stop(&mut self) {
         if let Some(mut dev) = self.dev.take() {
@@ -276,6 +293,17 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
