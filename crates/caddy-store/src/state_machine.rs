@@ -14,7 +14,6 @@
 //! - Every apply batch commits in one redb transaction, together with the
 //!   applied log id, so the tables and `applied` never disagree.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -368,14 +367,12 @@ impl StateMachineStore {
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
         txn.set_durability(Durability::Immediate).map_err(io_err)?;
         {
-            for name in ["kv", "events", "sessions", "session_age", "join_tokens"] {
-                // Table types differ; delete by name through the untyped handle.
-                let _ = txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(name));
-            }
-            let _ = txn.delete_table(SESSION_AGE);
-            let _ = txn.delete_table(EVENTS);
-            let _ = txn.delete_table(SESSIONS);
-            let _ = txn.delete_table(JOIN_TOKENS);
+            // A missing table is Ok(false); any other failure aborts the install.
+            txn.delete_table(KV).map_err(io_err)?;
+            txn.delete_table(EVENTS).map_err(io_err)?;
+            txn.delete_table(SESSIONS).map_err(io_err)?;
+            txn.delete_table(SESSION_AGE).map_err(io_err)?;
+            txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
             let mut tables = Tables::open(&txn)?;
             let mut first = true;
             while let Some(record) = reader.next_record()? {
@@ -804,7 +801,3 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 }
-
-/// Groups events by nothing; kept for symmetry with future per-tenant maps.
-#[allow(dead_code)]
-type EventIndex = BTreeMap<u64, KvEvent>;

@@ -5,7 +5,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use caddy_core::{ClientSeq, Command, Proposal, Reply, ReplyBody};
+use caddy_core::{ClientSeq, Command, Proposal};
 use caddy_store::backend::{CrashableDisk, Disk};
 use caddy_store::{Entry, FlushMode, LogStore, StateMachineStore, TypeConfig, verify_snapshot_file};
 use openraft::entry::RaftEntry;
@@ -236,7 +236,6 @@ async fn compare_and_set_and_deletes_keep_revisions() {
         live.push(e.revision);
     }
     assert_eq!(live, vec![1, 2, 3]);
-    let _ = Reply(Ok(ReplyBody::Done));
 }
 
 #[tokio::test]

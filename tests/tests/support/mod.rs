@@ -249,29 +249,11 @@ impl Dev {
 
     /// Stops the whole cluster gracefully (SIGTERM to `caddyd dev`).
     pub fn stop(&mut self) {
-        if let Some(mut dev) = self.dev.take() {
-            signal(dev.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = dev.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = dev.kill();
-            let _ = dev.wait();
+        if let Some(dev) = self.dev.take() {
+            terminate(dev, Duration::from_secs(30));
         }
-        for mut child in self.extra.drain(..) {
-            signal(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        for child in self.extra.drain(..) {
+            terminate(child, Duration::from_secs(15));
         }
         // Leave no node behind, whatever happened.
         for node in 1..=self.nodes {
@@ -288,6 +270,20 @@ impl Dev {
     pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
     }
+}
+
+/// SIGTERM, wait up to `grace` for a clean exit, then SIGKILL.
+fn terminate(mut child: Child, grace: Duration) {
+    signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Dev {
