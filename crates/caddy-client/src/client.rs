@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use caddy_core::identity::api::{AuditView, IdentityAnswer, IdentityCall, SessionView};
 use caddy_wire::{FrameError, read_frame, write_frame};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -122,7 +123,16 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
         Resp::Snapshot(_) => "snapshot",
         Resp::JoinToken(_) => "join_token",
         Resp::BackupChunk(_) => "backup_chunk",
+        Resp::Identity(_) => "identity",
     }
+}
+
+fn unexpected_answer(expected: &str, got: &IdentityAnswer) -> ClientError {
+    let kind = serde_json::to_value(got)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    ClientError::Protocol(format!("expected a {expected} answer, got {kind}"))
 }
 
 pub(crate) fn unexpected(expected: &str, got: &Resp) -> ClientError {
@@ -372,7 +382,53 @@ impl Client {
     }
 
     fn request(&self, body: Req, client_id: u64, sequence: u64) -> pb::Request {
-        pb::Request { credential: self.inner.config.credential.clone(), client_id, sequence, body: Some(body) }
+        pb::Request {
+            credential: self.inner.config.credential.clone(),
+            client_id,
+            sequence,
+            tenant: self.inner.config.tenant.clone().unwrap_or_default(),
+            request_id: String::new(),
+            body: Some(body),
+        }
+    }
+
+    // ----- identity -----
+
+    /// Sends one identity call (tenants, users, roles, teams, API keys,
+    /// sessions, invitations, audit). Mutating calls go through an
+    /// exactly-once lane like key-value writes.
+    pub async fn identity(&self, call: &IdentityCall) -> Result<IdentityAnswer, ClientError> {
+        let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
+        let body = Req::Identity(pb::IdentityRequest { call: bytes });
+        let answer = expect_body!(self.call(body, !call.is_read()).await?, Identity, "identity")?;
+        serde_json::from_slice(&answer.answer)
+            .map_err(|e| ClientError::Protocol(format!("undecodable identity answer: {e}")))
+    }
+
+    /// Logs in to the configured tenant; returns the session token (shown
+    /// once) and the session.
+    pub async fn login(&self, email: &str, password: &str) -> Result<(String, SessionView), ClientError> {
+        let call = IdentityCall::Login { email: email.into(), password: password.into(), ttl_seconds: None };
+        match self.identity(&call).await? {
+            IdentityAnswer::Session { token, session, .. } => Ok((token, session)),
+            other => Err(unexpected_answer("session", &other)),
+        }
+    }
+
+    /// Pages through the audit trail of the configured tenant (the cluster
+    /// chain for an operator without a tenant).
+    pub async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<(Vec<AuditView>, bool), ClientError> {
+        let call =
+            IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq, limit };
+        match self.identity(&call).await? {
+            IdentityAnswer::Audit { entries, more } => Ok((entries, more)),
+            other => Err(unexpected_answer("audit", &other)),
+        }
+    }
+
+    /// Walks the whole audit chain server-side; `broken` names the first bad entry.
+    pub async fn audit_verify(&self) -> Result<IdentityAnswer, ClientError> {
+        self.identity(&IdentityCall::AuditVerify).await
     }
 
     /// Sends one request and returns the answer's body (never an `Error`

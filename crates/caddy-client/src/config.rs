@@ -21,8 +21,11 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// PEM of the cluster CA, the only root trusted.
     pub ca_cert_pem: String,
-    /// Bearer credential sent with every request.
+    /// Bearer credential sent with every request: the admin token, a session
+    /// token (`cs_…`) or an API key (`ck_…`).
     pub credential: String,
+    /// Tenant to act on (operators; tenant credentials default to their own).
+    pub tenant: Option<String>,
     /// Bound on one request, retries on other endpoints included.
     pub request_timeout: Duration,
     /// Bound on establishing one connection.
@@ -36,6 +39,7 @@ impl std::fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("endpoints", &self.endpoints)
             .field("credential", &"<redacted>")
+            .field("tenant", &self.tenant)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -49,6 +53,7 @@ struct FileConfig {
     endpoints: Vec<String>,
     ca_cert: String,
     credential: String,
+    tenant: Option<String>,
     request_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     max_frame_bytes: Option<usize>,
@@ -61,6 +66,7 @@ impl ClientConfig {
             endpoints,
             ca_cert_pem: ca_cert_pem.into(),
             credential: credential.into(),
+            tenant: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -69,7 +75,7 @@ impl ClientConfig {
 
     /// Reads a `client.toml` file: `endpoints`, `ca_cert` (a path, relative
     /// ones resolved against the file's directory), `credential`, and the
-    /// optional `request_timeout_ms`, `connect_timeout_ms`, `max_frame_bytes`.
+    /// optional `tenant`, `request_timeout_ms`, `connect_timeout_ms`, `max_frame_bytes`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
@@ -95,6 +101,7 @@ impl ClientConfig {
         let ca_cert_pem = std::fs::read_to_string(&ca_path)
             .map_err(|e| ClientError::Config(format!("reading CA certificate {}: {e}", ca_path.display())))?;
         let mut config = Self::new(file.endpoints, ca_cert_pem, file.credential);
+        config.tenant = file.tenant.filter(|t| !t.is_empty());
         if let Some(ms) = file.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);
         }

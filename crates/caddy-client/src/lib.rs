@@ -31,6 +31,7 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
+pub use caddy_core::identity::api as identity;
 pub use caddy_wire::pb;
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};

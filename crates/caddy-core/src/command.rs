@@ -67,6 +67,10 @@ pub enum Command {
         /// Expiry, milliseconds since the epoch.
         expires_at_ms: u64,
     },
+    /// An authenticated, audited request (tenant-scoped or cluster-level):
+    /// apply authorizes it, executes it and appends its audit entry in the
+    /// same transaction.
+    Call(Box<crate::identity::api::Call>),
 }
 
 impl Command {
@@ -78,6 +82,7 @@ impl Command {
             Command::KvPut { .. } => "kv_put",
             Command::KvDelete { .. } => "kv_delete",
             Command::AddJoinToken { .. } => "add_join_token",
+            Command::Call(call) => call.op.name(),
         }
     }
 }
@@ -101,6 +106,16 @@ pub enum ReplyBody {
         revision: u64,
         /// Whether a key was removed.
         deleted: bool,
+    },
+    /// Something was created with this numeric id (user, team, key, …).
+    Created {
+        /// The new id.
+        id: u64,
+    },
+    /// A batch of users was created, in input order.
+    CreatedMany {
+        /// The new ids.
+        ids: Vec<u64>,
     },
 }
 

@@ -110,6 +110,12 @@ pub struct Limits {
     /// Watch events this node keeps for resuming watchers; a watch from an
     /// older revision gets FAILED_PRECONDITION ("compacted").
     pub watch_history: u64,
+    /// Lifetime of a login session unless the login asks for less, in seconds.
+    pub session_ttl_secs: u64,
+    /// Lifetime of an invitation unless its creator asks for less, in seconds.
+    pub invite_ttl_secs: u64,
+    /// How long a rotated API key keeps working unless the rotation says, in seconds.
+    pub key_rotation_grace_secs: u64,
 }
 
 /// Log output.
@@ -168,6 +174,9 @@ impl Default for Limits {
             max_list_limit: 1000,
             request_timeout_ms: 10_000,
             watch_history: caddy_core::limits::EVENT_HISTORY,
+            session_ttl_secs: 24 * 3600,
+            invite_ttl_secs: 7 * 24 * 3600,
+            key_rotation_grace_secs: 24 * 3600,
         }
     }
 }

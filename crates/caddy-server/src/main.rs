@@ -7,6 +7,7 @@
 //! It owns configuration, wiring of the crates below it, the client QUIC
 //! listener, the admin HTTPS endpoint and process lifecycle.
 
+mod accounts;
 mod admin;
 mod config;
 mod dev;

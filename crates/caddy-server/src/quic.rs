@@ -86,7 +86,7 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>, mut sh
             accepted = conn.accept_bi() => {
                 let Ok((send, recv)) = accepted else { break };
                 let service = service.clone();
-                streams.spawn(serve_stream(send, recv, service));
+                streams.spawn(serve_stream(send, recv, service, conn.remote_address()));
             }
             // Reap finished streams as they end, so a long-lived connection
             // holds only its in-flight requests.
@@ -98,7 +98,12 @@ async fn serve_connection(conn: quinn::Connection, service: Arc<Service>, mut sh
     metrics::gauge!("caddy_quic_connections_open").decrement(1.0);
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, service: Arc<Service>) {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: Arc<Service>,
+    peer: std::net::SocketAddr,
+) {
     let limit = service.limits().max_frame_bytes;
     let request: pb::Request = match read_frame(&mut recv, limit).await {
         Ok(r) => r,
@@ -117,7 +122,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             return;
         }
     };
-    service.handle(request, &mut send).await;
+    service.handle(request, &mut send, Some(peer)).await;
     let _ = send.finish();
     let _ = send.stopped().await;
 }

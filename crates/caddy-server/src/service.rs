@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use caddy_core::identity::api::{Call, IdentityCall, Op, Principal};
+use caddy_core::identity::{Action, Caller, CredentialState, Permission, Resource, ResourceKind, TenantId, authorize};
 use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, EventKind, KeyValue, KvEvent, ReplyBody};
 use caddy_raft::RaftNode;
 use caddy_raft::node::MembershipOp;
@@ -14,6 +16,7 @@ use caddy_wire::write_frame;
 use tokio::io::AsyncWrite;
 use tokio::sync::{Semaphore, broadcast};
 
+use crate::accounts::{KeyTouches, WriteCtx, now_ms};
 use crate::config::Limits;
 
 /// Shared state of the client-facing service.
@@ -23,6 +26,66 @@ pub struct Service {
     watches: Arc<Semaphore>,
     backup_dir: std::path::PathBuf,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    touches: KeyTouches,
+}
+
+/// Who is asking, for which tenant, from where.
+struct Asker {
+    principal: Principal,
+    caller: Caller,
+    tenant: Option<TenantId>,
+    request_id: String,
+    client_addr: String,
+}
+
+impl Asker {
+    /// The storage prefix of the key-value namespace this request acts on.
+    fn namespace(&self) -> String {
+        caddy_store::identity::kv_namespace(self.tenant.as_ref())
+    }
+
+    /// Authorizes a key-value read (one authorization function for all).
+    fn authorize_kv_read(&self) -> Result<(), CaddyError> {
+        match &self.tenant {
+            Some(_) => authorize(
+                &self.caller,
+                self.tenant.as_ref(),
+                Permission::new(ResourceKind::Kv, Action::Read),
+                &Resource::Tenant,
+            ),
+            None => self.authorize_cluster(),
+        }
+    }
+
+    /// Authorizes an operation on the cluster itself.
+    fn authorize_cluster(&self) -> Result<(), CaddyError> {
+        authorize(&self.caller, None, Permission::new(ResourceKind::Cluster, Action::Admin), &Resource::Cluster)
+    }
+}
+
+/// Refuses a credential that resolved but can no longer be used, before
+/// anything is proposed for it.
+fn usable(caller: &Caller) -> Result<(), CaddyError> {
+    let state = match caller {
+        Caller::User(u) => u.session,
+        Caller::ApiKey(k) => k.state,
+        Caller::Operator | Caller::Anonymous => CredentialState::Active,
+    };
+    match (state, caller) {
+        (CredentialState::Active, _) => Ok(()),
+        (_, Caller::ApiKey(k)) => Err(CaddyError::new(
+            ErrorCode::Unauthenticated,
+            format!("API key {} is {}: create or rotate a key", k.key, if state == CredentialState::Expired { "expired" } else { "revoked" }),
+        )),
+        _ => Err(CaddyError::new(ErrorCode::Unauthenticated, "the session has expired or was terminated: log in again")),
+    }
+}
+
+fn strip_namespace(mut kv: KeyValue, namespace: &str) -> KeyValue {
+    if let Some(rest) = kv.key.strip_prefix(namespace) {
+        kv.key = rest.to_owned();
+    }
+    kv
 }
 
 fn code_to_pb(code: ErrorCode) -> pb::ErrorCode {
@@ -97,6 +160,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::Snapshot(_)) => "snapshot",
         Some(Req::JoinToken(_)) => "join_token",
         Some(Req::Backup(_)) => "backup",
+        Some(Req::Identity(_)) => "identity",
     }
 }
 
@@ -110,7 +174,7 @@ impl Service {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let watches = Arc::new(Semaphore::new(limits.max_watches));
-        Self { node, limits, watches, backup_dir, shutdown }
+        Self { node, limits, watches, backup_dir, shutdown, touches: KeyTouches::default() }
     }
 
     /// Limits in force.
@@ -126,19 +190,25 @@ impl Service {
         }
     }
 
-    fn authenticate(&self, credential: &str) -> Result<(), CaddyError> {
-        let Some(stored) = self.node.state_machine().admin_credential_hash() else {
+    fn authenticate(&self, req: &pb::Request, peer: Option<std::net::SocketAddr>) -> Result<Asker, CaddyError> {
+        let sm = self.node.state_machine();
+        if sm.admin_credential_hash().is_none() {
             return Err(CaddyError::unavailable(
                 "the cluster is not initialized yet (no credentials exist); retry shortly",
             ));
-        };
-        if credential.is_empty() {
-            return Err(CaddyError::new(ErrorCode::Unauthenticated, "no credential presented"));
         }
-        if !caddy_core::credential_matches(credential, &stored) {
-            return Err(CaddyError::new(ErrorCode::Unauthenticated, "invalid credential"));
+        let (principal, caller) = sm.authenticate(&req.credential, now_ms())?;
+        let tenant = if req.tenant.is_empty() { caller.tenant().cloned() } else { Some(TenantId::new(&req.tenant)?) };
+        let mut request_id: String = req.request_id.chars().take(128).collect();
+        if request_id.is_empty() {
+            request_id = if req.client_id != 0 {
+                format!("{:016x}-{}", req.client_id, req.sequence)
+            } else {
+                format!("{:016x}", rand::random::<u64>())
+            };
         }
-        Ok(())
+        let client_addr = peer.map(|p| p.to_string()).unwrap_or_default();
+        Ok(Asker { principal, caller, tenant, request_id, client_addr })
     }
 
     fn check_key(&self, key: &str) -> Result<(), CaddyError> {
@@ -157,10 +227,15 @@ impl Service {
 
     /// Handles one request, writing its answer frame(s) to `out`. Returns
     /// the status label for metrics.
-    pub async fn handle<W: AsyncWrite + Unpin + Send>(&self, req: pb::Request, out: &mut W) -> &'static str {
+    pub async fn handle<W: AsyncWrite + Unpin + Send>(
+        &self,
+        req: pb::Request,
+        out: &mut W,
+        peer: Option<std::net::SocketAddr>,
+    ) -> &'static str {
         let started = Instant::now();
         let name = request_name(&req.body);
-        let status = match self.dispatch(req, out).await {
+        let status = match self.dispatch(req, out, peer).await {
             Ok(Some(mut resp)) => {
                 resp.leader_client_addr = self.leader_client_addr();
                 match write_frame(out, &resp).await {
@@ -181,30 +256,85 @@ impl Service {
 
     async fn dispatch<W: AsyncWrite + Unpin + Send>(
         &self,
-        req: pb::Request,
+        mut req: pb::Request,
         out: &mut W,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<Option<pb::Response>, CaddyError> {
-        let Some(body) = req.body else {
+        let Some(body) = req.body.take() else {
             return Err(CaddyError::invalid(
                 "unknown or missing request type; this server speaks caddy/1 (upgrade the server or the client)",
             ));
         };
-        self.authenticate(&req.credential)?;
+        let asker = self.authenticate(&req, peer)?;
+        usable(&asker.caller)?;
+        self.touches.touch(&self.node, &asker.principal);
         let origin = (req.client_id != 0).then_some(ClientSeq { client_id: req.client_id, sequence: req.sequence });
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         match body {
-            Req::Watch(w) => return self.watch(w, out).await.map(|()| None),
-            Req::Backup(_) => return self.backup(out).await.map(|()| None),
-            other => match tokio::time::timeout(timeout, self.unary(other, origin)).await {
+            Req::Watch(w) => return self.watch(w, &asker, out).await.map(|()| None),
+            Req::Backup(_) => {
+                asker.authorize_cluster()?;
+                return self.backup(out).await.map(|()| None);
+            }
+            other => match tokio::time::timeout(timeout, self.unary(other, origin, &asker)).await {
                 Ok(r) => r.map(Some),
                 Err(_) => Err(CaddyError::unavailable(format!("request not completed within {timeout:?}; retry"))),
             },
         }
     }
 
-    async fn unary(&self, body: Req, origin: Option<ClientSeq>) -> Result<pb::Response, CaddyError> {
+    async fn unary(&self, body: Req, origin: Option<ClientSeq>, asker: &Asker) -> Result<pb::Response, CaddyError> {
         let node = &self.node;
+        let ns = asker.namespace();
+        let anonymous_ok = match &body {
+            Req::Identity(i) => matches!(
+                serde_json::from_slice::<serde_json::Value>(&i.call)
+                    .ok()
+                    .as_ref()
+                    .and_then(|v| v.get("op"))
+                    .and_then(|v| v.as_str()),
+                Some("login" | "invite_accept")
+            ),
+            _ => false,
+        };
+        if matches!(asker.caller, Caller::Anonymous) && !anonymous_ok {
+            return Err(CaddyError::new(
+                ErrorCode::Unauthenticated,
+                "no credential presented: log in (caddyctl login) or use an API key",
+            ));
+        }
+        let call = |op: Op| {
+            Command::Call(Box::new(Call {
+                principal: asker.principal.clone(),
+                tenant: asker.tenant.clone(),
+                request_id: asker.request_id.clone(),
+                client_addr: asker.client_addr.clone(),
+                op,
+            }))
+        };
         match body {
+            Req::Identity(i) => {
+                let call: IdentityCall = serde_json::from_slice(&i.call)
+                    .map_err(|e| CaddyError::invalid(format!("undecodable identity call: {e}")))?;
+                let answer = if call.is_read() {
+                    node.read_barrier().await?;
+                    node.state_machine().identity_read(&asker.caller, asker.tenant.as_ref(), &call, now_ms())?
+                } else {
+                    let ctx = WriteCtx {
+                        principal: asker.principal.clone(),
+                        caller: asker.caller.clone(),
+                        tenant: asker.tenant.clone(),
+                        origin,
+                        request_id: asker.request_id.clone(),
+                        client_addr: asker.client_addr.clone(),
+                        limits: &self.limits,
+                    };
+                    crate::accounts::write_call(node, ctx, call).await?
+                };
+                let bytes = serde_json::to_vec(&answer)
+                    .map_err(|e| CaddyError::internal(format!("encoding identity answer: {e}")))?;
+                ok(Resp::Identity(pb::IdentityResponse { answer: bytes }))
+            }
             Req::Put(p) => {
                 self.check_key(&p.key)?;
                 if p.value.len() > self.limits.max_value_bytes {
@@ -214,17 +344,18 @@ impl Service {
                         self.limits.max_value_bytes
                     )));
                 }
-                let cmd = Command::KvPut { key: p.key, value: p.value, if_revision: p.if_revision };
+                let cmd = call(Op::KvPut { key: p.key, value: p.value, if_revision: p.if_revision });
                 match node.propose(origin, cmd).await? {
-                    ReplyBody::Put { revision, previous } => {
-                        ok(Resp::Put(pb::PutResponse { revision, previous: previous.map(kv_to_pb) }))
-                    }
+                    ReplyBody::Put { revision, previous } => ok(Resp::Put(pb::PutResponse {
+                        revision,
+                        previous: previous.map(|kv| kv_to_pb(strip_namespace(kv, &ns))),
+                    })),
                     other => Err(CaddyError::internal(format!("unexpected reply to put: {other:?}"))),
                 }
             }
             Req::Delete(d) => {
                 self.check_key(&d.key)?;
-                match node.propose(origin, Command::KvDelete { key: d.key, if_revision: d.if_revision }).await? {
+                match node.propose(origin, call(Op::KvDelete { key: d.key, if_revision: d.if_revision })).await? {
                     ReplyBody::Delete { revision, deleted } => {
                         ok(Resp::Delete(pb::DeleteResponse { revision, deleted }))
                     }
@@ -233,24 +364,39 @@ impl Service {
             }
             Req::Get(g) => {
                 self.check_key(&g.key)?;
+                asker.authorize_kv_read()?;
                 if !g.serializable {
                     node.read_barrier().await?;
                 }
                 let sm = node.state_machine();
                 let revision = sm.revision();
-                let kv = sm.get(&g.key).map_err(local)?;
-                ok(Resp::Get(pb::GetResponse { kv: kv.map(kv_to_pb), revision }))
+                let kv = sm.get(&format!("{ns}{}", g.key)).map_err(local)?;
+                ok(Resp::Get(pb::GetResponse { kv: kv.map(|kv| kv_to_pb(strip_namespace(kv, &ns))), revision }))
             }
             Req::List(l) => {
+                asker.authorize_kv_read()?;
                 if !l.serializable {
                     node.read_barrier().await?;
                 }
                 let limit = if l.limit == 0 { 100 } else { l.limit.min(self.limits.max_list_limit) } as usize;
                 let sm = node.state_machine();
                 let revision = sm.revision();
-                let (kvs, more) = sm.list(&l.prefix, &l.start_after, limit).map_err(local)?;
-                ok(Resp::List(pb::ListResponse { kvs: kvs.into_iter().map(kv_to_pb).collect(), more, revision }))
+                let start_after = if l.start_after.is_empty() { String::new() } else { format!("{ns}{}", l.start_after) };
+                let (kvs, more) = sm.list(&format!("{ns}{}", l.prefix), &start_after, limit).map_err(local)?;
+                let kvs = kvs.into_iter().map(|kv| kv_to_pb(strip_namespace(kv, &ns))).collect();
+                ok(Resp::List(pb::ListResponse { kvs, more, revision }))
             }
+            Req::Watch(_) | Req::Backup(_) => Err(CaddyError::internal("streaming request routed as unary")),
+            cluster => {
+                asker.authorize_cluster()?;
+                self.cluster_op(cluster).await
+            }
+        }
+    }
+
+    async fn cluster_op(&self, body: Req) -> Result<pb::Response, CaddyError> {
+        let node = &self.node;
+        match body {
             Req::Status(_) => ok(Resp::Status(self.status().await)),
             Req::AddNode(a) => {
                 let peers = node.peers().ok_or_else(|| CaddyError::internal("no peer network"))?;
@@ -293,7 +439,7 @@ impl Service {
                 let (token, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
                 ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms }))
             }
-            Req::Watch(_) | Req::Backup(_) => Err(CaddyError::internal("streaming request routed as unary")),
+            other => Err(CaddyError::internal(format!("{} is not a cluster operation", request_name(&Some(other))))),
         }
     }
 
@@ -359,7 +505,23 @@ impl Service {
         }
     }
 
-    async fn watch<W: AsyncWrite + Unpin + Send>(&self, w: pb::WatchRequest, out: &mut W) -> Result<(), CaddyError> {
+    async fn watch<W: AsyncWrite + Unpin + Send>(
+        &self,
+        mut w: pb::WatchRequest,
+        asker: &Asker,
+        out: &mut W,
+    ) -> Result<(), CaddyError> {
+        if matches!(asker.caller, Caller::Anonymous) {
+            return Err(CaddyError::new(ErrorCode::Unauthenticated, "no credential presented"));
+        }
+        asker.authorize_kv_read()?;
+        let ns = asker.namespace();
+        w.prefix = format!("{ns}{}", w.prefix);
+        let event_to_pb = |e: &KvEvent| {
+            let mut e = e.clone();
+            e.kv = strip_namespace(e.kv, &ns);
+            event_to_pb(&e)
+        };
         let _permit = self.watches.clone().try_acquire_owned().map_err(|_| {
             CaddyError::exhausted(format!(
                 "this node serves at most {} watches; try another node",

@@ -20,6 +20,7 @@
 //! error, which stops the node instead of applying or serving bad data.
 
 pub mod backend;
+pub mod identity;
 mod log_store;
 mod snapshot;
 mod state_machine;

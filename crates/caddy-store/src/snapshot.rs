@@ -102,6 +102,8 @@ pub enum SnapshotRecord {
     Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A join token hash and its expiry.
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
+    /// An identity record (see [`crate::identity`]).
+    Ident(String, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A snapshot file on disk with its metadata.

@@ -43,6 +43,9 @@ const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const SESSION_AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("session_age");
 const JOIN_TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("join_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Identity records, tenant-scoped (`t/{tenant}/…`) and global (`g/…`); see
+/// [`crate::identity`].
+pub(crate) const IDENT: TableDefinition<&str, &[u8]> = TableDefinition::new("ident");
 const KEY_STATE: &str = "state";
 /// Capacity of the live event channel; a watcher further behind than this is
 /// told it fell behind instead of silently missing events.
@@ -114,11 +117,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn seal<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn seal<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     codec::seal(RECORD_VERSION, value).map_err(io_err)
 }
 
-fn open_record<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+pub(crate) fn open_record<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
     codec::open(RECORD_VERSION, bytes).map(|(_, v)| v).map_err(|e| corrupt(what, e))
 }
 
@@ -132,12 +135,13 @@ fn to_kv(key: &str, stored: StoredKv) -> KeyValue {
     }
 }
 
-struct Tables<'t> {
-    kv: Table<'t, &'static str, &'static [u8]>,
+pub(crate) struct Tables<'t> {
+    pub(crate) kv: Table<'t, &'static str, &'static [u8]>,
     events: Table<'t, u64, &'static [u8]>,
     sessions: Table<'t, u64, &'static [u8]>,
     session_age: Table<'t, (u64, u64), ()>,
     join_tokens: Table<'t, &'static [u8], u64>,
+    pub(crate) ident: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -148,6 +152,7 @@ impl<'t> Tables<'t> {
             sessions: txn.open_table(SESSIONS).map_err(io_err)?,
             session_age: txn.open_table(SESSION_AGE).map_err(io_err)?,
             join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
+            ident: txn.open_table(IDENT).map_err(io_err)?,
         })
     }
 }
@@ -314,6 +319,81 @@ impl StateMachineStore {
         Ok(matches!(table.get(token_hash.as_slice()).map_err(io_err)?, Some(exp) if exp.value() > now_ms))
     }
 
+    /// Resolves a bearer credential to who it is at `now_ms` (the node's
+    /// clock): the admin token, a session token, an API key, or nobody.
+    pub fn authenticate(
+        &self,
+        credential: &str,
+        now_ms: u64,
+    ) -> Result<(caddy_core::identity::api::Principal, caddy_core::identity::Caller), CaddyError> {
+        let admin = self.admin_credential_hash();
+        self.with_ident(|t| crate::identity::authenticate(t, admin.as_ref(), credential, now_ms))
+    }
+
+    /// Answers a read-only identity call after authorizing it.
+    pub fn identity_read(
+        &self,
+        caller: &caddy_core::identity::Caller,
+        tenant: Option<&caddy_core::identity::TenantId>,
+        call: &caddy_core::identity::api::IdentityCall,
+        now_ms: u64,
+    ) -> Result<caddy_core::identity::api::IdentityAnswer, CaddyError> {
+        self.with_ident(|t| crate::identity::read_call(t, caller, tenant, call, now_ms))
+    }
+
+    /// Finds a user of `tenant` by `user-N`, `N` or email.
+    pub fn find_user(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        who: &str,
+    ) -> Result<caddy_core::identity::UserId, CaddyError> {
+        self.with_ident(|t| crate::identity::find_user(t, tenant, who))
+    }
+
+    /// The user of `tenant` with `email` (for password checks; never sent out).
+    pub fn user_by_email(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        email: &caddy_core::identity::Email,
+    ) -> Result<Option<caddy_core::identity::User>, CaddyError> {
+        self.with_ident(|t| crate::identity::user_by_email(t, tenant, email).map(Ok))
+    }
+
+    /// The tenant an invitation token (by hash) belongs to.
+    pub fn invite_tenant(&self, token_hash: &[u8; 32]) -> Result<Option<caddy_core::identity::TenantId>, CaddyError> {
+        self.with_ident(|t| crate::identity::invite_tenant(t, token_hash).map(Ok))
+    }
+
+    /// An API key of `tenant` (its secret only as a hash).
+    pub fn api_key(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        id: caddy_core::identity::ApiKeyId,
+    ) -> Result<Option<caddy_core::identity::ApiKeyRecord>, CaddyError> {
+        self.with_ident(|t| crate::identity::api_key(t, tenant, id).map(Ok))
+    }
+
+    /// A login session of `tenant` (its token only as a hash).
+    pub fn login_session(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        id: caddy_core::identity::SessionId,
+    ) -> Result<Option<caddy_core::identity::Session>, CaddyError> {
+        self.with_ident(|t| crate::identity::session(t, tenant, id).map(Ok))
+    }
+
+    fn with_ident<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> io::Result<Result<T, CaddyError>>,
+    ) -> Result<T, CaddyError> {
+        let run = || -> io::Result<Result<T, CaddyError>> {
+            let txn = self.inner.db.begin_read().map_err(io_err)?;
+            let table = txn.open_table(IDENT).map_err(io_err)?;
+            f(&table)
+        };
+        run().map_err(|e| CaddyError::internal(format!("reading identity records: {e}")))?
+    }
+
     /// Makes every committed state-machine write durable.
     fn make_durable(&self) -> io::Result<()> {
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
@@ -350,6 +430,10 @@ impl StateMachineStore {
             let (k, v) = item.map_err(io_err)?;
             writer.push(&SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
         }
+        for item in txn.open_table(IDENT).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
+        }
         let size = writer.finish()?;
         Ok((meta, size))
     }
@@ -373,6 +457,7 @@ impl StateMachineStore {
             txn.delete_table(SESSIONS).map_err(io_err)?;
             txn.delete_table(SESSION_AGE).map_err(io_err)?;
             txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
+            txn.delete_table(IDENT).map_err(io_err)?;
             let mut tables = Tables::open(&txn)?;
             let mut first = true;
             while let Some(record) = reader.next_record()? {
@@ -392,6 +477,9 @@ impl StateMachineStore {
                     }
                     SnapshotRecord::JoinToken(hash, exp) => {
                         tables.join_tokens.insert(hash.as_slice(), exp).map_err(io_err)?;
+                    }
+                    SnapshotRecord::Ident(k, v) => {
+                        tables.ident.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
                     }
                 }
                 first = false;
@@ -664,68 +752,111 @@ fn apply_command(
             Ok(Ok(ReplyBody::Done))
         }
         Command::KvPut { key, value, if_revision } => {
-            if let Err(e) = check_key(key) {
-                return Ok(Err(e));
-            }
-            if value.len() > limits::MAX_VALUE_BYTES {
-                return Ok(Err(CaddyError::new(
-                    ErrorCode::ResourceExhausted,
-                    format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits::MAX_VALUE_BYTES),
-                )));
-            }
-            let previous: Option<StoredKv> = match tables.kv.get(key.as_str()).map_err(io_err)? {
-                Some(raw) => Some(open_record("kv record", raw.value())?),
-                None => None,
-            };
-            let current_rev = previous.as_ref().map(|p| p.mod_revision).unwrap_or(0);
-            if let Some(expected) = if_revision
-                && *expected != current_rev
-            {
-                return Ok(Err(cas_failed(key, *expected, current_rev)));
-            }
-            meta.revision += 1;
-            let revision = meta.revision;
-            let stored = StoredKv {
-                value: value.clone(),
-                create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(revision),
-                mod_revision: revision,
-                version: previous.as_ref().map(|p| p.version).unwrap_or(0) + 1,
-            };
-            tables.kv.insert(key.as_str(), seal(&stored)?.as_slice()).map_err(io_err)?;
-            let event = KvEvent { revision, kind: EventKind::Put, kv: to_kv(key, stored) };
-            record_event(tables, meta, event, history, events)?;
-            Ok(Ok(ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }))
+            let mut kv = KvCtx { tables, meta, history, events };
+            Ok(kv_put(&mut kv, key, value, *if_revision)?.map(|(body, _)| body))
         }
         Command::KvDelete { key, if_revision } => {
-            if let Err(e) = check_key(key) {
-                return Ok(Err(e));
-            }
-            let current_rev = match tables.kv.get(key.as_str()).map_err(io_err)? {
-                Some(raw) => open_record::<StoredKv>("kv record", raw.value())?.mod_revision,
-                None => 0,
-            };
-            if let Some(expected) = if_revision
-                && *expected != current_rev
-            {
-                return Ok(Err(cas_failed(key, *expected, current_rev)));
-            }
-            if current_rev == 0 {
-                return Ok(Ok(ReplyBody::Delete { revision: meta.revision, deleted: false }));
-            }
-            tables.kv.remove(key.as_str()).map_err(io_err)?;
-            meta.revision += 1;
-            let revision = meta.revision;
-            let kv = KeyValue {
-                key: key.clone(),
-                value: Vec::new(),
-                create_revision: 0,
-                mod_revision: revision,
-                version: 0,
-            };
-            record_event(tables, meta, KvEvent { revision, kind: EventKind::Delete, kv }, history, events)?;
-            Ok(Ok(ReplyBody::Delete { revision, deleted: true }))
+            let mut kv = KvCtx { tables, meta, history, events };
+            Ok(kv_delete(&mut kv, key, *if_revision)?.map(|(body, _)| body))
+        }
+        Command::Call(call) => {
+            let mut kv = KvCtx { tables, meta, history, events };
+            crate::identity::apply_call(&mut kv, call, proposal.stamp_ms)
         }
     }
+}
+
+/// What a key-value write needs from the apply batch.
+pub(crate) struct KvCtx<'a, 't> {
+    pub(crate) tables: &'a mut Tables<'t>,
+    pub(crate) meta: &'a mut SmMeta,
+    pub(crate) history: u64,
+    pub(crate) events: &'a mut Vec<KvEvent>,
+}
+
+/// Bytes a stored key-value pair counts against a storage quota.
+fn footprint(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// Puts `key` (a full storage key); the `u64` pair is the pair's size
+/// before and after, for storage quotas.
+pub(crate) fn kv_put(
+    kv: &mut KvCtx<'_, '_>,
+    key: &str,
+    value: &[u8],
+    if_revision: Option<u64>,
+) -> io::Result<Result<(ReplyBody, (u64, u64)), CaddyError>> {
+    if let Err(e) = check_key(key) {
+        return Ok(Err(e));
+    }
+    if value.len() > limits::MAX_VALUE_BYTES {
+        return Ok(Err(CaddyError::new(
+            ErrorCode::ResourceExhausted,
+            format!("value of {} bytes exceeds the limit of {} bytes", value.len(), limits::MAX_VALUE_BYTES),
+        )));
+    }
+    let previous = kv_stored(kv.tables, key)?;
+    let current_rev = previous.as_ref().map(|p| p.mod_revision).unwrap_or(0);
+    if let Some(expected) = if_revision
+        && expected != current_rev
+    {
+        return Ok(Err(cas_failed(key, expected, current_rev)));
+    }
+    let sizes = (previous.as_ref().map_or(0, |p| footprint(key, &p.value)), footprint(key, value));
+    kv.meta.revision += 1;
+    let revision = kv.meta.revision;
+    let stored = StoredKv {
+        value: value.to_vec(),
+        create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(revision),
+        mod_revision: revision,
+        version: previous.as_ref().map(|p| p.version).unwrap_or(0) + 1,
+    };
+    kv.tables.kv.insert(key, seal(&stored)?.as_slice()).map_err(io_err)?;
+    let event = KvEvent { revision, kind: EventKind::Put, kv: to_kv(key, stored) };
+    record_event(kv.tables, kv.meta, event, kv.history, kv.events)?;
+    Ok(Ok((ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }, sizes)))
+}
+
+/// The stored record of `key`, if any.
+fn kv_stored(tables: &Tables<'_>, key: &str) -> io::Result<Option<StoredKv>> {
+    match tables.kv.get(key).map_err(io_err)? {
+        Some(raw) => Ok(Some(open_record("kv record", raw.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Size a pair would count against a storage quota if `key` were set to
+/// `value` (and what it counts now).
+pub(crate) fn kv_sizes(tables: &Tables<'_>, key: &str, value: &[u8]) -> io::Result<(u64, u64)> {
+    Ok((kv_stored(tables, key)?.map_or(0, |p| footprint(key, &p.value)), footprint(key, value)))
+}
+
+/// Deletes `key` (a full storage key); the `u64` is the size it counted.
+pub(crate) fn kv_delete(
+    kv: &mut KvCtx<'_, '_>,
+    key: &str,
+    if_revision: Option<u64>,
+) -> io::Result<Result<(ReplyBody, u64), CaddyError>> {
+    if let Err(e) = check_key(key) {
+        return Ok(Err(e));
+    }
+    let previous = kv_stored(kv.tables, key)?;
+    let current_rev = previous.as_ref().map_or(0, |p| p.mod_revision);
+    if let Some(expected) = if_revision
+        && expected != current_rev
+    {
+        return Ok(Err(cas_failed(key, expected, current_rev)));
+    }
+    let Some(previous) = previous else {
+        return Ok(Ok((ReplyBody::Delete { revision: kv.meta.revision, deleted: false }, 0)));
+    };
+    kv.tables.kv.remove(key).map_err(io_err)?;
+    kv.meta.revision += 1;
+    let revision = kv.meta.revision;
+    let deleted = KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
+    record_event(kv.tables, kv.meta, KvEvent { revision, kind: EventKind::Delete, kv: deleted }, kv.history, kv.events)?;
+    Ok(Ok((ReplyBody::Delete { revision, deleted: true }, footprint(key, &previous.value))))
 }
 
 /// Builds snapshots off the Raft core's task.

@@ -88,6 +88,7 @@ mod tests {
             client_id: 7,
             sequence: 1,
             body: Some(pb::request::Body::Get(pb::GetRequest { key: "k".into(), serializable: false })),
+            ..Default::default()
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).await.unwrap();

@@ -43,6 +43,18 @@ pub enum Actor {
     System,
 }
 
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Operator => f.write_str("operator"),
+            Actor::User(id) => write!(f, "{id}"),
+            Actor::ApiKey(id) => write!(f, "{id}"),
+            Actor::Erased(p) => write!(f, "erased:{p}"),
+            Actor::System => f.write_str("system"),
+        }
+    }
+}
+
 /// How the request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditOutcome {

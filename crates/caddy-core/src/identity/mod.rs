@@ -13,8 +13,10 @@
 //! - [`authz`]: [`authorize`], the one function that decides every request.
 //! - [`audit`]: hash-chained audit entries and [`verify_chain`].
 //! - [`quota`]: per-tenant [`Quotas`] and [`Usage`].
+//! - [`api`]: the identity protocol ([`api::IdentityCall`], [`api::IdentityAnswer`]) and its Raft form ([`api::Call`]).
 //! - [`records`]: the stored tenant, user, API key, session and invitation records.
 
+pub mod api;
 pub mod audit;
 pub mod authz;
 pub mod ids;
