@@ -418,8 +418,7 @@ impl Client {
     /// Pages through the audit trail of the configured tenant (the cluster
     /// chain for an operator without a tenant).
     pub async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<(Vec<AuditView>, bool), ClientError> {
-        let call =
-            IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq, limit };
+        let call = IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq, limit };
         match self.identity(&call).await? {
             IdentityAnswer::Audit { entries, more } => Ok((entries, more)),
             other => Err(unexpected_answer("audit", &other)),

@@ -109,7 +109,12 @@ fn ttl_ms(requested: Option<u64>, max_secs: u64) -> Result<u64, CaddyError> {
     Ok(secs.saturating_mul(1000))
 }
 
-fn member(node: &RaftNode, tenant: &TenantId, user: &Option<String>, team: &Option<String>) -> Result<Member, CaddyError> {
+fn member(
+    node: &RaftNode,
+    tenant: &TenantId,
+    user: &Option<String>,
+    team: &Option<String>,
+) -> Result<Member, CaddyError> {
     match (user, team) {
         (Some(u), None) => Ok(Member::User(node.state_machine().find_user(tenant, u)?)),
         (None, Some(t)) => Ok(Member::Team(t.parse::<TeamId>()?)),
@@ -300,7 +305,8 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
                 Some(s) => Some(now.saturating_add(s.saturating_mul(1000))),
                 None => None,
             };
-            let op = Op::ApiKeyCreate { name: name.clone(), prefix, secret_hash, scopes: parse_perms(scopes)?, expires_ms };
+            let op =
+                Op::ApiKeyCreate { name: name.clone(), prefix, secret_hash, scopes: parse_perms(scopes)?, expires_ms };
             let t = need_tenant(&tenant)?;
             let id = created_id(propose(node, &ctx, principal, tenant, op).await?)?;
             return key_answer(node, &t, ApiKeyId(id), key).await;
@@ -320,7 +326,9 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
             let user: UserId = match (user, session) {
                 (Some(u), _) => sm.find_user(&t, u)?,
                 (None, Some(s)) => {
-                    sm.login_session(&t, s)?.ok_or_else(|| CaddyError::new(ErrorCode::NotFound, format!("{s} not found")))?.user
+                    sm.login_session(&t, s)?
+                        .ok_or_else(|| CaddyError::new(ErrorCode::NotFound, format!("{s} not found")))?
+                        .user
                 }
                 (None, None) => return Err(CaddyError::invalid("name a session, or a user whose sessions all end")),
             };
@@ -346,10 +354,8 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
 
 async fn key_answer(node: &RaftNode, t: &TenantId, id: ApiKeyId, secret: String) -> Result<IdentityAnswer, CaddyError> {
     node.read_barrier().await?;
-    let record = node
-        .state_machine()
-        .api_key(t, id)?
-        .ok_or_else(|| CaddyError::internal("the new API key is not visible"))?;
+    let record =
+        node.state_machine().api_key(t, id)?.ok_or_else(|| CaddyError::internal("the new API key is not visible"))?;
     Ok(IdentityAnswer::ApiKey { key: key_view(&record, now_ms()), secret })
 }
 
@@ -360,13 +366,7 @@ async fn propose(
     tenant: Option<TenantId>,
     op: Op,
 ) -> Result<ReplyBody, CaddyError> {
-    let call = Call {
-        principal,
-        tenant,
-        request_id: ctx.request_id.clone(),
-        client_addr: ctx.client_addr.clone(),
-        op,
-    };
+    let call = Call { principal, tenant, request_id: ctx.request_id.clone(), client_addr: ctx.client_addr.clone(), op };
     node.propose(ctx.origin, Command::Call(Box::new(call))).await
 }
 

@@ -75,9 +75,15 @@ fn usable(caller: &Caller) -> Result<(), CaddyError> {
         (CredentialState::Active, _) => Ok(()),
         (_, Caller::ApiKey(k)) => Err(CaddyError::new(
             ErrorCode::Unauthenticated,
-            format!("API key {} is {}: create or rotate a key", k.key, if state == CredentialState::Expired { "expired" } else { "revoked" }),
+            format!(
+                "API key {} is {}: create or rotate a key",
+                k.key,
+                if state == CredentialState::Expired { "expired" } else { "revoked" }
+            ),
         )),
-        _ => Err(CaddyError::new(ErrorCode::Unauthenticated, "the session has expired or was terminated: log in again")),
+        _ => {
+            Err(CaddyError::new(ErrorCode::Unauthenticated, "the session has expired or was terminated: log in again"))
+        }
     }
 }
 
@@ -381,7 +387,8 @@ impl Service {
                 let limit = if l.limit == 0 { 100 } else { l.limit.min(self.limits.max_list_limit) } as usize;
                 let sm = node.state_machine();
                 let revision = sm.revision();
-                let start_after = if l.start_after.is_empty() { String::new() } else { format!("{ns}{}", l.start_after) };
+                let start_after =
+                    if l.start_after.is_empty() { String::new() } else { format!("{ns}{}", l.start_after) };
                 let (kvs, more) = sm.list(&format!("{ns}{}", l.prefix), &start_after, limit).map_err(local)?;
                 let kvs = kvs.into_iter().map(|kv| kv_to_pb(strip_namespace(kv, &ns))).collect();
                 ok(Resp::List(pb::ListResponse { kvs, more, revision }))

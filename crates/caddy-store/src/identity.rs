@@ -44,6 +44,10 @@ use serde::{Deserialize, Serialize};
 use crate::io_err;
 use crate::state_machine::{KvCtx, kv_delete, kv_put, kv_sizes, open_record, seal};
 
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod tests;
+
 type IdentTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
 /// Active sessions kept per user; the oldest is ended past this.
@@ -142,7 +146,10 @@ fn g_invite(hash: &[u8; 32]) -> String {
 
 // ----- table helpers (work on write tables and read-only tables alike) -----
 
-fn get<T: DeserializeOwned>(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> io::Result<Option<T>> {
+fn get<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
     match table.get(key).map_err(io_err)? {
         Some(v) => Ok(Some(open_record("identity record", v.value())?)),
         None => Ok(None),
@@ -308,11 +315,7 @@ impl Done {
 type Outcome = Result<Done, CaddyError>;
 
 /// Applies one identity call; `Err` only for storage failures.
-pub(crate) fn apply_call(
-    kv: &mut KvCtx<'_, '_>,
-    call: &Call,
-    stamp: u64,
-) -> io::Result<Result<ReplyBody, CaddyError>> {
+pub(crate) fn apply_call(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io::Result<Result<ReplyBody, CaddyError>> {
     let caller = resolve(&kv.tables.ident, &call.principal, stamp)?;
     let outcome = match &caller {
         Err(e) => Err(e.clone()),
@@ -435,7 +438,13 @@ fn check_new_user(
     Ok(Ok(checked))
 }
 
-fn insert_user(ident: &mut IdentTable<'_>, t: &TenantId, rec: &mut TenantRec, u: Checked, stamp: u64) -> io::Result<UserId> {
+fn insert_user(
+    ident: &mut IdentTable<'_>,
+    t: &TenantId,
+    rec: &mut TenantRec,
+    u: Checked,
+    stamp: u64,
+) -> io::Result<UserId> {
     rec.next_id += 1;
     let id = UserId(rec.next_id);
     let user = User {
@@ -488,21 +497,25 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
     let quotas = rec.tenant.quotas;
     let done = match &call.op {
         Op::KvPut { key, value, if_revision } => {
-            let full = format!("{}{key}", kv_namespace(Some(t)));
+            let ns = kv_namespace(Some(t));
+            let full = format!("{ns}{key}");
+            // Quotas count the tenant's own key, not the storage prefix.
+            let unprefixed = |size: u64| if size == 0 { 0 } else { size.saturating_sub(ns.len() as u64) };
             let (before, after) = kv_sizes(kv.tables, &full, value)?;
+            let (before, after) = (unprefixed(before), unprefixed(after));
             if after > before {
                 check!(rec.tenant.usage.check(&quotas, QuotaKind::StorageBytes, after - before));
             }
-            let (body, _) = check!(kv_put(kv, &full, value, *if_revision)?);
+            let body = check!(kv_put(kv, &full, value, *if_revision)?);
             rec.tenant.usage.release(QuotaKind::StorageBytes, before);
             rec.tenant.usage.storage_bytes = rec.tenant.usage.storage_bytes.saturating_add(after);
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
             return Ok(Ok(Done { body, resource: None, actor: None }));
         }
         Op::KvDelete { key, if_revision } => {
-            let full = format!("{}{key}", kv_namespace(Some(t)));
-            let (body, size) = check!(kv_delete(kv, &full, *if_revision)?);
-            rec.tenant.usage.release(QuotaKind::StorageBytes, size);
+            let ns = kv_namespace(Some(t));
+            let (body, size) = check!(kv_delete(kv, &format!("{ns}{key}"), *if_revision)?);
+            rec.tenant.usage.release(QuotaKind::StorageBytes, size.saturating_sub(ns.len() as u64));
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
             return Ok(Ok(Done { body, resource: None, actor: None }));
         }
@@ -826,7 +839,11 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                     put(ident, &k_teams(t), &teams)?;
                 }
             }
-            Done { body: ReplyBody::Done, resource: Some(format!("role {role} to {}", member_label(member))), actor: None }
+            Done {
+                body: ReplyBody::Done,
+                resource: Some(format!("role {role} to {}", member_label(member))),
+                actor: None,
+            }
         }
         Op::TeamCreate { name } => {
             let id = TeamId(rec.next_id + 1);
@@ -852,7 +869,11 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 check!(teams.remove_member(*team, *member));
             }
             put(ident, &k_teams(t), &teams)?;
-            Done { body: ReplyBody::Done, resource: Some(format!("{team} member {}", member_label(member))), actor: None }
+            Done {
+                body: ReplyBody::Done,
+                resource: Some(format!("{team} member {}", member_label(member))),
+                actor: None,
+            }
         }
         Op::ApiKeyCreate { name, prefix, secret_hash, scopes, expires_ms } => {
             let name = check!(validate::bounded_text("key name", name, validate::MAX_KEY_NAME_CHARS));
@@ -955,12 +976,10 @@ fn member_label(m: &Member) -> String {
 fn cluster_op(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io::Result<Outcome> {
     let ns = kv_namespace(None);
     match &call.op {
-        Op::KvPut { key, value, if_revision } => {
-            Ok(kv_put(kv, &format!("{ns}{key}"), value, *if_revision)?.map(|(body, _)| Done { body, resource: None, actor: None }))
-        }
-        Op::KvDelete { key, if_revision } => {
-            Ok(kv_delete(kv, &format!("{ns}{key}"), *if_revision)?.map(|(body, _)| Done { body, resource: None, actor: None }))
-        }
+        Op::KvPut { key, value, if_revision } => Ok(kv_put(kv, &format!("{ns}{key}"), value, *if_revision)?
+            .map(|body| Done { body, resource: None, actor: None })),
+        Op::KvDelete { key, if_revision } => Ok(kv_delete(kv, &format!("{ns}{key}"), *if_revision)?
+            .map(|(body, _)| Done { body, resource: None, actor: None })),
         Op::TenantCreate { id, name, plan, quotas } => {
             let checked = (|| {
                 let name = validate::tenant_name(name)?;
@@ -1321,11 +1340,8 @@ pub(crate) fn read_call(
             IdentityAnswer::User { user: user_view(&u, &teams) }
         }
         IdentityCall::UserList { search, start_after, limit } => {
-            let after = if start_after.is_empty() {
-                None
-            } else {
-                Some(check!(start_after.parse::<UserId>()).key_part())
-            };
+            let after =
+                if start_after.is_empty() { None } else { Some(check!(start_after.parse::<UserId>()).key_part()) };
             let needle = search.trim().to_lowercase();
             let limit = page_limit(*limit);
             let prefix = tenant_kind_prefix(t, KeyKind::User);
@@ -1366,8 +1382,7 @@ pub(crate) fn read_call(
                 .filter(|k| k.created_by == Some(id))
                 .map(|k| key_view(k, now_ms))
                 .collect();
-            let (entries, truncated) =
-                scan::<AuditEntry>(table, &audit_prefix(Some(t)), None, MAX_EXPORT_AUDIT_SCAN)?;
+            let (entries, truncated) = scan::<AuditEntry>(table, &audit_prefix(Some(t)), None, MAX_EXPORT_AUDIT_SCAN)?;
             let me = id.to_string();
             let audit = entries
                 .iter()

@@ -508,7 +508,9 @@ impl StateMachineStore {
         self.inner.applied_tx.send_replace(event);
     }
 
-    fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+    /// Applies a batch in one transaction; returns the replies of the
+    /// entries that carry a responder, after the commit.
+    fn apply_batch<R>(&self, batch: Vec<(crate::types::Entry, Option<R>)>) -> io::Result<Vec<(R, Reply)>> {
         let started = std::time::Instant::now();
         let mut meta = lock(&self.inner.meta).clone();
         let history = self.inner.event_history.load(std::sync::atomic::Ordering::Relaxed);
@@ -549,12 +551,22 @@ impl StateMachineStore {
         for event in events {
             let _ = self.inner.events.send(WatchMessage::Event(Arc::new(event)));
         }
-        for (responder, reply) in replies {
-            responder.send(reply);
-        }
         metrics::histogram!("caddy_apply_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("caddy_applied_commands_total").increment(applied as u64);
-        Ok(())
+        Ok(replies)
+    }
+
+    /// The database, for tests that damage records on purpose.
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// Applies entries directly (no Raft) and returns every entry's reply.
+    #[cfg(test)]
+    pub(crate) fn apply_entries(&self, entries: Vec<crate::types::Entry>) -> io::Result<Vec<Reply>> {
+        let batch = entries.into_iter().map(|e| (e, Some(()))).collect();
+        Ok(self.apply_batch(batch)?.into_iter().map(|((), reply)| reply).collect())
     }
 
     fn build(&self) -> io::Result<Snapshot> {
@@ -753,7 +765,7 @@ fn apply_command(
         }
         Command::KvPut { key, value, if_revision } => {
             let mut kv = KvCtx { tables, meta, history, events };
-            Ok(kv_put(&mut kv, key, value, *if_revision)?.map(|(body, _)| body))
+            kv_put(&mut kv, key, value, *if_revision)
         }
         Command::KvDelete { key, if_revision } => {
             let mut kv = KvCtx { tables, meta, history, events };
@@ -779,14 +791,13 @@ fn footprint(key: &str, value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
 }
 
-/// Puts `key` (a full storage key); the `u64` pair is the pair's size
-/// before and after, for storage quotas.
+/// Puts `key` (a full storage key).
 pub(crate) fn kv_put(
     kv: &mut KvCtx<'_, '_>,
     key: &str,
     value: &[u8],
     if_revision: Option<u64>,
-) -> io::Result<Result<(ReplyBody, (u64, u64)), CaddyError>> {
+) -> io::Result<Result<ReplyBody, CaddyError>> {
     if let Err(e) = check_key(key) {
         return Ok(Err(e));
     }
@@ -803,7 +814,6 @@ pub(crate) fn kv_put(
     {
         return Ok(Err(cas_failed(key, expected, current_rev)));
     }
-    let sizes = (previous.as_ref().map_or(0, |p| footprint(key, &p.value)), footprint(key, value));
     kv.meta.revision += 1;
     let revision = kv.meta.revision;
     let stored = StoredKv {
@@ -815,7 +825,7 @@ pub(crate) fn kv_put(
     kv.tables.kv.insert(key, seal(&stored)?.as_slice()).map_err(io_err)?;
     let event = KvEvent { revision, kind: EventKind::Put, kv: to_kv(key, stored) };
     record_event(kv.tables, kv.meta, event, kv.history, kv.events)?;
-    Ok(Ok((ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }, sizes)))
+    Ok(Ok(ReplyBody::Put { revision, previous: previous.map(|p| to_kv(key, p)) }))
 }
 
 /// The stored record of `key`, if any.
@@ -854,8 +864,15 @@ pub(crate) fn kv_delete(
     kv.tables.kv.remove(key).map_err(io_err)?;
     kv.meta.revision += 1;
     let revision = kv.meta.revision;
-    let deleted = KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
-    record_event(kv.tables, kv.meta, KvEvent { revision, kind: EventKind::Delete, kv: deleted }, kv.history, kv.events)?;
+    let deleted =
+        KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0 };
+    record_event(
+        kv.tables,
+        kv.meta,
+        KvEvent { revision, kind: EventKind::Delete, kv: deleted },
+        kv.history,
+        kv.events,
+    )?;
     Ok(Ok((ReplyBody::Delete { revision, deleted: true }, footprint(key, &previous.value))))
 }
 
@@ -887,7 +904,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let batch: Vec<_> = entries.try_collect().await?;
-        self.apply_batch(batch)
+        for (responder, reply) in self.apply_batch(batch)? {
+            responder.send(reply);
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

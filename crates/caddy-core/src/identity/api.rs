@@ -92,52 +92,146 @@ pub struct ImportUser {
 #[serde(tag = "op", rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum IdentityCall {
-    TenantCreate { id: String, name: String, plan: String, quotas: Option<Quotas> },
-    TenantList { start_after: String, limit: u32 },
+    TenantCreate {
+        id: String,
+        name: String,
+        plan: String,
+        quotas: Option<Quotas>,
+    },
+    TenantList {
+        start_after: String,
+        limit: u32,
+    },
     TenantGet,
-    TenantUpdate { name: Option<String>, plan: Option<String>, quotas: QuotasPatch },
+    TenantUpdate {
+        name: Option<String>,
+        plan: Option<String>,
+        quotas: QuotasPatch,
+    },
     TenantSuspend,
     TenantResume,
     /// `confirm` must repeat the tenant id.
-    TenantDelete { confirm: String },
+    TenantDelete {
+        confirm: String,
+    },
     TenantUsage,
-    UserCreate { email: String, display_name: String, password: String, roles: Vec<String> },
-    UserGet { user: String },
-    UserList { search: String, start_after: String, limit: u32 },
-    UserUpdate { user: String, email: Option<String>, display_name: Option<String>, password: Option<String> },
-    UserSetDisabled { user: String, disabled: bool },
-    UserDelete { user: String },
-    UserExport { user: String },
-    UserErase { user: String },
-    UserImport { users: Vec<ImportUser> },
+    UserCreate {
+        email: String,
+        display_name: String,
+        password: String,
+        roles: Vec<String>,
+    },
+    UserGet {
+        user: String,
+    },
+    UserList {
+        search: String,
+        start_after: String,
+        limit: u32,
+    },
+    UserUpdate {
+        user: String,
+        email: Option<String>,
+        display_name: Option<String>,
+        password: Option<String>,
+    },
+    UserSetDisabled {
+        user: String,
+        disabled: bool,
+    },
+    UserDelete {
+        user: String,
+    },
+    UserExport {
+        user: String,
+    },
+    UserErase {
+        user: String,
+    },
+    UserImport {
+        users: Vec<ImportUser>,
+    },
     /// Email and password for a session token (no credential needed).
-    Login { email: String, password: String, ttl_seconds: Option<u64> },
+    Login {
+        email: String,
+        password: String,
+        ttl_seconds: Option<u64>,
+    },
     /// Ends the calling session.
     Logout,
-    InviteCreate { email: String, roles: Vec<String>, ttl_seconds: Option<u64> },
+    InviteCreate {
+        email: String,
+        roles: Vec<String>,
+        ttl_seconds: Option<u64>,
+    },
     /// Creates the invited user (no credential needed; the token is one).
-    InviteAccept { token: String, display_name: String, password: String },
-    RoleCreate { name: String, description: String, permissions: Vec<String>, inherits: Vec<String> },
+    InviteAccept {
+        token: String,
+        display_name: String,
+        password: String,
+    },
+    RoleCreate {
+        name: String,
+        description: String,
+        permissions: Vec<String>,
+        inherits: Vec<String>,
+    },
     RoleList,
-    RoleDelete { name: String },
+    RoleDelete {
+        name: String,
+    },
     /// Grants `role` to a user or a team (exactly one of them).
-    RoleGrant { role: String, user: Option<String>, team: Option<String> },
-    RoleRevoke { role: String, user: Option<String>, team: Option<String> },
-    TeamCreate { name: String },
+    RoleGrant {
+        role: String,
+        user: Option<String>,
+        team: Option<String>,
+    },
+    RoleRevoke {
+        role: String,
+        user: Option<String>,
+        team: Option<String>,
+    },
+    TeamCreate {
+        name: String,
+    },
     TeamList,
-    TeamDelete { team: String },
+    TeamDelete {
+        team: String,
+    },
     /// Adds a user or a sub-team (exactly one of them) to `team`.
-    TeamAdd { team: String, user: Option<String>, subteam: Option<String> },
-    TeamRemove { team: String, user: Option<String>, subteam: Option<String> },
-    ApiKeyCreate { name: String, scopes: Vec<String>, ttl_seconds: Option<u64> },
+    TeamAdd {
+        team: String,
+        user: Option<String>,
+        subteam: Option<String>,
+    },
+    TeamRemove {
+        team: String,
+        user: Option<String>,
+        subteam: Option<String>,
+    },
+    ApiKeyCreate {
+        name: String,
+        scopes: Vec<String>,
+        ttl_seconds: Option<u64>,
+    },
     ApiKeyList,
-    ApiKeyRevoke { key: String },
+    ApiKeyRevoke {
+        key: String,
+    },
     /// A new secret for `key`; the old one keeps working for the grace period.
-    ApiKeyRotate { key: String, grace_seconds: Option<u64> },
+    ApiKeyRotate {
+        key: String,
+        grace_seconds: Option<u64>,
+    },
     /// Sessions of `user` (default: the caller).
-    SessionList { user: Option<String> },
+    SessionList {
+        user: Option<String>,
+    },
     /// Terminates one session, or all of a user's sessions.
-    SessionTerminate { session: Option<String>, user: Option<String> },
+    SessionTerminate {
+        session: Option<String>,
+        user: Option<String>,
+    },
     AuditList {
         actor: Option<String>,
         action: Option<String>,
@@ -363,27 +457,76 @@ pub struct UserExport {
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum IdentityAnswer {
-    Done { message: String },
-    Created { id: String },
-    Tenant { tenant: TenantView },
-    Tenants { tenants: Vec<TenantView>, more: bool },
-    User { user: UserView },
-    Users { users: Vec<UserView>, more: bool },
-    Imported { created: Vec<String> },
+    Done {
+        message: String,
+    },
+    Created {
+        id: String,
+    },
+    Tenant {
+        tenant: TenantView,
+    },
+    Tenants {
+        tenants: Vec<TenantView>,
+        more: bool,
+    },
+    User {
+        user: UserView,
+    },
+    Users {
+        users: Vec<UserView>,
+        more: bool,
+    },
+    Imported {
+        created: Vec<String>,
+    },
     /// The token is shown once.
-    Session { tenant: String, token: String, session: SessionView },
+    Session {
+        tenant: String,
+        token: String,
+        session: SessionView,
+    },
     /// The token is shown once.
-    Invitation { id: String, token: String, expires_ms: u64 },
+    Invitation {
+        id: String,
+        token: String,
+        expires_ms: u64,
+    },
     /// The full key (`secret`) is shown once.
-    ApiKey { key: ApiKeyView, secret: String },
-    Roles { roles: Vec<RoleView> },
-    Teams { teams: Vec<TeamView> },
-    ApiKeys { keys: Vec<ApiKeyView> },
-    Sessions { sessions: Vec<SessionView> },
-    Audit { entries: Vec<AuditView>, more: bool },
-    Verified { tenant: Option<String>, entries: u64, head_seq: u64, broken: Option<BrokenLink> },
-    Usage { tenant: String, usage: Usage, quotas: Quotas },
-    UserData { data: Box<UserExport> },
+    ApiKey {
+        key: ApiKeyView,
+        secret: String,
+    },
+    Roles {
+        roles: Vec<RoleView>,
+    },
+    Teams {
+        teams: Vec<TeamView>,
+    },
+    ApiKeys {
+        keys: Vec<ApiKeyView>,
+    },
+    Sessions {
+        sessions: Vec<SessionView>,
+    },
+    Audit {
+        entries: Vec<AuditView>,
+        more: bool,
+    },
+    Verified {
+        tenant: Option<String>,
+        entries: u64,
+        head_seq: u64,
+        broken: Option<BrokenLink>,
+    },
+    Usage {
+        tenant: String,
+        usage: Usage,
+        quotas: Quotas,
+    },
+    UserData {
+        data: Box<UserExport>,
+    },
 }
 
 /// Who proposed a [`Call`], as apply re-resolves it.
