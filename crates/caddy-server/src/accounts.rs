@@ -15,7 +15,8 @@ use caddy_core::identity::api::{
     Principal, SESSION_TOKEN_PREFIX,
 };
 use caddy_core::identity::{
-    ApiKeyId, Caller, Email, Member, Permission, RoleName, SessionId, TeamId, TenantId, UserId, validate,
+    Action, ApiKeyId, Caller, Email, Member, Permission, Resource, ResourceKind, RoleName, SessionId, TeamId, TenantId,
+    UserId, authorize, validate,
 };
 use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, ReplyBody};
 use caddy_raft::RaftNode;
@@ -143,6 +144,14 @@ fn done(message: impl Into<String>) -> IdentityAnswer {
 /// Proposes one mutating identity call and shapes its answer.
 pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) -> Result<IdentityAnswer, CaddyError> {
     let sm = node.state_machine();
+    // A tenant credential aimed at another tenant is refused before any
+    // lookup there (which could reveal whether a user or email exists).
+    if let Some(own) = ctx.caller.tenant()
+        && ctx.tenant.as_ref().is_some_and(|t| t != own)
+    {
+        let anything = Permission::new(ResourceKind::Tenants, Action::Read);
+        authorize(&ctx.caller, ctx.tenant.as_ref(), anything, &Resource::Tenant)?;
+    }
     let mut tenant = ctx.tenant.clone();
     let mut principal = ctx.principal.clone();
     let now = now_ms();
