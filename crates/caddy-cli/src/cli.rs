@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
+use crate::output::parse_time;
 
 /// Default configuration file when neither `--config` nor `CADDY_CONFIG` is given.
 pub const DEFAULT_CONFIG: &str = "./.caddy-dev/client.toml";
@@ -23,6 +24,13 @@ pub struct Cli {
     /// Bound on each request, retries included (e.g. "10s", "500ms").
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Tenant to act on [env: CADDY_TENANT; default: the credential's own, or `tenant` of the config file].
+    #[arg(long, global = true, value_name = "TENANT", env = "CADDY_TENANT", hide_env = true)]
+    pub tenant: Option<String>,
+    /// Credentials file written by `login` [env: CADDY_CREDENTIALS; default: `credentials` next to the
+    /// config file, used when it exists].
+    #[arg(long, global = true, value_name = "FILE", env = "CADDY_CREDENTIALS", hide_env = true)]
+    pub credentials: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -33,7 +41,28 @@ impl Cli {
     pub fn config_path(&self) -> PathBuf {
         self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
     }
+
+    /// The credentials file: `--credentials`, else `credentials` in the
+    /// directory of the configuration file.
+    pub fn credentials_path(&self) -> PathBuf {
+        match &self.credentials {
+            Some(path) => path.clone(),
+            None => match self.config_path().parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.join(CREDENTIALS_FILE),
+                _ => PathBuf::from(CREDENTIALS_FILE),
+            },
+        }
+    }
+
+    /// The tenant named on the command line: a `tenant` subcommand's ID
+    /// argument, else `--tenant` (empty strings count as absent).
+    pub fn tenant_override(&self) -> Option<String> {
+        self.command.tenant_arg().or(self.tenant.as_deref()).filter(|t| !t.is_empty()).map(str::to_owned)
+    }
 }
+
+/// Name of the credentials file next to the configuration file.
+pub const CREDENTIALS_FILE: &str = "credentials";
 
 /// Top-level command groups.
 #[derive(Debug, Subcommand)]
@@ -47,6 +76,483 @@ pub enum Command {
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Logs in with email and password and saves the session to the credentials file.
+    Login(LoginArgs),
+    /// Ends the saved session and removes the credentials file.
+    Logout,
+    /// Tenants: create, list, inspect, change, suspend, delete (operators).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Users of a tenant.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Invitations to join a tenant.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// Roles and their grants.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Teams and their members.
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// API keys.
+    #[command(subcommand, name = "apikey")]
+    ApiKey(ApiKeyCommand),
+    /// Login sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+impl Command {
+    /// The tenant ID given as a positional argument of a `tenant` subcommand.
+    pub fn tenant_arg(&self) -> Option<&str> {
+        match self {
+            Command::Tenant(
+                TenantCommand::Get { id }
+                | TenantCommand::Update { id, .. }
+                | TenantCommand::Suspend { id }
+                | TenantCommand::Resume { id }
+                | TenantCommand::Delete { id, .. }
+                | TenantCommand::Usage { id },
+            ) => id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the command is sent without a credential (the password or
+    /// the invitation token is the proof).
+    pub fn anonymous(&self) -> bool {
+        matches!(self, Command::Login(_) | Command::Invite(InviteCommand::Accept { .. }))
+    }
+}
+
+/// Options of `caddyctl login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Email address of the account.
+    #[arg(long)]
+    pub email: String,
+    /// Read the password from the first line of stdin (else from env CADDY_PASSWORD).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Session lifetime (default: the server's maximum).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+/// Quota flags of `tenant create` and `tenant update`.
+#[derive(Debug, Default, Clone, Copy, Args)]
+pub struct QuotaArgs {
+    /// Most users.
+    #[arg(long, value_name = "N")]
+    pub max_users: Option<u64>,
+    /// Most bytes stored.
+    #[arg(long, value_name = "N")]
+    pub max_storage_bytes: Option<u64>,
+    /// Most documents.
+    #[arg(long, value_name = "N")]
+    pub max_documents: Option<u64>,
+    /// Most API keys.
+    #[arg(long, value_name = "N")]
+    pub max_api_keys: Option<u64>,
+    /// Most requests per second.
+    #[arg(long, value_name = "N")]
+    pub max_rps: Option<u64>,
+}
+
+/// `caddyctl tenant ...`; ID defaults to `--tenant`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Creates a tenant.
+    Create {
+        /// Tenant id (lower-case letters, digits, dashes).
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Plan name (default: the server's, "standard").
+        #[arg(long)]
+        plan: Option<String>,
+        /// Quotas (defaults for the ones not given).
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// Lists tenants.
+    List {
+        /// Only tenants whose id sorts after X.
+        #[arg(long, value_name = "X", default_value = "", hide_default_value = true)]
+        start_after: String,
+        /// Tenants per page.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Shows a tenant.
+    Get {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+    },
+    /// Changes a tenant's name, plan or quotas.
+    Update {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// New quotas.
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// Suspends a tenant: its credentials stop working.
+    Suspend {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+    },
+    /// Resumes a suspended tenant.
+    Resume {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+    },
+    /// Deletes a tenant and everything it owns.
+    Delete {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+        /// The tenant id again, to confirm.
+        #[arg(long, value_name = "ID")]
+        confirm: String,
+    },
+    /// Shows a tenant's usage against its quotas.
+    Usage {
+        /// Tenant id (default: --tenant).
+        id: Option<String>,
+    },
+}
+
+/// Output format of `user list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// CSV: id,email,display_name,disabled,roles (roles separated by `;`).
+    Csv,
+    /// One JSON document (like --json).
+    Json,
+}
+
+/// `caddyctl user ...`; USER is `user-N`, `N` or an email address.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Creates a user.
+    Create {
+        /// Email address.
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Read an initial password from the first line of stdin (default: none, the user cannot log in yet).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Role granted (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+    },
+    /// Lists users.
+    List {
+        /// Only users whose email or name contains S.
+        #[arg(long, value_name = "S", default_value = "", hide_default_value = true)]
+        search: String,
+        /// Only users after this id.
+        #[arg(long, value_name = "USER", default_value = "", hide_default_value = true)]
+        start_after: String,
+        /// Users per page (default 100; 1000 with --all).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Page through until every user is listed.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Shows a user.
+    Get {
+        /// User.
+        user: String,
+    },
+    /// Changes a user's email, name or password.
+    Update {
+        /// User.
+        user: String,
+        /// New email address.
+        #[arg(long)]
+        email: Option<String>,
+        /// New display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Read a new password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disables a user (ends their sessions; they cannot log in).
+    Disable {
+        /// User.
+        user: String,
+    },
+    /// Enables a disabled user.
+    Enable {
+        /// User.
+        user: String,
+    },
+    /// Deletes a user.
+    Delete {
+        /// User.
+        user: String,
+    },
+    /// Exports everything stored about a user as JSON (GDPR).
+    Export {
+        /// User.
+        user: String,
+        /// Output file (created with mode 0600) instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Erases a user's personal data (irreversible).
+    Erase {
+        /// User.
+        user: String,
+        /// Confirms the erasure.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Creates users from a CSV file with header `email,display_name,roles,password`.
+    Import {
+        /// CSV file (roles separated by `;`; password optional).
+        file: PathBuf,
+    },
+}
+
+/// `caddyctl invite ...`
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Invites someone by email; prints the invitation token once.
+    Create {
+        /// Email address of the invitee.
+        #[arg(long)]
+        email: String,
+        /// Role granted on acceptance (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// How long the invitation stays valid (default: the server's maximum).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Accepts an invitation, creating the account (no credential needed).
+    Accept {
+        /// Invitation token (`ci_…`).
+        token: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Read the password from the first line of stdin (else from env CADDY_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// Exactly one of a user or a team, for role grants.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct GrantTarget {
+    /// User (`user-N`, `N` or an email address).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Team (`team-N` or `N`).
+    #[arg(long)]
+    pub team: Option<String>,
+}
+
+/// `caddyctl role ...`
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Creates (or replaces) a custom role.
+    Create {
+        /// Role name.
+        name: String,
+        /// Permission granted, e.g. `kv:read` (several after one flag, or repeated).
+        #[arg(long = "permission", value_name = "P", required = true, num_args = 1..)]
+        permissions: Vec<String>,
+        /// Role whose permissions are included (repeatable).
+        #[arg(long = "inherits", value_name = "ROLE", num_args = 1..)]
+        inherits: Vec<String>,
+        /// Description.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        description: String,
+    },
+    /// Lists built-in and custom roles.
+    List,
+    /// Deletes a custom role.
+    Delete {
+        /// Role name.
+        name: String,
+    },
+    /// Grants a role to a user or a team.
+    Grant {
+        /// Role name.
+        role: String,
+        /// Who receives it.
+        #[command(flatten)]
+        target: GrantTarget,
+    },
+    /// Revokes a role from a user or a team.
+    Revoke {
+        /// Role name.
+        role: String,
+        /// Who loses it.
+        #[command(flatten)]
+        target: GrantTarget,
+    },
+}
+
+/// Exactly one of a user or a sub-team, for team membership.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct TeamMember {
+    /// User (`user-N`, `N` or an email address).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Sub-team (`team-N` or `N`).
+    #[arg(long = "team", value_name = "SUB")]
+    pub subteam: Option<String>,
+}
+
+/// `caddyctl team ...`; TEAM is `team-N` or `N`.
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Creates a team.
+    Create {
+        /// Team name.
+        name: String,
+    },
+    /// Lists teams.
+    List,
+    /// Deletes a team.
+    Delete {
+        /// Team.
+        team: String,
+    },
+    /// Adds a user or a sub-team to a team.
+    Add {
+        /// Team.
+        team: String,
+        /// Who joins.
+        #[command(flatten)]
+        member: TeamMember,
+    },
+    /// Removes a user or a sub-team from a team.
+    Remove {
+        /// Team.
+        team: String,
+        /// Who leaves.
+        #[command(flatten)]
+        member: TeamMember,
+    },
+}
+
+/// `caddyctl apikey ...`; KEY is `key-N` or `N`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Creates an API key; prints it once.
+    Create {
+        /// Name to recognize the key by.
+        #[arg(long)]
+        name: String,
+        /// Permission the key carries, e.g. `kv:read` (several after one flag, or repeated).
+        #[arg(long = "scope", value_name = "P", required = true, num_args = 1..)]
+        scopes: Vec<String>,
+        /// Lifetime (default: no expiry).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Lists API keys (never their secrets).
+    List,
+    /// Revokes an API key.
+    Revoke {
+        /// Key.
+        key: String,
+    },
+    /// Issues a new secret for a key; the old one works for a grace period.
+    Rotate {
+        /// Key.
+        key: String,
+        /// How long the old secret keeps working (default: the server's).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        grace: Option<Duration>,
+    },
+}
+
+/// `caddyctl session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Lists login sessions.
+    List {
+        /// Whose sessions (default: your own).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Ends one session, or all sessions of a user.
+    #[command(group(ArgGroup::new("target").required(true).args(["session", "user"])))]
+    Terminate {
+        /// Session (`session-N` or `N`).
+        #[arg(conflicts_with_all = ["user", "all"])]
+        session: Option<String>,
+        /// End this user's sessions (with --all).
+        #[arg(long, requires = "all")]
+        user: Option<String>,
+        /// Every session of --user.
+        #[arg(long, requires = "user")]
+        all: bool,
+    },
+}
+
+/// `caddyctl audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Lists audit entries.
+    List {
+        /// Only entries by this actor (`operator`, `user-N`, `key-N`, `system`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries of this action (`user.create`) or action group (`user`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries at or after this time (RFC 3339, `YYYY-MM-DD HH:MM:SS` UTC, or ms since the epoch).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<u64>,
+        /// Only entries at or before this time (same forms as --since).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<u64>,
+        /// Only entries after this sequence number.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after_seq: u64,
+        /// Entries per page.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Writes the whole trail as JSON lines (one entry per line).
+    Export {
+        /// Output file instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Verifies the hash chain; fails when it is broken.
+    Verify,
 }
 
 /// `caddyctl cluster ...`
@@ -302,6 +808,204 @@ mod tests {
         assert!(parse(&["bench", "kv", "--clients", "0"]).is_err());
         assert!(parse(&["bench", "kv", "--keys", "0"]).is_err());
         assert!(parse(&["bench", "kv", "--value-size", "1000000000000"]).is_err());
+    }
+
+    #[test]
+    fn identity_globals_and_tenant_resolution() {
+        let cli = parse(&["--config", "/etc/caddy/client.toml", "user", "list", "--tenant", "acme"]).unwrap();
+        assert_eq!(cli.tenant.as_deref(), Some("acme"));
+        assert_eq!(cli.credentials_path(), PathBuf::from("/etc/caddy/credentials"));
+        assert_eq!(cli.tenant_override().as_deref(), Some("acme"));
+        let cli = parse(&["--config", "client.toml", "--credentials", "/tmp/c", "tenant", "get"]).unwrap();
+        assert_eq!(cli.credentials_path(), PathBuf::from("/tmp/c"));
+        let mut cli = parse(&["--config", "client.toml", "tenant", "get"]).unwrap();
+        cli.credentials = None;
+        assert_eq!(cli.credentials_path(), PathBuf::from(CREDENTIALS_FILE));
+        // The positional tenant of `tenant ...` wins over --tenant.
+        let cli = parse(&["--tenant", "other", "tenant", "suspend", "acme"]).unwrap();
+        assert_eq!(cli.tenant_override().as_deref(), Some("acme"));
+        let cli = parse(&["tenant", "delete", "acme", "--confirm", "acme"]).unwrap();
+        assert_eq!(cli.command.tenant_arg(), Some("acme"));
+        assert_eq!(parse(&["--tenant", "", "tenant", "usage"]).unwrap().tenant_override(), None);
+        assert!(parse(&["tenant", "delete", "acme"]).is_err());
+    }
+
+    #[test]
+    fn login_and_tenant_commands() {
+        match parse(&["login", "--email", "a@x.io", "--password-stdin", "--ttl", "8h"]).unwrap().command {
+            Command::Login(LoginArgs { email, password_stdin, ttl }) => {
+                assert_eq!(
+                    (email.as_str(), password_stdin, ttl),
+                    ("a@x.io", true, Some(Duration::from_secs(8 * 3600)))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["login"]).is_err());
+        assert!(parse(&["login", "--email", "a@x.io"]).unwrap().command.anonymous());
+        assert!(parse(&["invite", "accept", "ci_x", "--name", "A"]).unwrap().command.anonymous());
+        assert!(!parse(&["logout"]).unwrap().command.anonymous());
+        match parse(&["tenant", "create", "acme", "--name", "Acme Inc", "--max-users", "5", "--max-rps", "50"])
+            .unwrap()
+            .command
+        {
+            Command::Tenant(TenantCommand::Create { id, name, plan, quotas }) => {
+                assert_eq!((id.as_str(), name.as_str(), plan), ("acme", "Acme Inc", None));
+                assert_eq!((quotas.max_users, quotas.max_rps, quotas.max_documents), (Some(5), Some(50), None));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tenant", "update", "--plan", "gold"]).unwrap().command {
+            Command::Tenant(TenantCommand::Update { id, name, plan, .. }) => {
+                assert_eq!((id, name, plan.as_deref()), (None, None, Some("gold")))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tenant", "list", "--start-after", "b", "--limit", "5"]).unwrap().command {
+            Command::Tenant(TenantCommand::List { start_after, limit }) => assert!(start_after == "b" && limit == 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn user_commands() {
+        match parse(&["user", "create", "--email", "a@x.io", "--name", "Ann", "--role", "admin", "--role", "viewer"])
+            .unwrap()
+            .command
+        {
+            Command::User(UserCommand::Create { email, name, password_stdin, roles }) => {
+                assert_eq!((email.as_str(), name.as_str(), password_stdin), ("a@x.io", "Ann", false));
+                assert_eq!(roles, ["admin", "viewer"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["user", "list", "--all", "--format", "csv", "--search", "ann"]).unwrap().command {
+            Command::User(UserCommand::List { search, start_after, limit, all, format }) => {
+                assert_eq!((search.as_str(), start_after.as_str(), limit, all), ("ann", "", None, true));
+                assert_eq!(format, ListFormat::Csv);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["user", "list"]).unwrap().command {
+            Command::User(UserCommand::List { format, all, .. }) => assert!(format == ListFormat::Table && !all),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["user", "list", "--format", "xml"]).is_err());
+        match parse(&["user", "export", "user-7", "-o", "out.json"]).unwrap().command {
+            Command::User(UserCommand::Export { user, output }) => {
+                assert_eq!((user.as_str(), output), ("user-7", Some(PathBuf::from("out.json"))))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["user", "erase", "a@x.io"]).unwrap().command {
+            Command::User(UserCommand::Erase { user, yes }) => assert!(user == "a@x.io" && !yes),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["user", "import", "users.csv"]).unwrap().command {
+            Command::User(UserCommand::Import { file }) => assert_eq!(file, PathBuf::from("users.csv")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["user", "get"]).is_err());
+    }
+
+    #[test]
+    fn access_commands() {
+        match parse(&["role", "create", "auditor", "--permission", "audit:read", "kv:read", "--inherits", "viewer"])
+            .unwrap()
+            .command
+        {
+            Command::Role(RoleCommand::Create { name, permissions, inherits, description }) => {
+                assert_eq!(name, "auditor");
+                assert_eq!(permissions, ["audit:read", "kv:read"]);
+                assert_eq!(inherits, ["viewer"]);
+                assert!(description.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["role", "create", "x"]).is_err());
+        match parse(&["role", "grant", "editor", "--team", "team-2"]).unwrap().command {
+            Command::Role(RoleCommand::Grant { role, target }) => {
+                assert_eq!((role.as_str(), target.user, target.team.as_deref()), ("editor", None, Some("team-2")))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["role", "grant", "editor"]).is_err());
+        assert!(parse(&["role", "revoke", "editor", "--user", "u", "--team", "t"]).is_err());
+        match parse(&["team", "add", "team-1", "--team", "team-2"]).unwrap().command {
+            Command::Team(TeamCommand::Add { team, member }) => {
+                assert_eq!((team.as_str(), member.user, member.subteam.as_deref()), ("team-1", None, Some("team-2")))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["team", "remove", "team-1"]).is_err());
+        match parse(&["apikey", "create", "--name", "ci", "--scope", "kv:read", "--scope", "kv:write", "--ttl", "30d"])
+            .unwrap()
+            .command
+        {
+            Command::ApiKey(ApiKeyCommand::Create { name, scopes, ttl }) => {
+                assert_eq!((name.as_str(), ttl), ("ci", Some(Duration::from_secs(30 * 86_400))));
+                assert_eq!(scopes, ["kv:read", "kv:write"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["apikey", "rotate", "key-3", "--grace", "1h"]).unwrap().command {
+            Command::ApiKey(ApiKeyCommand::Rotate { key, grace }) => {
+                assert_eq!((key.as_str(), grace), ("key-3", Some(Duration::from_secs(3600))))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["invite", "create", "--email", "b@x.io", "--role", "viewer", "--ttl", "2d"]).unwrap().command {
+            Command::Invite(InviteCommand::Create { email, roles, ttl }) => {
+                assert_eq!((email.as_str(), ttl), ("b@x.io", Some(Duration::from_secs(2 * 86_400))));
+                assert_eq!(roles, ["viewer"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["session", "terminate", "session-4"]).unwrap().command {
+            Command::Session(SessionCommand::Terminate { session, user, all }) => {
+                assert_eq!((session.as_deref(), user, all), (Some("session-4"), None, false))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["session", "terminate", "--user", "user-2", "--all"]).unwrap().command {
+            Command::Session(SessionCommand::Terminate { session, user, all }) => {
+                assert_eq!((session, user.as_deref(), all), (None, Some("user-2"), true))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["session", "terminate"]).is_err());
+        assert!(parse(&["session", "terminate", "--user", "user-2"]).is_err());
+        assert!(parse(&["session", "terminate", "session-4", "--user", "user-2", "--all"]).is_err());
+    }
+
+    #[test]
+    fn audit_commands() {
+        match parse(&[
+            "audit",
+            "list",
+            "--actor",
+            "user-1",
+            "--since",
+            "2023-11-14T22:13:20Z",
+            "--until",
+            "1700000001000",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Audit(AuditCommand::List { actor, action, since, until, after_seq, limit }) => {
+                assert_eq!((actor.as_deref(), action), (Some("user-1"), None));
+                assert_eq!((since, until), (Some(1_700_000_000_000), Some(1_700_000_001_000)));
+                assert_eq!((after_seq, limit), (0, 100));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["audit", "list", "--since", "last tuesday"]).is_err());
+        assert!(matches!(parse(&["audit", "verify"]).unwrap().command, Command::Audit(AuditCommand::Verify)));
+        match parse(&["audit", "export", "-o", "trail.jsonl"]).unwrap().command {
+            Command::Audit(AuditCommand::Export { output }) => assert_eq!(output, Some(PathBuf::from("trail.jsonl"))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

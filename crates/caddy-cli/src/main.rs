@@ -1,6 +1,7 @@
 //! `caddyctl`, the command-line client of a CADDY cluster: key-value
-//! commands, cluster administration, backups and a load generator, all
-//! through the `caddy-client` SDK.
+//! commands, cluster administration, backups, a load generator, and the
+//! identity service (login, tenants, users, roles, teams, API keys,
+//! sessions, audit), all through the `caddy-client` SDK.
 //!
 //! Invariants:
 //! - Exit code 0 on success; 2 for usage errors (reported by clap); 1 for
@@ -12,8 +13,11 @@
 
 mod cli;
 mod cmd;
+mod credentials;
+mod csv;
 mod duration;
 mod output;
+mod views;
 
 use std::process::ExitCode;
 

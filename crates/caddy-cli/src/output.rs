@@ -233,6 +233,128 @@ pub fn bench_text(report: &caddy_client::LoadReport) -> String {
     )
 }
 
+/// Year, month (1..=12) and day (1..=31) of a day number counted from
+/// 1970-01-01 (proleptic Gregorian calendar; Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Day number counted from 1970-01-01 of a proleptic Gregorian date (the
+/// inverse of [`civil_from_days`]).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400); // [0, 399]
+    let month = i64::from(month);
+    let mp = if month > 2 { month - 3 } else { month + 9 }; // [0, 11]
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1; // [0, 365]
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn datetime(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// [`datetime`] of an optional time; `-` when absent.
+pub fn datetime_opt(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".to_string(), datetime)
+}
+
+/// Parses a point in time into milliseconds since the epoch: a bare number
+/// of milliseconds, or RFC 3339 (`2024-05-01T12:00:00Z`, fractions and
+/// `±HH:MM` offsets allowed; a space may replace the `T`, and a missing
+/// offset means UTC, so [`datetime`]'s output parses back), or a date alone
+/// (midnight UTC).
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = |why: &str| format!("invalid time {text:?}: {why} (use RFC 3339 or milliseconds since the epoch)");
+    let num = |s: &str| -> Result<u32, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("expected digits"));
+        }
+        s.parse::<u32>().map_err(|_| bad("number out of range"))
+    };
+    let (date, rest) = match text.find(['T', 't', ' ']) {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => (text, ""),
+    };
+    let mut parts = date.splitn(3, '-');
+    let (Some(y), Some(mo), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("expected YYYY-MM-DD"));
+    };
+    if y.len() != 4 || mo.len() != 2 || d.len() != 2 {
+        return Err(bad("expected YYYY-MM-DD"));
+    }
+    let (year, month, day) = (num(y)?, num(mo)?, num(d)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day == 0 || day > month_days[(month - 1) as usize] {
+        return Err(bad("no such date"));
+    }
+    let mut offset_secs: i64 = 0;
+    let mut secs_of_day: i64 = 0;
+    let mut millis: i64 = 0;
+    if !rest.is_empty() {
+        // Split the offset off: `Z`, or the last `+`/`-`.
+        let (clock, offset) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
+            (clock, None)
+        } else if let Some(i) = rest.rfind(['+', '-']) {
+            (&rest[..i], Some(&rest[i..]))
+        } else {
+            (rest, None)
+        };
+        if let Some(offset) = offset {
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let (h, m) = offset[1..].split_once(':').ok_or_else(|| bad("expected a ±HH:MM offset"))?;
+            let (h, m) = (num(h)?, num(m)?);
+            if h > 23 || m > 59 {
+                return Err(bad("offset out of range"));
+            }
+            offset_secs = sign * (i64::from(h) * 3600 + i64::from(m) * 60);
+        }
+        let (hms, fraction) = match clock.split_once('.') {
+            Some((hms, fraction)) => (hms, Some(fraction)),
+            None => (clock, None),
+        };
+        let mut fields = hms.split(':');
+        let (Some(h), Some(m)) = (fields.next(), fields.next()) else { return Err(bad("expected HH:MM:SS")) };
+        let s = fields.next().unwrap_or("00");
+        if fields.next().is_some() || h.len() != 2 || m.len() != 2 || s.len() != 2 {
+            return Err(bad("expected HH:MM:SS"));
+        }
+        let (h, m, s) = (num(h)?, num(m)?, num(s)?);
+        if h > 23 || m > 59 || s > 60 {
+            return Err(bad("time of day out of range"));
+        }
+        secs_of_day = i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s.min(59));
+        if let Some(fraction) = fraction {
+            num(fraction)?;
+            let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(3).collect();
+            millis = i64::from(num(&digits)?);
+        }
+    }
+    let days = days_from_civil(i64::from(year), month, day);
+    let ms = (days * 86_400 + secs_of_day - offset_secs) * 1000 + millis;
+    u64::try_from(ms).map_err(|_| bad("before 1970"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -355,5 +477,40 @@ mod tests {
         assert!(text.contains("p50 1.23 ms  p90 2.00 ms  p99 10.50 ms  max 20.00 ms"), "{text}");
         assert_eq!(one_line("a\n  b\tc"), "a b c");
         assert_eq!(hex(&[0, 255]), "00ff");
+    }
+
+    #[test]
+    fn datetimes_of_fixed_epochs() {
+        assert_eq!(datetime(0), "1970-01-01 00:00:00");
+        assert_eq!(datetime(999), "1970-01-01 00:00:00");
+        assert_eq!(datetime(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(datetime(1_000_000_000_000), "2001-09-09 01:46:40");
+        assert_eq!(datetime(1_700_000_000_123), "2023-11-14 22:13:20");
+        assert_eq!(datetime(4_102_444_799_000), "2099-12-31 23:59:59");
+        assert_eq!(datetime(253_402_300_799_000), "9999-12-31 23:59:59");
+        assert_eq!(datetime_opt(None), "-");
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        for days in [-800_000, -1, 0, 1, 59, 60, 11_016, 19_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+    }
+
+    #[test]
+    fn times_parse_in_every_form() {
+        assert_eq!(parse_time("1700000000123"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20.123Z"), Ok(1_700_000_000_123));
+        assert_eq!(parse_time("2023-11-14T22:13:20.5Z"), Ok(1_700_000_000_500));
+        assert_eq!(parse_time("2023-11-15T00:13:20+02:00"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T17:13:20-05:00"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14 22:13:20"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13Z"), Ok(1_699_999_980_000));
+        assert_eq!(parse_time("2000-02-29"), Ok(951_782_400_000));
+        assert_eq!(parse_time(&datetime(1_234_567_890_000)), Ok(1_234_567_890_000));
+        for bad in ["", "yesterday", "2023-13-01", "2023-02-29", "2023-1-01", "2023-11-14T25:00:00Z", "1969-12-31"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(parse_time("2023-11-14T22:13:20+0200").is_err());
     }
 }

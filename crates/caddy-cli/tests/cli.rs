@@ -10,17 +10,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use caddy_client::identity::{AuditView, IdentityAnswer, IdentityCall, SessionView, UserView};
 use caddy_wire::pb::{self, request::Body as Req, response::Body as Resp};
 use caddy_wire::{read_frame, write_frame};
 use tokio::sync::broadcast;
 
 const CREDENTIAL: &str = "caddy_admin_cli_test";
+const SESSION_TOKEN: &str = "cs_fake_session_token";
+const PASSWORD: &str = "correct horse";
 
 #[derive(Default)]
 struct Store {
     kvs: BTreeMap<String, pb::KeyValue>,
     revision: u64,
     events: Vec<pb::WatchEvent>,
+    /// Imported users (emails), in order.
+    users: Vec<String>,
+    /// Import batch sizes, in order.
+    batches: Vec<usize>,
+    /// `(credential, tenant)` of every identity request.
+    identity_requests: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -36,7 +45,119 @@ fn error(code: pb::ErrorCode, message: &str, current_revision: Option<u64>) -> p
     resp(Resp::Error(pb::Error { code: code as i32, message: message.into(), current_revision, leader_hint: None }))
 }
 
+fn identity_answer(answer: IdentityAnswer) -> Vec<pb::Response> {
+    let bytes = serde_json::to_vec(&answer).unwrap();
+    vec![resp(Resp::Identity(pb::IdentityResponse { answer: bytes }))]
+}
+
+fn user_view(id: usize, email: &str) -> UserView {
+    UserView {
+        id: format!("user-{id}"),
+        email: email.into(),
+        display_name: format!("User, {id}"),
+        disabled: false,
+        roles: vec!["viewer".into()],
+        teams: vec![],
+        has_password: false,
+        created_ms: 1_700_000_000_000,
+        updated_ms: 1_700_000_000_000,
+    }
+}
+
+/// A tiny identity service: login/logout with one password, user import and
+/// listing, a five-entry audit trail (broken for tenant `broken`).
+fn identity(shared: &Shared, req: &pb::Request, call: IdentityCall) -> Vec<pb::Response> {
+    let mut store = shared.store.lock().unwrap();
+    store.identity_requests.push((req.credential.clone(), req.tenant.clone()));
+    let anonymous_ok = matches!(call, IdentityCall::Login { .. } | IdentityCall::InviteAccept { .. });
+    let known = req.credential == CREDENTIAL || req.credential == SESSION_TOKEN;
+    if !(known || anonymous_ok && req.credential.is_empty()) {
+        return vec![error(pb::ErrorCode::Unauthenticated, "bad credential", None)];
+    }
+    match call {
+        IdentityCall::Login { email, password, ttl_seconds } => {
+            if req.tenant != "acme" || password != PASSWORD {
+                return vec![error(pb::ErrorCode::Unauthenticated, "invalid email or password", None)];
+            }
+            let created_ms = 1_700_000_000_000;
+            identity_answer(IdentityAnswer::Session {
+                tenant: req.tenant.clone(),
+                token: SESSION_TOKEN.into(),
+                session: SessionView {
+                    id: "session-9".into(),
+                    user: format!("user-1 ({email})"),
+                    created_ms,
+                    expires_ms: created_ms + ttl_seconds.unwrap_or(3600) * 1000,
+                    terminated_ms: None,
+                    state: "active".into(),
+                },
+            })
+        }
+        IdentityCall::Logout if req.credential == SESSION_TOKEN => {
+            identity_answer(IdentityAnswer::Done { message: "session.terminate: done".into() })
+        }
+        IdentityCall::Logout => vec![error(pb::ErrorCode::InvalidArgument, "not a session", None)],
+        IdentityCall::UserImport { users } => {
+            if let Some(k) = users.iter().position(|u| u.email.contains("bad")) {
+                let message = format!("user #{}: invalid email", k + 1);
+                return vec![error(pb::ErrorCode::InvalidArgument, &message, None)];
+            }
+            store.batches.push(users.len());
+            let first = store.users.len() + 1;
+            store.users.extend(users.into_iter().map(|u| u.email));
+            let created = (first..=store.users.len()).map(|i| format!("user-{i}")).collect();
+            identity_answer(IdentityAnswer::Imported { created })
+        }
+        IdentityCall::UserList { start_after, limit, .. } => {
+            let after: usize = start_after.trim_start_matches("user-").parse().unwrap_or(0);
+            let all: Vec<UserView> =
+                store.users.iter().enumerate().map(|(i, email)| user_view(i + 1, email)).skip(after).collect();
+            let limit = limit as usize;
+            identity_answer(IdentityAnswer::Users {
+                more: all.len() > limit,
+                users: all.into_iter().take(limit).collect(),
+            })
+        }
+        IdentityCall::AuditList { after_seq, limit, .. } => {
+            let entries: Vec<AuditView> = (after_seq + 1..=5)
+                .map(|seq| AuditView {
+                    seq,
+                    tenant: Some(req.tenant.clone()),
+                    actor: "operator".into(),
+                    action: "user.create".into(),
+                    resource: format!("user-{seq}"),
+                    outcome: "ok".into(),
+                    stamp_ms: 1_700_000_000_000 + seq * 1000,
+                    request_id: format!("r{seq}"),
+                    client_addr: String::new(),
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                })
+                .collect();
+            let more = entries.len() > limit as usize;
+            identity_answer(IdentityAnswer::Audit { entries: entries.into_iter().take(limit as usize).collect(), more })
+        }
+        IdentityCall::AuditVerify => identity_answer(IdentityAnswer::Verified {
+            tenant: Some(req.tenant.clone()),
+            entries: 5,
+            head_seq: 5,
+            broken: (req.tenant == "broken").then(|| caddy_core::identity::BrokenLink {
+                seq: 3,
+                index: 2,
+                reason: "hash mismatch".into(),
+            }),
+        }),
+        _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported by the fake", None)],
+    }
+}
+
 fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
+    if let Some(Req::Identity(i)) = &req.body {
+        return match serde_json::from_slice::<IdentityCall>(&i.call) {
+            Ok(call) => identity(shared, &req, call),
+            Err(e) => vec![error(pb::ErrorCode::InvalidArgument, &e.to_string(), None)],
+        };
+    }
     if req.credential != CREDENTIAL {
         return vec![error(pb::ErrorCode::Unauthenticated, "bad credential", None)];
     }
@@ -164,6 +285,7 @@ async fn handle(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quin
 
 struct Fake {
     dir: tempfile::TempDir,
+    shared: Arc<Shared>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -181,7 +303,9 @@ impl Fake {
         };
         let addr = endpoint.local_addr().unwrap();
         let shared = Arc::new(Shared { store: Mutex::new(Store::default()), events: broadcast::channel(1024).0 });
+        let server_shared = Arc::clone(&shared);
         runtime.spawn(async move {
+            let shared = server_shared;
             while let Some(incoming) = endpoint.accept().await {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
@@ -199,7 +323,7 @@ impl Fake {
             format!("endpoints = [\"{addr}\"]\nca_cert = \"ca.pem\"\ncredential = \"{CREDENTIAL}\"\n"),
         )
         .unwrap();
-        Fake { dir, _runtime: runtime }
+        Fake { dir, shared, _runtime: runtime }
     }
 
     fn config(&self) -> PathBuf {
@@ -208,7 +332,13 @@ impl Fake {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_caddyctl"));
-        cmd.arg("--config").arg(self.config()).args(args).env_remove("CADDY_CONFIG");
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("CADDY_CONFIG")
+            .env_remove("CADDY_TENANT")
+            .env_remove("CADDY_CREDENTIALS")
+            .env_remove("CADDY_PASSWORD");
         cmd
     }
 
@@ -414,4 +544,144 @@ fn errors_are_one_line() {
         .output()
         .unwrap();
     assert_eq!(ok(out), "OK revision=1\n");
+}
+
+fn run_with_stdin(fake: &Fake, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child =
+        fake.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn login_saves_a_private_session_that_later_commands_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = Fake::start();
+    let creds = fake.dir.path().join("credentials");
+
+    let err = fails(fake.run(&["login", "--email", "a@x.io"]));
+    assert!(err.contains("login needs a tenant"), "{err}");
+    let err = fails(fake.run(&["login", "--tenant", "acme", "--email", "a@x.io"]));
+    assert!(err.contains("--password-stdin"), "{err}");
+    let err = fails(run_with_stdin(
+        &fake,
+        &["login", "--tenant", "acme", "--email", "a@x.io", "--password-stdin"],
+        "wrong\n",
+    ));
+    assert_eq!(err, "error: unauthenticated: invalid email or password");
+    assert!(!creds.exists());
+
+    let text = ok(run_with_stdin(
+        &fake,
+        &["login", "--tenant", "acme", "--email", "a@x.io", "--password-stdin", "--ttl", "2h"],
+        &format!("{PASSWORD}\n"),
+    ));
+    assert_eq!(
+        text,
+        format!(
+            "logged in to tenant acme as a@x.io (session session-9, expires 2023-11-15 00:13:20 UTC); \
+             credentials saved to {}\n",
+            creds.display()
+        )
+    );
+    assert!(!text.contains(SESSION_TOKEN));
+    assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    let saved = std::fs::read_to_string(&creds).unwrap();
+    assert!(saved.contains(&format!("credential = \"{SESSION_TOKEN}\"")) && saved.contains("tenant = \"acme\""));
+
+    // The session and its tenant are used from now on; login itself went anonymous.
+    ok(fake.run(&["user", "list"]));
+    {
+        let store = fake.shared.store.lock().unwrap();
+        let sent: Vec<_> = store.identity_requests.iter().map(|(c, t)| (c.as_str(), t.as_str())).collect();
+        assert_eq!(sent, [("", "acme"), ("", "acme"), (SESSION_TOKEN, "acme")]);
+    }
+
+    // Logging in again over a 0644 file, with CADDY_PASSWORD and --json: no token on stdout.
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = fake.command(&["--json", "login", "--email", "a@x.io"]).env("CADDY_PASSWORD", PASSWORD).output().unwrap();
+    let text = ok(out);
+    assert!(!text.contains(SESSION_TOKEN), "{text}");
+    let answer = json(&text);
+    assert_eq!((answer["tenant"].as_str(), answer["session"]["id"].as_str()), (Some("acme"), Some("session-9")));
+    assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+
+    assert_eq!(ok(fake.run(&["logout"])), format!("logged out; removed {}\n", creds.display()));
+    assert!(!creds.exists());
+    let err = fails(fake.run(&["logout"]));
+    assert!(err.contains("not logged in"), "{err}");
+    let missing = fake.dir.path().join("elsewhere");
+    let err = fails(fake.run(&["--credentials", missing.to_str().unwrap(), "user", "list"]));
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn user_import_in_batches_and_csv_export() {
+    let fake = Fake::start();
+    let file = fake.dir.path().join("users.csv");
+    let mut text = String::from("email,display_name,roles,password\n");
+    for i in 1..=250 {
+        text.push_str(&format!("u{i}@x.io,\"User, {i}\",viewer;editor,\n"));
+    }
+    std::fs::write(&file, &text).unwrap();
+    let out = ok(fake.run(&["user", "import", file.to_str().unwrap()]));
+    assert_eq!(out, format!("created 250 users from {}\n", file.display()));
+    assert_eq!(fake.shared.store.lock().unwrap().batches, [100, 100, 50]);
+
+    let csv = ok(fake.run(&["user", "list", "--all", "--limit", "100", "--format", "csv"]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 251);
+    assert_eq!(lines[0], "id,email,display_name,disabled,roles");
+    assert_eq!(lines[1], "user-1,u1@x.io,\"User, 1\",false,viewer");
+    assert_eq!(lines[250], "user-250,u250@x.io,\"User, 250\",false,viewer");
+    let page = json(&ok(fake.run(&["--json", "user", "list", "--limit", "2"])));
+    assert_eq!(page["users"].as_array().unwrap().len(), 2);
+    assert_eq!(page["more"], true);
+
+    // A failing batch stops the import and names its lines.
+    let mut text = String::from("email,display_name\n");
+    for i in 1..=150 {
+        text.push_str(&format!("{}{i}@x.io,N\n", if i == 120 { "bad" } else { "v" }));
+    }
+    std::fs::write(&file, &text).unwrap();
+    let err = fails(fake.run(&["user", "import", file.to_str().unwrap()]));
+    assert_eq!(
+        err,
+        "error: import stopped at the batch on lines 102-151 (none of its users were created): \
+         invalid_argument (line 121): user #20: invalid email; 100 users created before it"
+    );
+    std::fs::write(&file, "\nname,email\nA,a@x.io\n").unwrap();
+    let err = fails(fake.run(&["user", "import", file.to_str().unwrap()]));
+    assert_eq!(
+        err,
+        format!(
+            "error: {}: line 2: bad header: unknown column \"name\" (expected email,display_name,roles,password)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn audit_export_and_verify() {
+    let fake = Fake::start();
+    let table = ok(fake.run(&["audit", "list", "--tenant", "acme", "--limit", "2"]));
+    assert_eq!(
+        table,
+        "SEQ  TIME                 ACTOR     ACTION       RESOURCE  OUTCOME\n\
+         1    2023-11-14 22:13:21  operator  user.create  user-1    ok\n\
+         2    2023-11-14 22:13:22  operator  user.create  user-2    ok\n"
+    );
+    let lines = ok(fake.run(&["audit", "export", "--tenant", "acme"]));
+    let seqs: Vec<u64> = lines.lines().map(|l| json(l)["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let file = fake.dir.path().join("trail.jsonl");
+    let text = ok(fake.run(&["audit", "export", "--tenant", "acme", "-o", file.to_str().unwrap()]));
+    assert_eq!(text, format!("exported 5 audit entries to {}\n", file.display()));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), lines);
+
+    assert_eq!(ok(fake.run(&["audit", "verify", "--tenant", "acme"])), "audit chain verified: 5 entries, head seq 5\n");
+    let out = fake.run(&["audit", "verify", "--tenant", "broken"]);
+    assert_eq!(stdout(&out), "audit chain BROKEN at seq 3: hash mismatch\n");
+    assert_eq!(fails(out), "error: audit chain verification failed at seq 3");
 }

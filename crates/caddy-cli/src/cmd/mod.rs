@@ -1,16 +1,21 @@
 //! Command execution: loads the configuration, connects, dispatches, and
 //! turns SDK errors into one-line messages.
 
+mod audit;
 mod bench;
 mod cluster;
+mod identity;
 mod kv;
+mod user;
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use anyhow::Context as _;
-use caddy_client::{Client, ClientConfig, ClientError};
+use anyhow::{Context as _, bail};
+use caddy_client::{Client, ClientConfig, ClientError, ErrorCode};
 
 use crate::cli::{BenchCommand, Cli, Command};
+use crate::credentials::Credentials;
 
 /// What every command needs.
 pub struct Ctx {
@@ -30,15 +35,93 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         config.request_timeout = timeout;
     }
+    let saved = apply_credentials(&cli, &mut config)?;
     let client = Client::connect(config).await?;
     let ctx = Ctx { client, json: cli.json };
     let result = match cli.command {
         Command::Cluster(cmd) => cluster::run(&ctx, cmd, out).await,
         Command::Kv(cmd) => kv::run(&ctx, cmd, out).await,
         Command::Bench(BenchCommand::Kv(args)) => bench::run(&ctx, args, out).await,
+        Command::Login(args) => identity::login(&ctx, args, &saved.path, out).await,
+        Command::Logout => identity::logout(&ctx, &saved.path, saved.used, out).await,
+        Command::Tenant(cmd) => identity::tenant(&ctx, cmd, out).await,
+        Command::User(cmd) => user::run(&ctx, cmd, out).await,
+        Command::Invite(cmd) => identity::invite(&ctx, cmd, out).await,
+        Command::Role(cmd) => identity::role(&ctx, cmd, out).await,
+        Command::Team(cmd) => identity::team(&ctx, cmd, out).await,
+        Command::ApiKey(cmd) => identity::api_key(&ctx, cmd, out).await,
+        Command::Session(cmd) => identity::session(&ctx, cmd, out).await,
+        Command::Audit(cmd) => audit::run(&ctx, cmd, out).await,
     };
     ctx.client.close().await;
-    result.map_err(describe)
+    result.map_err(describe).map_err(|e| relogin_hint(e, &saved))
+}
+
+/// Where the request's credential came from.
+struct SavedCredentials {
+    /// The credentials file (`--credentials`, or the default one).
+    path: PathBuf,
+    /// Its credential is the one sent.
+    used: bool,
+}
+
+/// Applies the credentials file and the tenant flags to `config`:
+///
+/// - The file is `--credentials`/`CADDY_CREDENTIALS`, else `credentials` in
+///   the config file's directory. When it exists (or was named explicitly,
+///   in which case it must exist) its `credential` replaces the config
+///   file's, and its `tenant`, when it has one, replaces the config file's.
+/// - `--tenant`/`CADDY_TENANT`, and the ID argument of `tenant` subcommands
+///   (which wins), override any tenant from the files.
+/// - `login` and `invite accept` go without a credential (the password or
+///   the invitation token is the proof); `invite accept` also without a
+///   tenant (the token names it). A stale or unreadable file does not stop
+///   them.
+fn apply_credentials(cli: &Cli, config: &mut ClientConfig) -> anyhow::Result<SavedCredentials> {
+    let path = cli.credentials_path();
+    let anonymous = cli.command.anonymous();
+    let saved = if path.exists() {
+        match Credentials::read(&path) {
+            Ok(saved) => Some(saved),
+            Err(_) if anonymous => None,
+            Err(e) => return Err(e),
+        }
+    } else if cli.credentials.is_some() && !anonymous && !matches!(cli.command, Command::Logout) {
+        bail!(
+            "credentials file {} does not exist: log in with `caddyctl login`, or drop --credentials/CADDY_CREDENTIALS",
+            path.display()
+        );
+    } else {
+        None
+    };
+    let used = saved.is_some() && !anonymous;
+    if let Some(saved) = saved {
+        config.credential = saved.credential;
+        if saved.tenant.is_some() {
+            config.tenant = saved.tenant;
+        }
+    }
+    if let Some(tenant) = cli.tenant_override() {
+        config.tenant = Some(tenant);
+    }
+    if anonymous {
+        config.credential.clear();
+    }
+    if matches!(cli.command, Command::Invite(crate::cli::InviteCommand::Accept { .. })) {
+        config.tenant = None;
+    }
+    Ok(SavedCredentials { path, used })
+}
+
+/// Points at `caddyctl login` when a saved session is refused.
+fn relogin_hint(err: anyhow::Error, saved: &SavedCredentials) -> anyhow::Error {
+    let refused =
+        matches!(err.downcast_ref::<ClientError>(), Some(ClientError::Server { code: ErrorCode::Unauthenticated, .. }));
+    if refused && saved.used {
+        anyhow::anyhow!("{err} (credential from {}; log in again with `caddyctl login`)", saved.path.display())
+    } else {
+        err
+    }
 }
 
 /// Adds what a person needs to an SDK error: the current revision of a
@@ -75,7 +158,6 @@ pub fn emit_text(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caddy_client::ErrorCode;
 
     #[test]
     fn describe_adds_revision_and_hint() {
@@ -94,6 +176,102 @@ mod tests {
         };
         assert_eq!(describe(unavailable.into()).to_string(), "unavailable: not the leader (leader hint 10.0.0.2:7101)");
         assert_eq!(describe(anyhow::anyhow!("key not found: k")).to_string(), "key not found: k");
+    }
+
+    fn config() -> ClientConfig {
+        let mut config = ClientConfig::new(vec!["127.0.0.1:7101".into()], "PEM", "caddy_admin_x");
+        config.tenant = Some("from-config".into());
+        config
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        use clap::Parser;
+        match Cli::try_parse_from(std::iter::once("caddyctl").chain(args.iter().copied())) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<(ClientConfig, SavedCredentials)> {
+        let mut config = config();
+        let saved = apply_credentials(&cli(args), &mut config)?;
+        Ok((config, saved))
+    }
+
+    #[test]
+    fn credentials_file_resolution() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let client_toml = dir.path().join("client.toml");
+        let conf = client_toml.to_str().unwrap_or_default();
+        let default = dir.path().join("credentials");
+
+        // No file: the config file's credential and tenant.
+        let (c, saved) = resolve(&["--config", conf, "user", "list"])?;
+        assert_eq!((c.credential.as_str(), c.tenant.as_deref()), ("caddy_admin_x", Some("from-config")));
+        assert!(!saved.used);
+        assert_eq!(saved.path, default);
+        let (c, _) = resolve(&["--config", conf, "--tenant", "flag", "user", "list"])?;
+        assert_eq!(c.tenant.as_deref(), Some("flag"));
+
+        // The default file replaces both; --tenant and a positional tenant still win.
+        Credentials { credential: "cs_saved".into(), tenant: Some("acme".into()) }.write(&default)?;
+        let (c, saved) = resolve(&["--config", conf, "user", "list"])?;
+        assert_eq!((c.credential.as_str(), c.tenant.as_deref()), ("cs_saved", Some("acme")));
+        assert!(saved.used);
+        let (c, _) = resolve(&["--config", conf, "--tenant", "flag", "user", "list"])?;
+        assert_eq!((c.credential.as_str(), c.tenant.as_deref()), ("cs_saved", Some("flag")));
+        let (c, _) = resolve(&["--config", conf, "--tenant", "flag", "tenant", "get", "pos"])?;
+        assert_eq!(c.tenant.as_deref(), Some("pos"));
+
+        // Login goes without a credential but keeps the saved tenant; invite
+        // accept goes without either.
+        let (c, saved) = resolve(&["--config", conf, "login", "--email", "a@x.io"])?;
+        assert_eq!((c.credential.as_str(), c.tenant.as_deref()), ("", Some("acme")));
+        assert!(!saved.used);
+        let (c, _) = resolve(&["--config", conf, "invite", "accept", "ci_t", "--name", "N"])?;
+        assert_eq!((c.credential.as_str(), c.tenant), ("", None));
+
+        // A file without a tenant keeps the config file's tenant.
+        let explicit = dir.path().join("key");
+        Credentials { credential: "ck_key".into(), tenant: None }.write(&explicit)?;
+        let named = explicit.to_str().unwrap_or_default();
+        let (c, saved) = resolve(&["--config", conf, "--credentials", named, "kv", "get", "k"])?;
+        assert_eq!((c.credential.as_str(), c.tenant.as_deref()), ("ck_key", Some("from-config")));
+        assert_eq!(saved.path, explicit);
+
+        // A named file must exist, except to log in (or out, which says so itself).
+        let missing = dir.path().join("missing");
+        let missing = missing.to_str().unwrap_or_default();
+        let err = resolve(&["--config", conf, "--credentials", missing, "user", "list"]).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("does not exist") && e.contains(missing)), "{err:?}");
+        assert!(resolve(&["--config", conf, "--credentials", missing, "login", "--email", "a@x.io"]).is_ok());
+        assert!(resolve(&["--config", conf, "--credentials", missing, "logout"]).is_ok());
+
+        // A broken file stops everything but login.
+        std::fs::write(&default, "garbage")?;
+        assert!(resolve(&["--config", conf, "user", "list"]).is_err());
+        let (c, _) = resolve(&["--config", conf, "login", "--email", "a@x.io"])?;
+        assert_eq!(c.tenant.as_deref(), Some("from-config"));
+        Ok(())
+    }
+
+    #[test]
+    fn refused_saved_sessions_point_at_login() {
+        let refused = || {
+            anyhow::Error::from(ClientError::Server {
+                code: ErrorCode::Unauthenticated,
+                message: "session expired".into(),
+                current_revision: None,
+                leader_hint: None,
+            })
+        };
+        let saved = SavedCredentials { path: PathBuf::from("/c/credentials"), used: true };
+        assert_eq!(
+            relogin_hint(refused(), &saved).to_string(),
+            "unauthenticated: session expired (credential from /c/credentials; log in again with `caddyctl login`)"
+        );
+        let unused = SavedCredentials { used: false, ..saved };
+        assert_eq!(relogin_hint(refused(), &unused).to_string(), "unauthenticated: session expired");
     }
 
     #[tokio::test]
