@@ -251,7 +251,7 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
             });
         }
         IdentityCall::Logout => match (&ctx.principal, &ctx.caller) {
-            (Principal::Session { tenant: t, id }, Caller::User(u)) => {
+            (Principal::Session { tenant: t, id, .. }, Caller::User(u)) => {
                 tenant = Some(t.clone());
                 Op::SessionTerminate { user: u.user, session: Some(*id) }
             }

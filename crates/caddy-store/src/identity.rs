@@ -73,6 +73,14 @@ struct Ref {
     id: u64,
 }
 
+/// The global index entry of a session token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRef {
+    tenant: TenantId,
+    user: UserId,
+    id: SessionId,
+}
+
 /// Storage prefix of a key-value namespace: a tenant's, or the cluster's.
 pub fn kv_namespace(tenant: Option<&TenantId>) -> String {
     match tenant {
@@ -116,8 +124,12 @@ fn k_erased(t: &TenantId, id: UserId) -> String {
 fn k_key(t: &TenantId, id: ApiKeyId) -> String {
     tenant_key(t, KeyKind::ApiKey, &id.key_part())
 }
-fn k_session(t: &TenantId, id: SessionId) -> String {
-    tenant_key(t, KeyKind::Session, &id.key_part())
+fn k_session(t: &TenantId, user: UserId, id: SessionId) -> String {
+    tenant_key(t, KeyKind::Session, &format!("{}/{}", user.key_part(), id.key_part()))
+}
+/// A user's sessions sit together, so login, listing and "end all" scan only them.
+fn user_sessions(t: &TenantId, user: UserId) -> String {
+    format!("{}{}/", tenant_kind_prefix(t, KeyKind::Session), user.key_part())
 }
 fn k_invite(t: &TenantId, id: InvitationId) -> String {
     tenant_key(t, KeyKind::Invitation, &id.key_part())
@@ -237,7 +249,7 @@ fn resolve(
         Principal::Operator => Ok(Ok(Caller::Operator)),
         Principal::Invitee => Ok(Ok(Caller::Anonymous)),
         Principal::Password { tenant, user } => user_caller(tenant, *user, CredentialState::Active),
-        Principal::Session { tenant, id } => match get::<Session>(table, &k_session(tenant, *id))? {
+        Principal::Session { tenant, user, id } => match get::<Session>(table, &k_session(tenant, *user, *id))? {
             None => Ok(Err(unauthenticated("the session has ended: log in again"))),
             Some(s) => user_caller(tenant, s.user, s.state_at(now_ms)),
         },
@@ -281,8 +293,8 @@ pub(crate) fn authenticate(
         }
         Principal::ApiKey { tenant: r.tenant, id: ApiKeyId(r.id) }
     } else if credential.starts_with(SESSION_TOKEN_PREFIX) {
-        match get::<Ref>(table, &g_session(&caddy_core::credential_hash(credential)))? {
-            Some(r) => Principal::Session { tenant: r.tenant, id: SessionId(r.id) },
+        match get::<SessionRef>(table, &g_session(&caddy_core::credential_hash(credential)))? {
+            Some(r) => Principal::Session { tenant: r.tenant, user: r.user, id: r.id },
             None => return Ok(Err(unauthenticated("the session has expired or was terminated: log in again"))),
         }
     } else if admin_hash.is_some_and(|h| caddy_core::credential_matches(credential, h)) {
@@ -466,11 +478,9 @@ fn insert_user(
 fn remove_user(ident: &mut IdentTable<'_>, t: &TenantId, user: &User) -> io::Result<()> {
     del(ident, &k_user(t, user.id))?;
     del(ident, &k_email(t, &user.email))?;
-    for s in scan_all::<Session>(ident, &tenant_kind_prefix(t, KeyKind::Session))? {
-        if s.user == user.id {
-            del(ident, &k_session(t, s.id))?;
-            del(ident, &g_session(&s.token_hash))?;
-        }
+    for s in scan_all::<Session>(ident, &user_sessions(t, user.id))? {
+        del(ident, &k_session(t, s.user, s.id))?;
+        del(ident, &g_session(&s.token_hash))?;
     }
     let mut teams: TeamGraph = get(ident, &k_teams(t))?.unwrap_or_default();
     teams.remove_user(user.id);
@@ -669,10 +679,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             if *expires_ms <= stamp {
                 return Ok(Err(CaddyError::invalid("the session would already be expired")));
             }
-            let mut mine: Vec<Session> = scan_all::<Session>(ident, &tenant_kind_prefix(t, KeyKind::Session))?
-                .into_iter()
-                .filter(|s| s.user == *user)
-                .collect();
+            let mut mine: Vec<Session> = scan_all(ident, &user_sessions(t, *user))?;
             // Forget ended sessions, then end the oldest past the cap.
             mine.sort_by_key(|s| s.created_ms);
             let mut active = Vec::new();
@@ -680,16 +687,16 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 if s.state_at(stamp) == CredentialState::Active {
                     active.push(s);
                 } else {
-                    del(ident, &k_session(t, s.id))?;
+                    del(ident, &k_session(t, s.user, s.id))?;
                     del(ident, &g_session(&s.token_hash))?;
                 }
             }
             while active.len() >= MAX_SESSIONS_PER_USER {
                 let oldest = active.remove(0);
-                del(ident, &k_session(t, oldest.id))?;
+                del(ident, &k_session(t, oldest.user, oldest.id))?;
                 del(ident, &g_session(&oldest.token_hash))?;
             }
-            if get::<Ref>(ident, &g_session(token_hash))?.is_some() {
+            if get::<SessionRef>(ident, &g_session(token_hash))?.is_some() {
                 return Ok(Err(exists("a session with this token")));
             }
             rec.next_id += 1;
@@ -702,24 +709,21 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 expires_ms: *expires_ms,
                 terminated_ms: None,
             };
-            put(ident, &k_session(t, id), &session)?;
-            put(ident, &g_session(token_hash), &Ref { tenant: t.clone(), id: id.0 })?;
+            put(ident, &k_session(t, *user, id), &session)?;
+            put(ident, &g_session(token_hash), &SessionRef { tenant: t.clone(), user: *user, id })?;
             Done::created(id.0, id.to_string())
         }
         Op::SessionTerminate { user, session } => {
             let ended: Vec<Session> = match session {
-                Some(id) => match get::<Session>(ident, &k_session(t, *id))? {
-                    Some(s) if s.user == *user => vec![s],
-                    _ => return Ok(Err(not_found(format!("session {id} of user {user}")))),
+                Some(id) => match get::<Session>(ident, &k_session(t, *user, *id))? {
+                    Some(s) => vec![s],
+                    None => return Ok(Err(not_found(format!("session {id} of user {user}")))),
                 },
-                None => scan_all::<Session>(ident, &tenant_kind_prefix(t, KeyKind::Session))?
-                    .into_iter()
-                    .filter(|s| s.user == *user)
-                    .collect(),
+                None => scan_all(ident, &user_sessions(t, *user))?,
             };
             for mut s in ended {
                 s.terminated_ms.get_or_insert(stamp);
-                put(ident, &k_session(t, s.id), &s)?;
+                put(ident, &k_session(t, s.user, s.id), &s)?;
                 del(ident, &g_session(&s.token_hash))?;
             }
             Done::ok()
@@ -1078,9 +1082,9 @@ fn append_audit(
         (_, Some(c)) => c.actor().unwrap_or(Actor::System),
         (_, None) => match &call.principal {
             Principal::Operator => Actor::Operator,
-            Principal::Session { .. } | Principal::Invitee => Actor::System,
+            Principal::Session { user, .. } | Principal::Password { user, .. } => Actor::User(*user),
+            Principal::Invitee => Actor::System,
             Principal::ApiKey { id, .. } => Actor::ApiKey(*id),
-            Principal::Password { user, .. } => Actor::User(*user),
         },
     };
     let entry = AuditEntry {
@@ -1372,11 +1376,8 @@ pub(crate) fn read_call(
         IdentityCall::UserExport { .. } => {
             let Resource::User(id) = required.1 else { return Ok(Err(CaddyError::internal("user resource"))) };
             let Some(u) = get::<User>(table, &k_user(t, id))? else { return Ok(Err(not_found(id))) };
-            let sessions = scan_all::<Session>(table, &tenant_kind_prefix(t, KeyKind::Session))?
-                .iter()
-                .filter(|s| s.user == id)
-                .map(|s| session_view(s, now_ms))
-                .collect();
+            let sessions =
+                scan_all::<Session>(table, &user_sessions(t, id))?.iter().map(|s| session_view(s, now_ms)).collect();
             let api_keys_created = scan_all::<ApiKeyRecord>(table, &tenant_kind_prefix(t, KeyKind::ApiKey))?
                 .iter()
                 .filter(|k| k.created_by == Some(id))
@@ -1423,9 +1424,8 @@ pub(crate) fn read_call(
         IdentityCall::SessionList { .. } => {
             let Resource::User(id) = required.1 else { return Ok(Err(CaddyError::internal("user resource"))) };
             IdentityAnswer::Sessions {
-                sessions: scan_all::<Session>(table, &tenant_kind_prefix(t, KeyKind::Session))?
+                sessions: scan_all::<Session>(table, &user_sessions(t, id))?
                     .iter()
-                    .filter(|s| s.user == id)
                     .map(|s| session_view(s, now_ms))
                     .collect(),
             }
@@ -1519,11 +1519,23 @@ pub(crate) fn api_key(
     get(table, &k_key(t, id))
 }
 
-/// A login session record.
+/// A login session record by id alone (scans the tenant's sessions: for
+/// administrators naming a session without its user).
 pub(crate) fn session(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     t: &TenantId,
     id: SessionId,
 ) -> io::Result<Option<Session>> {
-    get(table, &k_session(t, id))
+    let suffix = format!("/{}", id.key_part());
+    let prefix = tenant_kind_prefix(t, KeyKind::Session);
+    for item in table.range(prefix.as_str()..).map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        if k.value().ends_with(&suffix) {
+            return Ok(Some(open_record("session", v.value())?));
+        }
+    }
+    Ok(None)
 }

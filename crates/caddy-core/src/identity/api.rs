@@ -539,6 +539,8 @@ pub enum Principal {
     Session {
         /// Tenant of the session.
         tenant: TenantId,
+        /// Whose session it is.
+        user: UserId,
         /// Session id.
         id: SessionId,
     },
