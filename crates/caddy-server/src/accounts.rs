@@ -357,7 +357,40 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
         ReplyBody::CreatedMany { ids } => {
             IdentityAnswer::Imported { created: ids.into_iter().map(|id| UserId(id).to_string()).collect() }
         }
-        _ => done(format!("{name}: done")),
+        _ => done(done_message(&call, ctx.tenant.as_ref()).unwrap_or_else(|| format!("{name}: done"))),
+    })
+}
+
+/// What a person reads after a change without a new id.
+fn done_message(call: &IdentityCall, tenant: Option<&TenantId>) -> Option<String> {
+    let t = tenant.map_or_else(String::new, |t| t.to_string());
+    let either =
+        |user: &Option<String>, team: &Option<String>| user.clone().or_else(|| team.clone()).unwrap_or_default();
+    Some(match call {
+        IdentityCall::TenantCreate { id, .. } => format!("tenant {id} created"),
+        IdentityCall::TenantUpdate { .. } => format!("tenant {t} updated"),
+        IdentityCall::TenantSuspend => format!("tenant {t} suspended: its credentials are refused until it is resumed"),
+        IdentityCall::TenantResume => format!("tenant {t} resumed"),
+        IdentityCall::TenantDelete { .. } => format!("tenant {t} deleted with everything it owned"),
+        IdentityCall::UserUpdate { user, .. } => format!("user {user} updated"),
+        IdentityCall::UserSetDisabled { user, disabled: true } => format!("user {user} disabled"),
+        IdentityCall::UserSetDisabled { user, disabled: false } => format!("user {user} enabled"),
+        IdentityCall::UserDelete { user } => format!("user {user} deleted"),
+        IdentityCall::UserErase { user } => {
+            format!("user {user} erased: personal data removed; audit entries keep only the pseudonymous id")
+        }
+        IdentityCall::Logout => "logged out".into(),
+        IdentityCall::RoleCreate { name, .. } => format!("role {name} saved"),
+        IdentityCall::RoleDelete { name } => format!("role {name} deleted"),
+        IdentityCall::RoleGrant { role, user, team } => format!("role {role} granted to {}", either(user, team)),
+        IdentityCall::RoleRevoke { role, user, team } => format!("role {role} revoked from {}", either(user, team)),
+        IdentityCall::TeamDelete { team } => format!("team {team} deleted"),
+        IdentityCall::TeamAdd { team, user, subteam } => format!("{} added to {team}", either(user, subteam)),
+        IdentityCall::TeamRemove { team, user, subteam } => format!("{} removed from {team}", either(user, subteam)),
+        IdentityCall::ApiKeyRevoke { key } => format!("API key {key} revoked"),
+        IdentityCall::SessionTerminate { session: Some(s), .. } => format!("session {s} ended"),
+        IdentityCall::SessionTerminate { user: Some(u), .. } => format!("every session of {u} ended"),
+        _ => return None,
     })
 }
 
