@@ -234,6 +234,15 @@ fn authorization_table_for_every_write() {
             row(OPERATOR_ONLY, |_, _| {
                 (
                     Some("acme"),
+                    Op::TenantUpdate { name: None, plan: Some("gold".into()), quotas: QuotasPatch::default() },
+                )
+            }),
+        ),
+        (
+            "tenant.rename",
+            row(&["operator", "owner"], |_, _| {
+                (
+                    Some("acme"),
                     Op::TenantUpdate { name: Some("Acme".into()), plan: None, quotas: QuotasPatch::default() },
                 )
             }),

@@ -757,6 +757,10 @@ impl Op {
                 Some(_) => scoped(perm(Kv, Write)),
                 None => Requirement::Permission(perm(Cluster, Admin), Resource::Cluster),
             },
+            // Owners may rename their tenant; plan and quotas are the operator's.
+            Op::TenantUpdate { name: Some(_), plan: None, quotas } if *quotas == QuotasPatch::default() => {
+                scoped(perm(Tenants, Write))
+            }
             Op::TenantCreate { .. } | Op::TenantDelete | Op::TenantSetSuspended { .. } | Op::TenantUpdate { .. } => {
                 scoped(perm(Tenants, Admin))
             }
