@@ -135,3 +135,54 @@ async fn every_kind_of_bad_input_gets_its_typed_error_and_the_node_keeps_serving
     assert_eq!(client.get("k").await.expect("get").kv.map(|kv| kv.value), Some(b"v2".to_vec()));
     conn.close(0u32.into(), b"done");
 }
+
+fn identity_request(credential: &str, tenant: &str, seq: u64, call: &str) -> pb::Request {
+    pb::Request {
+        credential: credential.to_owned(),
+        client_id: 77,
+        sequence: seq,
+        tenant: tenant.to_owned(),
+        body: Some(pb::request::Body::Identity(pb::IdentityRequest { call: call.as_bytes().to_vec() })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_bad_input_and_a_retried_secret_never_answering_with_a_dead_secret() {
+    let dev = Dev::start(1, &[]);
+    let conn = raw_connection(&dev, 1).await;
+    let cred = credential(&dev);
+    let create = r#"{"op":"tenant_create","id":"acme","name":"Acme","plan":"","quotas":null}"#;
+    let resp = exchange(&conn, &frame(&identity_request(&cred, "", 1, create))).await;
+    assert!(matches!(resp.body, Some(pb::response::Body::Identity(_))), "{resp:?}");
+
+    // Undecodable, unknown and ill-typed calls.
+    for call in ["not json", r#"{"op":"become_root"}"#, r#"{"op":"user_get","user":7}"#] {
+        let (code, msg) = error_code(&exchange(&conn, &frame(&identity_request(&cred, "acme", 0, call))).await);
+        assert_eq!(code, pb::ErrorCode::InvalidArgument, "{call}: {msg}");
+    }
+    let (code, msg) = error_code(&exchange(&conn, &frame(&identity_request(&cred, "Not A Tenant", 0, "{}"))).await);
+    assert_eq!(code, pb::ErrorCode::InvalidArgument, "{msg}");
+
+    // The same API key creation twice (a client retry whose first answer was
+    // lost): applied once, and the retry does not hand out a secret that was
+    // never stored.
+    let key = r#"{"op":"api_key_create","name":"ci","scopes":["kv:*"],"ttl_seconds":null}"#;
+    let first = exchange(&conn, &frame(&identity_request(&cred, "acme", 2, key))).await;
+    let Some(pb::response::Body::Identity(answer)) = first.body else { panic!("{first:?}") };
+    let answer: serde_json::Value = serde_json::from_slice(&answer.answer).expect("json");
+    let secret = answer["secret"].as_str().expect("secret").to_owned();
+    let (code, msg) = error_code(&exchange(&conn, &frame(&identity_request(&cred, "acme", 2, key))).await);
+    assert_eq!(code, pb::ErrorCode::FailedPrecondition, "{msg}");
+    assert!(msg.contains("earlier attempt") && msg.contains("key-"), "{msg}");
+    let mut config = ClientConfig::from_file(dev.client_toml()).expect("config");
+    config.credential = secret;
+    let service = caddy_client::Client::connect(config).await.expect("connect");
+    service.put("k", "v").await.expect("the first answer's key works");
+    let keys = r#"{"op":"api_key_list"}"#;
+    let resp = exchange(&conn, &frame(&identity_request(&cred, "acme", 0, keys))).await;
+    let Some(pb::response::Body::Identity(answer)) = resp.body else { panic!("{resp:?}") };
+    let answer: serde_json::Value = serde_json::from_slice(&answer.answer).expect("json");
+    assert_eq!(answer["keys"].as_array().map(Vec::len), Some(1), "created once: {answer}");
+    service.close().await;
+}

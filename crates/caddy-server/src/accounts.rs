@@ -243,7 +243,8 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
             node.read_barrier().await?;
             let session = sm
                 .login_session(&t, SessionId(id))?
-                .ok_or_else(|| CaddyError::internal("the new session is not visible"))?;
+                .filter(|s| s.token_hash == caddy_core::credential_hash(&token))
+                .ok_or_else(|| lost_secret(&format!("session session-{id}"), "log in again"))?;
             return Ok(IdentityAnswer::Session {
                 tenant: t.to_string(),
                 token,
@@ -267,6 +268,10 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
                 expires_ms,
             };
             let id = created_id(propose(node, &ctx, principal, tenant, op).await?)?;
+            node.read_barrier().await?;
+            if sm.invite_tenant(&caddy_core::credential_hash(&token))?.is_none() {
+                return Err(lost_secret(&format!("invitation invite-{id}"), "create a new invitation"));
+            }
             return Ok(IdentityAnswer::Invitation { id: format!("invite-{id}"), token, expires_ms });
         }
         IdentityCall::InviteAccept { token, display_name, password } => {
@@ -396,9 +401,22 @@ fn done_message(call: &IdentityCall, tenant: Option<&TenantId>) -> Option<String
 
 async fn key_answer(node: &RaftNode, t: &TenantId, id: ApiKeyId, secret: String) -> Result<IdentityAnswer, CaddyError> {
     node.read_barrier().await?;
-    let record =
-        node.state_machine().api_key(t, id)?.ok_or_else(|| CaddyError::internal("the new API key is not visible"))?;
+    let record = node
+        .state_machine()
+        .api_key(t, id)?
+        .filter(|k| k.secret_hash == caddy_core::credential_hash(&secret))
+        .ok_or_else(|| lost_secret(&format!("API key {id}"), &format!("revoke {id} and create a new key")))?;
     Ok(IdentityAnswer::ApiKey { key: key_view(&record, now_ms()), secret })
+}
+
+/// A retried request that creates a secret was applied by an earlier attempt
+/// (exactly once), whose answer, and so the secret shown only once, was lost;
+/// this attempt's secret was never stored.
+fn lost_secret(what: &str, remedy: &str) -> CaddyError {
+    CaddyError::precondition(format!(
+        "{what} was created by an earlier attempt of this request whose answer was lost, \
+         and its secret cannot be shown again: {remedy}"
+    ))
 }
 
 async fn propose(
