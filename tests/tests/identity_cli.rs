@@ -5,40 +5,19 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
-use support::{Dev, bin};
+use support::Dev;
 
-/// `caddyctl --config client.toml ARGS` with `input` on stdin.
 fn ctl_in(dev: &Dev, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bin("caddyctl"))
-        .arg("--config")
-        .arg(dev.client_toml())
-        .args(args)
-        .env_remove("CADDY_CREDENTIALS")
-        .env_remove("CADDY_TENANT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run caddyctl");
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    child.wait_with_output().expect("caddyctl output")
+    dev.ctl_in(args, input)
 }
 
 fn ok_in(dev: &Dev, args: &[&str], input: &str) -> String {
-    let out = ctl_in(dev, args, input);
-    assert!(
-        out.status.success(),
-        "caddyctl {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    dev.ctl_in_ok(args, input)
 }
 
 fn ok(dev: &Dev, args: &[&str]) -> String {

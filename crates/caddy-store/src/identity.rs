@@ -66,6 +66,14 @@ pub(crate) struct TenantRec {
     audit_head: ChainHead,
 }
 
+impl TenantRec {
+    /// The next id of this tenant (one counter for every numbered kind).
+    fn allocate(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
 /// A global index entry: which tenant, which id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ref {
@@ -338,7 +346,7 @@ pub(crate) fn apply_call(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io:
     };
     if !matches!(call.op, Op::ApiKeyTouch { .. }) {
         let caller = caller.as_ref().ok();
-        append_audit(&mut kv.tables.ident, call, caller, &outcome, stamp)?;
+        append_audit(kv.tables, call, caller, &outcome, stamp)?;
     }
     Ok(outcome.map(|d| d.body))
 }
@@ -457,8 +465,7 @@ fn insert_user(
     u: Checked,
     stamp: u64,
 ) -> io::Result<UserId> {
-    rec.next_id += 1;
-    let id = UserId(rec.next_id);
+    let id = UserId(rec.allocate());
     let user = User {
         id,
         email: u.email,
@@ -699,8 +706,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             if get::<SessionRef>(ident, &g_session(token_hash))?.is_some() {
                 return Ok(Err(exists("a session with this token")));
             }
-            rec.next_id += 1;
-            let id = SessionId(rec.next_id);
+            let id = SessionId(rec.allocate());
             let session = Session {
                 id,
                 user: *user,
@@ -752,8 +758,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                     "this tenant has {MAX_PENDING_INVITES} pending invitations (the limit)"
                 ))));
             }
-            rec.next_id += 1;
-            let id = InvitationId(rec.next_id);
+            let id = InvitationId(rec.allocate());
             let invite = Invitation {
                 id,
                 email,
@@ -850,9 +855,10 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             }
         }
         Op::TeamCreate { name } => {
-            let id = TeamId(rec.next_id + 1);
+            // A refused create returns before the tenant record is stored,
+            // so the id is not used up.
+            let id = TeamId(rec.allocate());
             check!(teams.create(id, name, stamp).map(|_| ()));
-            rec.next_id += 1;
             put(ident, &k_teams(t), &teams)?;
             Done::created(id.0, id.to_string())
         }
@@ -887,8 +893,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             }
             check!(rec.tenant.usage.check(&quotas, QuotaKind::ApiKeys, 1));
             check!(check_prefix(ident, prefix)?);
-            rec.next_id += 1;
-            let id = ApiKeyId(rec.next_id);
+            let id = ApiKeyId(rec.allocate());
             let key = ApiKeyRecord {
                 id,
                 name,
@@ -931,8 +936,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             // The old key is revoked when the grace period ends; the new one
             // takes its place in the quota.
             old.revoked_ms = Some(stamp.saturating_add(*grace_ms));
-            rec.next_id += 1;
-            let id = ApiKeyId(rec.next_id);
+            let id = ApiKeyId(rec.allocate());
             let new = ApiKeyRecord {
                 id,
                 prefix: prefix.clone(),
@@ -1049,7 +1053,7 @@ fn resource_label(call: &Call) -> String {
 }
 
 fn append_audit(
-    ident: &mut IdentTable<'_>,
+    tables: &mut crate::state_machine::Tables<'_>,
     call: &Call,
     caller: Option<&Caller>,
     outcome: &Outcome,
@@ -1058,13 +1062,15 @@ fn append_audit(
     // Tenant credentials are accountable in their own tenant's chain, so a
     // refused attempt on another tenant never writes into that tenant's.
     let wanted = caller.and_then(Caller::tenant).or(call.tenant.as_ref());
+    let ident = &mut tables.ident;
     let mut chain_rec = match wanted {
         Some(t) => get::<TenantRec>(ident, &k_tenant(t))?.map(|r| (t.clone(), r)),
         None => None,
     };
-    let head = match &chain_rec {
-        Some((_, r)) => r.audit_head,
-        None => get::<ChainHead>(ident, CLUSTER_AUDIT_HEAD)?.unwrap_or(ChainHead::GENESIS),
+    let head = match (&chain_rec, tables.cluster_audit_head) {
+        (Some((_, r)), _) => r.audit_head,
+        (None, Some(cached)) => cached,
+        (None, None) => get::<ChainHead>(ident, CLUSTER_AUDIT_HEAD)?.unwrap_or(ChainHead::GENESIS),
     };
     let chain_tenant = chain_rec.as_ref().map(|(t, _)| t.clone());
     let mut resource = match outcome {
@@ -1113,7 +1119,19 @@ fn append_audit(
             fresh.audit_head = entry.head();
             put(ident, &k_tenant(t), &fresh)
         }
-        None => put(ident, CLUSTER_AUDIT_HEAD, &entry.head()),
+        None => {
+            // Written once per apply batch (`flush_audit_head`), not per entry.
+            tables.cluster_audit_head = Some(entry.head());
+            Ok(())
+        }
+    }
+}
+
+/// Stores the cluster chain's head if this batch moved it.
+pub(crate) fn flush_audit_head(tables: &mut crate::state_machine::Tables<'_>) -> io::Result<()> {
+    match tables.cluster_audit_head.take() {
+        Some(head) => put(&mut tables.ident, CLUSTER_AUDIT_HEAD, &head),
+        None => Ok(()),
     }
 }
 

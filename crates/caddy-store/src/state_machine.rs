@@ -142,6 +142,9 @@ pub(crate) struct Tables<'t> {
     session_age: Table<'t, (u64, u64), ()>,
     join_tokens: Table<'t, &'static [u8], u64>,
     pub(crate) ident: Table<'t, &'static str, &'static [u8]>,
+    /// The cluster audit chain's head as this batch moved it, stored once at
+    /// the end of the batch ([`crate::identity::flush_audit_head`]).
+    pub(crate) cluster_audit_head: Option<caddy_core::identity::ChainHead>,
 }
 
 impl<'t> Tables<'t> {
@@ -153,6 +156,7 @@ impl<'t> Tables<'t> {
             session_age: txn.open_table(SESSION_AGE).map_err(io_err)?,
             join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
             ident: txn.open_table(IDENT).map_err(io_err)?,
+            cluster_audit_head: None,
         })
     }
 }
@@ -327,6 +331,12 @@ impl StateMachineStore {
         now_ms: u64,
     ) -> Result<(caddy_core::identity::api::Principal, caddy_core::identity::Caller), CaddyError> {
         let admin = self.admin_credential_hash();
+        // The operator needs no lookup: answer without opening a read transaction.
+        if let Some(hash) = &admin
+            && caddy_core::credential_matches(credential, hash)
+        {
+            return Ok((caddy_core::identity::api::Principal::Operator, caddy_core::identity::Caller::Operator));
+        }
         self.with_ident(|t| crate::identity::authenticate(t, admin.as_ref(), credential, now_ms))
     }
 
@@ -541,6 +551,7 @@ impl StateMachineStore {
                     replies.push((responder, reply));
                 }
             }
+            crate::identity::flush_audit_head(&mut tables)?;
             let mut meta_table = txn.open_table(META).map_err(io_err)?;
             meta_table.insert(KEY_STATE, seal(&meta)?.as_slice()).map_err(io_err)?;
         }

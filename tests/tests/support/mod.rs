@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -130,14 +131,30 @@ impl Dev {
 
     /// `caddyctl` that must succeed; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "caddyctl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.ctl(args))
+    }
+
+    /// `caddyctl --config client.toml ARGS` with `input` on stdin (and no
+    /// credentials or tenant from the environment).
+    pub fn ctl_in(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(bin("caddyctl"))
+            .arg("--config")
+            .arg(self.client_toml())
+            .args(args)
+            .env_remove("CADDY_CREDENTIALS")
+            .env_remove("CADDY_TENANT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run caddyctl");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("caddyctl output")
+    }
+
+    /// [`Dev::ctl_in`] that must succeed; returns stdout.
+    pub fn ctl_in_ok(&self, args: &[&str], input: &str) -> String {
+        succeeded(args, self.ctl_in(args, input))
     }
 
     /// Cluster status as JSON.
@@ -270,6 +287,17 @@ impl Dev {
     pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
     }
+}
+
+/// Stdout of a `caddyctl` run that must have succeeded.
+fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "caddyctl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// SIGTERM, wait up to `grace` for a clean exit, then SIGKILL.
