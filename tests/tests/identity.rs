@@ -280,3 +280,119 @@ async fn tenant_credentials_reach_neither_other_tenants_nor_the_cluster() {
         c.close().await;
     }
 }
+
+/// What a request kind must do for a caller: succeed, be refused as
+/// unauthenticated, be refused as not permitted, or (for the operator's
+/// membership changes on a one-node cluster) fail for any reason but those.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Ok,
+    Unauthenticated,
+    Denied,
+    NotRefused,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_table_for_key_value_and_cluster_requests() {
+    let dev = Dev::start(1, &[]);
+    let op = operator(&dev, Some("acme")).await;
+    ok(&op, create_tenant("acme")).await;
+    ok(&op, create_tenant("globex")).await;
+    let mut credentials: Vec<(&str, String, Option<&str>)> = vec![("operator-cluster", String::new(), None)];
+    for role in ["owner", "admin", "editor", "viewer"] {
+        ok(&op, create_user(&format!("{role}@acme.test"), "password-123", &[role])).await;
+        credentials.push((role, login(&dev, "acme", &format!("{role}@acme.test"), "password-123").await, None));
+    }
+    let key = |answer: IdentityAnswer| match answer {
+        IdentityAnswer::ApiKey { key, secret } => (key.id, secret),
+        other => panic!("{other:?}"),
+    };
+    let scopes = vec!["kv:*".to_string()];
+    let (_, live) =
+        key(ok(&op, IdentityCall::ApiKeyCreate { name: "a".into(), scopes: scopes.clone(), ttl_seconds: None }).await);
+    let (dead_id, dead) =
+        key(ok(&op, IdentityCall::ApiKeyCreate { name: "b".into(), scopes, ttl_seconds: None }).await);
+    ok(&op, IdentityCall::ApiKeyRevoke { key: dead_id }).await;
+    credentials.push(("key", live, None));
+    credentials.push(("revoked-key", dead, None));
+    ok(&op, create_user("short@acme.test", "password-123", &["admin"])).await;
+    let anonymous = client_as(&dev, "", Some("acme")).await;
+    let expiring = match ok(
+        &anonymous,
+        IdentityCall::Login { email: "short@acme.test".into(), password: "password-123".into(), ttl_seconds: Some(1) },
+    )
+    .await
+    {
+        IdentityAnswer::Session { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    credentials.push(("expired-session", expiring, None));
+    let globex_op = operator(&dev, Some("globex")).await;
+    ok(&globex_op, create_user("admin@globex.test", "password-123", &["admin"])).await;
+    credentials.push((
+        "other-tenant-admin",
+        login(&dev, "globex", "admin@globex.test", "password-123").await,
+        Some("acme"),
+    ));
+    credentials.push(("anonymous", String::new(), Some("acme")));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    op.put("seed", "v").await.expect("seed");
+
+    let kv_write = |who: &str| match who {
+        "operator-cluster" | "owner" | "admin" | "editor" | "key" => Expect::Ok,
+        "viewer" | "other-tenant-admin" => Expect::Denied,
+        _ => Expect::Unauthenticated,
+    };
+    let kv_read = |who: &str| match who {
+        "viewer" => Expect::Ok,
+        other => kv_write(other),
+    };
+    let cluster = |who: &str| match who {
+        "operator-cluster" => Expect::Ok,
+        "owner" | "admin" | "editor" | "viewer" | "key" | "other-tenant-admin" => Expect::Denied,
+        _ => Expect::Unauthenticated,
+    };
+    let membership = |who: &str| match cluster(who) {
+        Expect::Ok => Expect::NotRefused,
+        other => other,
+    };
+    let admin_credential = ClientConfig::from_file(dev.client_toml()).expect("config").credential;
+    let mut checked = 0;
+    for (who, credential, tenant) in &credentials {
+        let credential = if *who == "operator-cluster" { admin_credential.as_str() } else { credential.as_str() };
+        let c = client_as(&dev, credential, *tenant).await;
+        // The put comes first so that an allowed watch from revision 1 has an event to deliver.
+        let put = c.put("k", "v").await.map(drop);
+        let mut watch = c.watch("", 1);
+        let watched = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("watch answers");
+        let results: Vec<(&str, Expect, Result<(), ClientError>)> = vec![
+            ("put", kv_write(who), put),
+            ("delete", kv_write(who), c.delete("k").await.map(drop)),
+            ("get", kv_read(who), c.get("seed").await.map(drop)),
+            ("list", kv_read(who), c.list("", "", 10, false).await.map(drop)),
+            ("watch", kv_read(who), watched.map(|r| r.map(drop)).unwrap_or(Ok(()))),
+            ("status", cluster(who), c.status().await.map(drop)),
+            ("snapshot", cluster(who), c.snapshot().await.map(drop)),
+            ("join token", cluster(who), c.join_token(60).await.map(drop)),
+            ("backup", cluster(who), c.backup(Vec::new(), |_, _| {}).await.map(drop)),
+            ("remove node", membership(who), c.remove_node(9).await.map(drop)),
+            ("transfer leader", membership(who), c.transfer_leader(9).await.map(drop)),
+        ];
+        for (what, expect, result) in results {
+            let code = result.as_ref().err().map(ClientError::code);
+            let fits = match expect {
+                Expect::Ok => result.is_ok(),
+                Expect::Unauthenticated => code == Some(ErrorCode::Unauthenticated),
+                Expect::Denied => code == Some(ErrorCode::PermissionDenied),
+                Expect::NotRefused => !matches!(code, Some(ErrorCode::Unauthenticated | ErrorCode::PermissionDenied)),
+            };
+            assert!(fits, "{what} as {who}: expected {expect:?}, got {result:?}");
+            checked += 1;
+        }
+        c.close().await;
+    }
+    assert_eq!(checked, credentials.len() * 11);
+    for c in [op, globex_op, anonymous] {
+        c.close().await;
+    }
+}
