@@ -292,17 +292,14 @@ impl Service {
     async fn unary(&self, body: Req, origin: Option<ClientSeq>, asker: &Asker) -> Result<pb::Response, CaddyError> {
         let node = &self.node;
         let ns = asker.namespace();
-        let anonymous_ok = match &body {
-            Req::Identity(i) => matches!(
-                serde_json::from_slice::<serde_json::Value>(&i.call)
-                    .ok()
-                    .as_ref()
-                    .and_then(|v| v.get("op"))
-                    .and_then(|v| v.as_str()),
-                Some("login" | "invite_accept")
+        let identity: Option<IdentityCall> = match &body {
+            Req::Identity(i) => Some(
+                serde_json::from_slice(&i.call)
+                    .map_err(|e| CaddyError::invalid(format!("undecodable identity call: {e}")))?,
             ),
-            _ => false,
+            _ => None,
         };
+        let anonymous_ok = matches!(identity, Some(IdentityCall::Login { .. } | IdentityCall::InviteAccept { .. }));
         if matches!(asker.caller, Caller::Anonymous) && !anonymous_ok {
             return Err(CaddyError::new(
                 ErrorCode::Unauthenticated,
@@ -319,9 +316,8 @@ impl Service {
             }))
         };
         match body {
-            Req::Identity(i) => {
-                let call: IdentityCall = serde_json::from_slice(&i.call)
-                    .map_err(|e| CaddyError::invalid(format!("undecodable identity call: {e}")))?;
+            Req::Identity(_) => {
+                let call = identity.ok_or_else(|| CaddyError::internal("identity call not decoded"))?;
                 let answer = if call.is_read() {
                     node.read_barrier().await?;
                     node.state_machine().identity_read(&asker.caller, asker.tenant.as_ref(), &call, now_ms())?
