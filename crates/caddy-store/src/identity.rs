@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::io_err;
-use crate::state_machine::{KvCtx, kv_delete, kv_put, kv_sizes, open_record, seal};
+use crate::state_machine::{KvCtx, kv_delete, kv_put, open_record, seal};
 
 #[cfg(test)]
 #[path = "identity_tests.rs"]
@@ -518,12 +518,15 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             let full = format!("{ns}{key}");
             // Quotas count the tenant's own key, not the storage prefix.
             let unprefixed = |size: u64| if size == 0 { 0 } else { size.saturating_sub(ns.len() as u64) };
-            let (before, after) = kv_sizes(kv.tables, &full, value)?;
-            let (before, after) = (unprefixed(before), unprefixed(after));
-            if after > before {
-                check!(rec.tenant.usage.check(&quotas, QuotaKind::StorageBytes, after - before));
-            }
-            let body = check!(kv_put(kv, &full, value, *if_revision)?);
+            let usage = rec.tenant.usage;
+            let (mut before, mut after) = (0, 0);
+            let body = check!(kv_put(kv, &full, value, *if_revision, |old, new| {
+                (before, after) = (unprefixed(old), unprefixed(new));
+                match after.checked_sub(before) {
+                    Some(grow) if grow > 0 => usage.check(&quotas, QuotaKind::StorageBytes, grow),
+                    _ => Ok(()),
+                }
+            })?);
             rec.tenant.usage.release(QuotaKind::StorageBytes, before);
             rec.tenant.usage.storage_bytes = rec.tenant.usage.storage_bytes.saturating_add(after);
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
@@ -984,8 +987,10 @@ fn member_label(m: &Member) -> String {
 fn cluster_op(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io::Result<Outcome> {
     let ns = kv_namespace(None);
     match &call.op {
-        Op::KvPut { key, value, if_revision } => Ok(kv_put(kv, &format!("{ns}{key}"), value, *if_revision)?
-            .map(|body| Done { body, resource: None, actor: None })),
+        Op::KvPut { key, value, if_revision } => Ok(kv_put(kv, &format!("{ns}{key}"), value, *if_revision, |_, _| {
+            Ok(())
+        })?
+        .map(|body| Done { body, resource: None, actor: None })),
         Op::KvDelete { key, if_revision } => Ok(kv_delete(kv, &format!("{ns}{key}"), *if_revision)?
             .map(|(body, _)| Done { body, resource: None, actor: None })),
         Op::TenantCreate { id, name, plan, quotas } => {

@@ -776,7 +776,7 @@ fn apply_command(
         }
         Command::KvPut { key, value, if_revision } => {
             let mut kv = KvCtx { tables, meta, history, events };
-            kv_put(&mut kv, key, value, *if_revision)
+            kv_put(&mut kv, key, value, *if_revision, |_, _| Ok(()))
         }
         Command::KvDelete { key, if_revision } => {
             let mut kv = KvCtx { tables, meta, history, events };
@@ -802,12 +802,15 @@ fn footprint(key: &str, value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
 }
 
-/// Puts `key` (a full storage key).
+/// Puts `key` (a full storage key). `admit` sees the pair's quota footprint
+/// before and after (read once, with the record the put needs anyway) and
+/// may refuse the put before anything is written.
 pub(crate) fn kv_put(
     kv: &mut KvCtx<'_, '_>,
     key: &str,
     value: &[u8],
     if_revision: Option<u64>,
+    admit: impl FnOnce(u64, u64) -> Result<(), CaddyError>,
 ) -> io::Result<Result<ReplyBody, CaddyError>> {
     if let Err(e) = check_key(key) {
         return Ok(Err(e));
@@ -824,6 +827,9 @@ pub(crate) fn kv_put(
         && expected != current_rev
     {
         return Ok(Err(cas_failed(key, expected, current_rev)));
+    }
+    if let Err(e) = admit(previous.as_ref().map_or(0, |p| footprint(key, &p.value)), footprint(key, value)) {
+        return Ok(Err(e));
     }
     kv.meta.revision += 1;
     let revision = kv.meta.revision;
@@ -845,12 +851,6 @@ fn kv_stored(tables: &Tables<'_>, key: &str) -> io::Result<Option<StoredKv>> {
         Some(raw) => Ok(Some(open_record("kv record", raw.value())?)),
         None => Ok(None),
     }
-}
-
-/// Size a pair would count against a storage quota if `key` were set to
-/// `value` (and what it counts now).
-pub(crate) fn kv_sizes(tables: &Tables<'_>, key: &str, value: &[u8]) -> io::Result<(u64, u64)> {
-    Ok((kv_stored(tables, key)?.map_or(0, |p| footprint(key, &p.value)), footprint(key, value)))
 }
 
 /// Deletes `key` (a full storage key); the `u64` is the size it counted.
