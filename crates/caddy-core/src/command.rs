@@ -117,6 +117,16 @@ pub enum ReplyBody {
         /// The new ids.
         ids: Vec<u64>,
     },
+    /// A document update was committed (or was already there).
+    DocUpdated {
+        /// The document's change number after it.
+        seq: u64,
+        /// The document's version after it (encoded Loro version vector).
+        #[serde(with = "serde_bytes")]
+        version: Vec<u8>,
+        /// Whether it brought anything new.
+        changed: bool,
+    },
 }
 
 /// What apply returns: deterministic on every replica, so a failed

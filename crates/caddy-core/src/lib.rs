@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod docs;
 pub mod error;
 pub mod identity;
 pub mod kv;

@@ -183,6 +183,11 @@ impl Document {
         self.approx_bytes.load(Ordering::Relaxed)
     }
 
+    /// The document's name (empty if a faulty peer wrote something else).
+    pub fn name(&self) -> String {
+        get_val(&self.doc.get_map(META), K_NAME).as_ref().and_then(as_str).unwrap_or_default().to_owned()
+    }
+
     /// The current content of a text entity.
     pub fn text(&self, id: &str) -> Result<String> {
         let m = self.entity_map(id).ok_or_else(|| unknown("entity", id))?;
@@ -521,6 +526,14 @@ impl Document {
     pub fn includes_version(&self, version: &[u8]) -> Result<bool> {
         let vv = Document::decode_version(version)?;
         Ok(self.doc.oplog_vv().includes_vv(&vv))
+    }
+
+    /// Whether this replica has changes a replica at `version` lacks (what
+    /// a client checks before sending an update).
+    pub fn has_changes_since(&self, version: &[u8]) -> Result<bool> {
+        let vv = Document::decode_version(version)?;
+        self.doc.commit();
+        Ok(!vv.includes_vv(&self.doc.oplog_vv()))
     }
 
     /// The changes this replica has and a replica at `version` lacks, as

@@ -46,7 +46,7 @@ use crate::state_machine::{KvCtx, kv_delete, kv_put, open_record, seal};
 
 #[cfg(test)]
 #[path = "identity_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 type IdentTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
@@ -344,7 +344,11 @@ pub(crate) fn apply_call(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io:
             Ok(()) => execute(kv, call, caller, stamp)?,
         },
     };
-    if !matches!(call.op, Op::ApiKeyTouch { .. }) {
+    // Key touches are bookkeeping; committed document updates are recorded
+    // in the document's history (refused ones are audited).
+    let quiet =
+        matches!(call.op, Op::ApiKeyTouch { .. }) || (matches!(call.op, Op::DocUpdate { .. }) && outcome.is_ok());
+    if !quiet {
         let caller = caller.as_ref().ok();
         append_audit(kv.tables, call, caller, &outcome, stamp)?;
     }
@@ -539,6 +543,24 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
             return Ok(Ok(Done { body, resource: None, actor: None }));
         }
+        Op::DocCreate { .. }
+        | Op::DocUpdate { .. }
+        | Op::DocRename { .. }
+        | Op::DocSetDeleted { .. }
+        | Op::DocTag { .. } => {
+            let mut usage = rec.tenant.usage;
+            let mut next_id = rec.next_id;
+            let ctx = crate::docs::DocCtx { tenant: t, caller, quotas, usage: &mut usage, stamp };
+            let done = check!(crate::docs::apply(kv.tables, ctx, &call.op, || {
+                next_id += 1;
+                next_id
+            })?);
+            rec.tenant.usage = usage;
+            rec.next_id = next_id;
+            put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
+            let body = done.body;
+            return Ok(Ok(Done { body, resource: Some(done.resource), actor: None }));
+        }
         Op::TenantCreate { .. } => return Ok(Err(CaddyError::invalid("tenant create is a cluster-level call"))),
         Op::TenantUpdate { name, plan, quotas } => {
             let name = match name {
@@ -586,6 +608,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             for key in kv_keys {
                 kv.tables.kv.remove(key.as_str()).map_err(io_err)?;
             }
+            crate::docs::delete_tenant_docs(kv.tables, t)?;
             del(&mut kv.tables.ident, &k_tenant(t))?;
             return Ok(Ok(Done::ok()));
         }
@@ -1054,6 +1077,9 @@ fn resource_label(call: &Call) -> String {
         Op::TeamDelete { team } | Op::TeamAdd { team, .. } | Op::TeamRemove { team, .. } => team.to_string(),
         Op::ApiKeyCreate { .. } => "apikey".into(),
         Op::ApiKeyRevoke { key } | Op::ApiKeyRotate { key, .. } | Op::ApiKeyTouch { key } => key.to_string(),
+        Op::DocCreate { .. } => "docs".into(),
+        Op::DocUpdate { doc, .. } | Op::DocRename { doc, .. } | Op::DocSetDeleted { doc, .. } => doc.to_string(),
+        Op::DocTag { doc, name, .. } => format!("{doc} tag {name}"),
     }
 }
 

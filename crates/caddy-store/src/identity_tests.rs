@@ -17,16 +17,16 @@ use crate::StateMachineStore;
 use crate::backend::Disk;
 use crate::types::Entry;
 
-const ADMIN: &str = "caddy_admin_identity_test";
+pub(crate) const ADMIN: &str = "caddy_admin_identity_test";
 
-struct H {
-    _dir: tempfile::TempDir,
-    sm: StateMachineStore,
+pub(crate) struct H {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) sm: StateMachineStore,
     index: u64,
-    now: u64,
+    pub(crate) now: u64,
 }
 
-fn t(s: &str) -> TenantId {
+pub(crate) fn t(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
 }
 
@@ -39,7 +39,7 @@ fn new_user(email: &str, role: &[&str]) -> NewUser {
 }
 
 impl H {
-    fn new() -> H {
+    pub(crate) fn new() -> H {
         let dir = tempfile::tempdir().unwrap();
         let sm = StateMachineStore::open(&Disk::Dir(dir.path().to_path_buf())).unwrap();
         let mut h = H { _dir: dir, sm, index: 0, now: 1_000_000 };
@@ -71,12 +71,12 @@ impl H {
 
     /// Proposes `op` as the holder of `credential` would (the serving node
     /// resolves the credential to a principal first).
-    fn call(&mut self, credential: &str, tenant: Option<&str>, op: Op) -> Result<ReplyBody, CaddyError> {
+    pub(crate) fn call(&mut self, credential: &str, tenant: Option<&str>, op: Op) -> Result<ReplyBody, CaddyError> {
         let principal = self.sm.authenticate(credential, self.now)?.0;
         self.as_principal(principal, tenant, op)
     }
 
-    fn op(&mut self, tenant: Option<&str>, op: Op) -> ReplyBody {
+    pub(crate) fn op(&mut self, tenant: Option<&str>, op: Op) -> ReplyBody {
         self.call(ADMIN, tenant, op).unwrap()
     }
 
@@ -85,11 +85,11 @@ impl H {
         self.sm.identity_read(&caller, tenant.map(t).as_ref(), &call, self.now)
     }
 
-    fn tenant(&mut self, id: &str, quotas: Quotas) {
+    pub(crate) fn tenant(&mut self, id: &str, quotas: Quotas) {
         self.op(None, Op::TenantCreate { id: t(id), name: id.into(), plan: String::new(), quotas });
     }
 
-    fn user(&mut self, tenant: &str, email: &str, role: &[&str]) -> UserId {
+    pub(crate) fn user(&mut self, tenant: &str, email: &str, role: &[&str]) -> UserId {
         match self.op(Some(tenant), Op::UserCreate(new_user(email, role))) {
             ReplyBody::Created { id } => UserId(id),
             other => panic!("{other:?}"),
@@ -97,7 +97,7 @@ impl H {
     }
 
     /// A session token for `user`, as a login would create it.
-    fn login(&mut self, tenant: &str, user: UserId, ttl_ms: u64) -> String {
+    pub(crate) fn login(&mut self, tenant: &str, user: UserId, ttl_ms: u64) -> String {
         let token = format!("cs_{tenant}_{}_{}", user.0, self.index);
         let op = Op::SessionCreate { user, token_hash: credential_hash(&token), expires_ms: self.now + ttl_ms };
         self.as_principal(Principal::Password { tenant: t(tenant), user }, Some(tenant), op).unwrap();
@@ -120,7 +120,7 @@ impl H {
         }
     }
 
-    fn audit(&self, tenant: Option<&str>) -> Vec<caddy_core::identity::api::AuditView> {
+    pub(crate) fn audit(&self, tenant: Option<&str>) -> Vec<caddy_core::identity::api::AuditView> {
         let call = IdentityCall::AuditList {
             actor: None,
             action: None,

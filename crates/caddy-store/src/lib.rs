@@ -20,12 +20,14 @@
 //! error, which stops the node instead of applying or serving bad data.
 
 pub mod backend;
+pub mod docs;
 pub mod identity;
 mod log_store;
 mod snapshot;
 mod state_machine;
 pub mod types;
 
+pub use docs::DocCommitted;
 pub use log_store::{FlushMode, LogStore};
 pub use snapshot::{SnapshotError, SnapshotInfo, read_snapshot_meta, verify_snapshot_file};
 pub use state_machine::{ApplyEvent, StateMachineStore, WatchMessage};

@@ -104,6 +104,8 @@ pub enum SnapshotRecord {
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
     /// An identity record (see [`crate::identity`]).
     Ident(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// A document record (see [`crate::docs`]).
+    Doc(String, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A snapshot file on disk with its metadata.

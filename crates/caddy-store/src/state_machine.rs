@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::backend::Disk;
+use crate::docs::{DOCS, DocCommitted, DocRuntime};
 use crate::snapshot::{
     ClusterInfo, SmMeta, SnapshotError, SnapshotInfo, SnapshotReader, SnapshotRecord, SnapshotWriter, sync_dir,
     verify_snapshot_file,
@@ -105,6 +106,7 @@ struct SmInner {
     current_snapshot: Mutex<Option<SnapshotInfo>>,
     applied_tx: watch::Sender<ApplyEvent>,
     events: broadcast::Sender<WatchMessage>,
+    docs: DocRuntime,
 }
 
 /// Handle to the state machine; cheap to clone.
@@ -145,11 +147,22 @@ pub(crate) struct Tables<'t> {
     /// The cluster audit chain's head as this batch moved it, stored once at
     /// the end of the batch ([`crate::identity::flush_audit_head`]).
     pub(crate) cluster_audit_head: Option<caddy_core::identity::ChainHead>,
+    /// Documents ([`crate::docs`]).
+    pub(crate) docs: Table<'t, &'static str, &'static [u8]>,
+    pub(crate) doc_runtime: &'t DocRuntime,
+    /// Document changes this batch committed, published after the commit.
+    pub(crate) doc_events: Vec<DocCommitted>,
+    /// Documents this batch made due for compaction.
+    pub(crate) doc_compactions: Vec<(caddy_core::identity::TenantId, caddy_core::docs::DocId)>,
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> io::Result<Self> {
+    fn open(txn: &'t WriteTransaction, doc_runtime: &'t DocRuntime) -> io::Result<Self> {
         Ok(Self {
+            docs: txn.open_table(DOCS).map_err(io_err)?,
+            doc_runtime,
+            doc_events: Vec::new(),
+            doc_compactions: Vec::new(),
             kv: txn.open_table(KV).map_err(io_err)?,
             events: txn.open_table(EVENTS).map_err(io_err)?,
             sessions: txn.open_table(SESSIONS).map_err(io_err)?,
@@ -169,8 +182,9 @@ impl StateMachineStore {
         let snapshot_dir = disk.snapshot_dir();
         std::fs::create_dir_all(&snapshot_dir)?;
         let txn = db.begin_write().map_err(|e| StoreError::Storage(e.to_string()))?;
+        let doc_runtime = DocRuntime::new();
         {
-            let _ = Tables::open(&txn)?;
+            let _ = Tables::open(&txn, &doc_runtime)?;
             txn.open_table(META).map_err(|e| StoreError::Storage(e.to_string()))?;
         }
         txn.commit().map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -188,7 +202,7 @@ impl StateMachineStore {
             revision: meta.revision,
         });
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(SmInner {
                 db,
                 event_history: std::sync::atomic::AtomicU64::new(limits::EVENT_HISTORY),
@@ -198,8 +212,68 @@ impl StateMachineStore {
                 current_snapshot: Mutex::new(current),
                 applied_tx,
                 events,
+                docs: doc_runtime,
             }),
-        })
+        };
+        store.start_compactor()?;
+        Ok(store)
+    }
+
+    /// Starts the background thread that compacts documents, which lives as
+    /// long as this state machine.
+    fn start_compactor(&self) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(caddy_core::identity::TenantId, caddy_core::docs::DocId)>(256);
+        self.inner.docs.set_compactor(tx);
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new().name("doc-compactor".into()).spawn(move || {
+            while let Ok((tenant, doc)) = rx.recv() {
+                let Some(inner) = weak.upgrade() else { break };
+                let started = std::time::Instant::now();
+                match crate::docs::compact(&inner.db, &tenant, doc) {
+                    Ok(done) => {
+                        if done {
+                            metrics::histogram!("caddy_doc_compaction_seconds").record(started.elapsed().as_secs_f64());
+                        }
+                    }
+                    Err(e) => tracing::error!(%tenant, %doc, error = %e, "document compaction failed"),
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Follows committed document changes (for document watchers).
+    pub fn subscribe_docs(&self) -> broadcast::Receiver<Arc<DocCommitted>> {
+        self.inner.docs.subscribe()
+    }
+
+    /// Answers a read-only document call for `tenant` (authorize first):
+    /// the answer and its payload bytes.
+    pub fn doc_read(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        call: &caddy_core::docs::DocCall,
+    ) -> Result<(caddy_core::docs::DocAnswer, Vec<u8>), CaddyError> {
+        let run = || -> io::Result<Result<_, CaddyError>> {
+            let txn = self.inner.db.begin_read().map_err(io_err)?;
+            let table = txn.open_table(DOCS).map_err(io_err)?;
+            crate::docs::read(&table, &self.inner.docs, tenant, call)
+        };
+        run().map_err(|e| CaddyError::internal(format!("reading documents: {e}")))?
+    }
+
+    /// A document's record.
+    pub fn doc_info(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        doc: caddy_core::docs::DocId,
+    ) -> Result<caddy_core::docs::DocInfo, CaddyError> {
+        let run = || -> io::Result<Result<_, CaddyError>> {
+            let txn = self.inner.db.begin_read().map_err(io_err)?;
+            let table = txn.open_table(DOCS).map_err(io_err)?;
+            crate::docs::read_info(&table, tenant, doc)
+        };
+        run().map_err(|e| CaddyError::internal(format!("reading documents: {e}")))?
     }
 
     /// Sets how many watch events are retained (at least 1).
@@ -444,6 +518,10 @@ impl StateMachineStore {
             let (k, v) = item.map_err(io_err)?;
             writer.push(&SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
         }
+        for item in txn.open_table(DOCS).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
+        }
         let size = writer.finish()?;
         Ok((meta, size))
     }
@@ -468,7 +546,9 @@ impl StateMachineStore {
             txn.delete_table(SESSION_AGE).map_err(io_err)?;
             txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
             txn.delete_table(IDENT).map_err(io_err)?;
-            let mut tables = Tables::open(&txn)?;
+            txn.delete_table(DOCS).map_err(io_err)?;
+            self.inner.docs.clear();
+            let mut tables = Tables::open(&txn, &self.inner.docs)?;
             let mut first = true;
             while let Some(record) = reader.next_record()? {
                 match record {
@@ -491,6 +571,9 @@ impl StateMachineStore {
                     SnapshotRecord::Ident(k, v) => {
                         tables.ident.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
                     }
+                    SnapshotRecord::Doc(k, v) => {
+                        tables.docs.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+                    }
                 }
                 first = false;
             }
@@ -498,6 +581,8 @@ impl StateMachineStore {
             meta_table.insert(KEY_STATE, seal(&header)?.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)?;
+        // Apply may have loaded documents between the clear and the commit.
+        self.inner.docs.clear();
         *lock(&self.inner.meta) = header.clone();
         self.publish_applied();
         let _ = self.inner.events.send(WatchMessage::Reset { revision: header.revision });
@@ -533,8 +618,9 @@ impl StateMachineStore {
             self.inner.since_durable.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(io_err)?;
+        let doc_out;
         {
-            let mut tables = Tables::open(&txn)?;
+            let mut tables = Tables::open(&txn, &self.inner.docs)?;
             for (entry, responder) in batch {
                 let reply = match entry.payload {
                     EntryPayload::Blank => Reply::default(),
@@ -552,6 +638,7 @@ impl StateMachineStore {
                 }
             }
             crate::identity::flush_audit_head(&mut tables)?;
+            doc_out = (std::mem::take(&mut tables.doc_events), std::mem::take(&mut tables.doc_compactions));
             let mut meta_table = txn.open_table(META).map_err(io_err)?;
             meta_table.insert(KEY_STATE, seal(&meta)?.as_slice()).map_err(io_err)?;
         }
@@ -562,6 +649,7 @@ impl StateMachineStore {
         for event in events {
             let _ = self.inner.events.send(WatchMessage::Event(Arc::new(event)));
         }
+        self.inner.docs.publish(doc_out.0, doc_out.1);
         metrics::histogram!("caddy_apply_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("caddy_applied_commands_total").increment(applied as u64);
         Ok(replies)

@@ -24,6 +24,7 @@ use super::ids::{ApiKeyId, RoleName, SessionId, TeamId, TenantId, UserId};
 use super::permissions::{Action, Permission, ResourceKind};
 use super::quota::{Quotas, Usage};
 use super::teams::Member;
+use crate::docs::{DocBounds, DocId};
 
 /// Most users in one import batch (one Raft entry; all or nothing).
 pub const MAX_IMPORT_BATCH: usize = 100;
@@ -691,6 +692,31 @@ pub enum Op {
     ApiKeyTouch {
         key: ApiKeyId,
     },
+    DocCreate {
+        name: String,
+        units: Option<String>,
+    },
+    /// Commits Loro update bytes to a document (audited only when refused:
+    /// the document's history records every committed update).
+    DocUpdate {
+        doc: DocId,
+        #[serde(with = "serde_bytes")]
+        update: Vec<u8>,
+        bounds: DocBounds,
+    },
+    DocRename {
+        doc: DocId,
+        name: String,
+    },
+    DocSetDeleted {
+        doc: DocId,
+        deleted: bool,
+    },
+    DocTag {
+        doc: DocId,
+        name: String,
+        at: Option<u64>,
+    },
 }
 
 /// What authorization an [`Op`] needs.
@@ -741,6 +767,12 @@ impl Op {
             Op::ApiKeyRevoke { .. } => "apikey.revoke",
             Op::ApiKeyRotate { .. } => "apikey.rotate",
             Op::ApiKeyTouch { .. } => "apikey.touch",
+            Op::DocCreate { .. } => "doc.create",
+            Op::DocUpdate { .. } => "doc.update",
+            Op::DocRename { .. } => "doc.rename",
+            Op::DocSetDeleted { deleted: true, .. } => "doc.delete",
+            Op::DocSetDeleted { deleted: false, .. } => "doc.restore",
+            Op::DocTag { .. } => "doc.tag",
         }
     }
 
@@ -777,6 +809,13 @@ impl Op {
             }
             Op::ApiKeyCreate { .. } | Op::ApiKeyRevoke { .. } | Op::ApiKeyRotate { .. } => scoped(perm(ApiKeys, Write)),
             Op::SessionCreate { .. } | Op::InviteAccept { .. } | Op::ApiKeyTouch { .. } => Requirement::OwnProof,
+            // Deleting and restoring also need ownership or docs:admin
+            // (checked in apply, where the document's owner is known).
+            Op::DocCreate { .. }
+            | Op::DocUpdate { .. }
+            | Op::DocRename { .. }
+            | Op::DocSetDeleted { .. }
+            | Op::DocTag { .. } => scoped(perm(Docs, Write)),
         }
     }
 }
