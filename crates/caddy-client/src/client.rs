@@ -65,6 +65,8 @@ struct Inner {
     /// (`usize::MAX` when none); taken by the next successful request.
     leader_hint: AtomicUsize,
     lanes: Arc<LanePool>,
+    /// Names this client in document presence (random, never 0).
+    presence_id: u64,
 }
 
 impl Drop for Inner {
@@ -124,6 +126,7 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
         Resp::JoinToken(_) => "join_token",
         Resp::BackupChunk(_) => "backup_chunk",
         Resp::Identity(_) => "identity",
+        Resp::Doc(_) => "doc",
     }
 }
 
@@ -174,6 +177,7 @@ impl Client {
                 preferred: AtomicUsize::new(0),
                 leader_hint: AtomicUsize::new(usize::MAX),
                 lanes: LanePool::new(),
+                presence_id: rand::random::<u64>() | 1,
             }),
         })
     }
@@ -433,12 +437,24 @@ impl Client {
     /// Sends one request and returns the answer's body (never an `Error`
     /// body: those become `ClientError::Server`). Writes take a lane.
     async fn call(&self, body: Req, write: bool) -> Result<Resp, ClientError> {
+        self.call_stream(body, write, None).await.map(|(body, _)| body)
+    }
+
+    /// [`Self::call`], also returning the stream for further answer frames.
+    /// Reads carry `read_client_id` when given (presence names its client).
+    pub(crate) async fn call_stream(
+        &self,
+        body: Req,
+        write: bool,
+        read_client_id: Option<u64>,
+    ) -> Result<(Resp, quinn::RecvStream), ClientError> {
         let guard = write.then(|| self.inner.lanes.acquire());
-        let (client_id, sequence) = guard.as_ref().map_or((0, 0), |g| (g.lane().client_id, g.lane().sequence));
+        let (client_id, sequence) =
+            guard.as_ref().map_or((read_client_id.unwrap_or(0), 0), |g| (g.lane().client_id, g.lane().sequence));
         let req = self.request(body, client_id, sequence);
         let result = match self.open(&req, true).await {
             Ok((Some(Resp::Error(err)), _)) => Err(ClientError::from_pb(err)),
-            Ok((Some(body), _)) => Ok(body),
+            Ok((Some(body), recv)) => Ok((body, recv)),
             Ok((None, _)) => Err(ClientError::Protocol("response without a body".into())),
             Err(e) => Err(e),
         };
@@ -453,6 +469,22 @@ impl Client {
             }
         }
         result
+    }
+
+    /// Sends a streaming request (nothing read yet), with failover.
+    pub(crate) async fn open_stream(&self, body: Req) -> Result<quinn::RecvStream, ClientError> {
+        let req = self.request(body, 0, 0);
+        let (_, recv) = self.open(&req, false).await?;
+        Ok(recv)
+    }
+
+    /// This client's id in document presence.
+    pub fn presence_id(&self) -> u64 {
+        self.inner.presence_id
+    }
+
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.max_frame()
     }
 
     /// Opens a watch stream (request sent, nothing read yet), with failover.

@@ -33,6 +33,9 @@ pub enum ClientError {
     /// A local I/O failure (e.g. writing a backup).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A local document operation failed (bad edit, undecodable bytes).
+    #[error("document: {0}")]
+    Document(String),
 }
 
 impl ClientError {
@@ -45,6 +48,7 @@ impl ClientError {
             ClientError::Unavailable(_) => ErrorCode::Unavailable,
             ClientError::Config(_) => ErrorCode::InvalidArgument,
             ClientError::Protocol(_) | ClientError::Io(_) => ErrorCode::Internal,
+            ClientError::Document(_) => ErrorCode::InvalidArgument,
         }
     }
 

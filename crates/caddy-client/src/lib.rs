@@ -23,6 +23,7 @@
 
 mod client;
 mod config;
+mod docs;
 mod error;
 mod lanes;
 pub mod loadgen;
@@ -31,10 +32,13 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
+pub use caddy_core::docs as doc_api;
 pub use caddy_core::identity::api as identity;
+pub use caddy_doc;
 pub use caddy_wire::pb;
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
+pub use docs::{DocChange, DocHandle, DocWatch, MAX_DOC_PAYLOAD, SyncReport};
 pub use error::{ClientError, ErrorCode};
 pub use loadgen::LoadReport;
 pub use watch::WatchStream;

@@ -159,6 +159,9 @@ struct NodeInner {
     peers: Option<Arc<PeerClients>>,
     tls: Option<NodeTls>,
     timing: RaftTiming,
+    /// Ephemeral messages from peers (document presence), for this node's
+    /// local subscribers.
+    gossip: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
 }
 
 /// A running member; cheap to clone.
@@ -166,6 +169,11 @@ struct NodeInner {
 pub struct RaftNode {
     inner: Arc<NodeInner>,
 }
+
+/// Ephemeral peer messages buffered for slow local subscribers.
+const GOSSIP_CHANNEL: usize = 1024;
+/// How long a gossip send may take before it is dropped.
+const GOSSIP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -217,8 +225,42 @@ impl RaftNode {
                 peers,
                 tls,
                 timing,
+                gossip: tokio::sync::broadcast::channel(GOSSIP_CHANNEL).0,
             }),
         })
+    }
+
+    /// Follows ephemeral messages received from peers.
+    pub fn subscribe_gossip(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<u8>>> {
+        self.inner.gossip.subscribe()
+    }
+
+    /// Hands a message received from a peer to local subscribers.
+    pub fn deliver_gossip(&self, data: Vec<u8>) {
+        let _ = self.inner.gossip.send(Arc::new(data));
+    }
+
+    /// Sends an ephemeral message to every other member, best effort and
+    /// without waiting: a member that is down misses it (presence is
+    /// refreshed by its sender and expires on its own).
+    pub fn gossip(&self, data: Vec<u8>) {
+        let Some(peers) = self.inner.peers.clone() else { return };
+        let me = self.inner.id;
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let data = Arc::new(data);
+        for (id, node) in m.membership_config.membership().nodes() {
+            if *id == me {
+                continue;
+            }
+            let (peers, addr, data) = (peers.clone(), node.raft_addr.clone(), data.clone());
+            tokio::spawn(async move {
+                let Ok(mut client) = peers.client(&addr) else { return };
+                let sent = tokio::time::timeout(GOSSIP_TIMEOUT, client.gossip(pb::Blob { data: data.to_vec() })).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    metrics::counter!("caddy_gossip_failed_total").increment(1);
+                }
+            });
+        }
     }
 
     /// This node's id.

@@ -178,6 +178,12 @@ impl Peer for PeerService {
         Ok(Response::new(pb::AddMemberResponse { voters: view.voters, learners: view.learners }))
     }
 
+    async fn gossip(&self, req: Request<pb::Blob>) -> Result<Response<pb::Empty>, Status> {
+        require_peer(&req)?;
+        self.node.deliver_gossip(req.into_inner().data);
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn identify(&self, req: Request<pb::Empty>) -> Result<Response<pb::AddMemberRequest>, Status> {
         require_peer(&req)?;
         let node = self.node.self_node();

@@ -116,6 +116,14 @@ pub struct Limits {
     pub invite_ttl_secs: u64,
     /// How long a rotated API key keeps working unless the rotation says, in seconds.
     pub key_rotation_grace_secs: u64,
+    /// Largest document update a client may send, in bytes.
+    pub doc_max_update_bytes: u64,
+    /// Largest document, in bytes of committed updates (its whole history).
+    pub doc_max_document_bytes: u64,
+    /// Most entities in one document, deleted ones included.
+    pub doc_max_entities: u64,
+    /// A presence not refreshed within this time expires, in milliseconds.
+    pub presence_ttl_ms: u64,
 }
 
 /// Log output.
@@ -177,6 +185,10 @@ impl Default for Limits {
             session_ttl_secs: 24 * 3600,
             invite_ttl_secs: 7 * 24 * 3600,
             key_rotation_grace_secs: 24 * 3600,
+            doc_max_update_bytes: 1024 * 1024,
+            doc_max_document_bytes: 256 * 1024 * 1024,
+            doc_max_entities: 1_000_000,
+            presence_ttl_ms: 15_000,
         }
     }
 }
@@ -221,6 +233,12 @@ impl Config {
         }
         if self.limits.max_frame_bytes < self.limits.max_value_bytes + self.limits.max_key_bytes + 1024 {
             bail!("limits.max_frame_bytes must exceed max_value_bytes + max_key_bytes by at least 1 KiB");
+        }
+        if (self.limits.max_frame_bytes as u64) < self.limits.doc_max_update_bytes + 64 * 1024 {
+            bail!("limits.max_frame_bytes must exceed doc_max_update_bytes by at least 64 KiB");
+        }
+        if self.limits.presence_ttl_ms < 1000 {
+            bail!("limits.presence_ttl_ms must be at least 1000");
         }
         if self.cluster.bootstrap && !self.cluster.join.is_empty() {
             bail!("cluster.bootstrap and cluster.join are mutually exclusive");

@@ -57,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.join("backups"),
         shutdown_rx.clone(),
     ));
+    tokio::spawn(service.presence().clone().run(node.clone(), shutdown_rx.clone()));
     let endpoint = quic::bind(parse(&config.listen.client, "client")?, &tls, &service)?;
     let quic_task = tokio::spawn(quic::serve(endpoint, service, shutdown_rx.clone(), Duration::from_secs(10)));
     let admin_task =

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, broadcast};
 
 use crate::accounts::{KeyTouches, WriteCtx, now_ms};
 use crate::config::Limits;
+use crate::presence::PresenceHub;
 
 /// Shared state of the client-facing service.
 pub struct Service {
@@ -27,18 +28,30 @@ pub struct Service {
     backup_dir: std::path::PathBuf,
     shutdown: tokio::sync::watch::Receiver<bool>,
     touches: KeyTouches,
+    presence: PresenceHub,
 }
 
 /// Who is asking, for which tenant, from where.
-struct Asker {
-    principal: Principal,
-    caller: Caller,
-    tenant: Option<TenantId>,
-    request_id: String,
-    client_addr: String,
+pub(crate) struct Asker {
+    pub(crate) principal: Principal,
+    pub(crate) caller: Caller,
+    pub(crate) tenant: Option<TenantId>,
+    pub(crate) request_id: String,
+    pub(crate) client_addr: String,
 }
 
 impl Asker {
+    /// The Raft command for `op` on behalf of this asker.
+    pub(crate) fn call(&self, op: Op) -> Command {
+        Command::Call(Box::new(Call {
+            principal: self.principal.clone(),
+            tenant: self.tenant.clone(),
+            request_id: self.request_id.clone(),
+            client_addr: self.client_addr.clone(),
+            op,
+        }))
+    }
+
     /// The storage prefix of the key-value namespace this request acts on.
     fn namespace(&self) -> String {
         caddy_store::identity::kv_namespace(self.tenant.as_ref())
@@ -167,6 +180,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::JoinToken(_)) => "join_token",
         Some(Req::Backup(_)) => "backup",
         Some(Req::Identity(_)) => "identity",
+        Some(Req::Doc(_)) => "doc",
     }
 }
 
@@ -180,7 +194,15 @@ impl Service {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let watches = Arc::new(Semaphore::new(limits.max_watches));
-        Self { node, limits, watches, backup_dir, shutdown, touches: KeyTouches::default() }
+        Self {
+            node,
+            limits,
+            watches,
+            backup_dir,
+            shutdown,
+            touches: KeyTouches::default(),
+            presence: PresenceHub::default(),
+        }
     }
 
     /// Limits in force.
@@ -188,8 +210,31 @@ impl Service {
         &self.limits
     }
 
+    pub(crate) fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// This node's document presence table.
+    pub fn presence(&self) -> &PresenceHub {
+        &self.presence
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// One of this node's bounded watch slots (key-value and document watches).
+    pub(crate) fn watch_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CaddyError> {
+        self.watches.clone().try_acquire_owned().map_err(|_| {
+            CaddyError::exhausted(format!(
+                "this node serves at most {} watches; try another node",
+                self.limits.max_watches
+            ))
+        })
+    }
+
     /// The leader's client address when this node is not the leader.
-    fn leader_client_addr(&self) -> String {
+    pub(crate) fn leader_client_addr(&self) -> String {
         match self.node.leader() {
             Some((id, node)) if id != self.node.id() => node.client_addr,
             _ => String::new(),
@@ -278,6 +323,7 @@ impl Service {
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
         match body {
             Req::Watch(w) => return self.watch(w, &asker, out).await.map(|()| None),
+            Req::Doc(d) => return self.doc(d, origin, req.client_id, &asker, out).await.map(|()| None),
             Req::Backup(_) => {
                 asker.authorize_cluster()?;
                 return self.backup(out).await.map(|()| None);
@@ -389,7 +435,9 @@ impl Service {
                 let kvs = kvs.into_iter().map(|kv| kv_to_pb(strip_namespace(kv, &ns))).collect();
                 ok(Resp::List(pb::ListResponse { kvs, more, revision }))
             }
-            Req::Watch(_) | Req::Backup(_) => Err(CaddyError::internal("streaming request routed as unary")),
+            Req::Watch(_) | Req::Backup(_) | Req::Doc(_) => {
+                Err(CaddyError::internal("streaming request routed as unary"))
+            }
             cluster => {
                 asker.authorize_cluster()?;
                 self.cluster_op(cluster).await
@@ -525,12 +573,7 @@ impl Service {
             e.kv = strip_namespace(e.kv, &ns);
             event_to_pb(&e)
         };
-        let _permit = self.watches.clone().try_acquire_owned().map_err(|_| {
-            CaddyError::exhausted(format!(
-                "this node serves at most {} watches; try another node",
-                self.limits.max_watches
-            ))
-        })?;
+        let _permit = self.watch_permit()?;
         let sm = self.node.state_machine();
         // Subscribe before reading history, so no event falls between the two.
         let mut live = sm.subscribe_events();
