@@ -215,6 +215,22 @@ async fn watches_resume_and_bad_requests_are_typed_and_harmless() {
     replica.import(&bytes).expect("import");
     assert_eq!(replica.resolve(), handle.resolve());
 
+    // Undo takes back one's own edit, never someone else's.
+    let other = editor.doc_open(&id).await.expect("second replica");
+    let theirs = other.edit(|d| d.add_circle("0", [5.0, 5.0], 1.0)).expect("circle");
+    other.push().await.expect("push");
+    handle.pull().await.expect("pull");
+    let mine = handle.edit(|d| d.add_circle("0", [9.0, 9.0], 2.0)).expect("circle");
+    assert!(handle.undo().expect("undo"));
+    handle.push().await.expect("push");
+    other.pull().await.expect("pull");
+    for replica in [&handle, &other] {
+        let ids = live_ids(replica);
+        assert!(ids.contains(&theirs) && !ids.contains(&mine), "{ids:?}");
+    }
+    assert!(handle.redo().expect("redo"));
+    assert!(live_ids(&handle).contains(&mine));
+
     // Bad requests: typed errors, document unchanged.
     let before = editor.doc_info(&id).await.expect("info");
     let update = DocCall::Update { doc: id.clone() };

@@ -6,7 +6,9 @@
 //! This crate owns: the client configuration file format
 //! ([`ClientConfig`]), the connection cache and retry policy ([`Client`]),
 //! exactly-once write lanes, resumable watches ([`WatchStream`]), streamed
-//! backups, and a small closed-loop load generator ([`loadgen`]).
+//! backups, a small closed-loop load generator ([`loadgen`]), and CAD
+//! documents: calls, live document streams ([`DocWatch`]) and local
+//! replicas that edit offline and sync ([`DocHandle`]).
 //!
 //! Invariants:
 //! - Every write (put, delete, membership and admin mutations) is sent with a

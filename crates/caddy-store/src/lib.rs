@@ -1,6 +1,7 @@
 //! Durable storage for a CADDY node: the Raft log, the replicated state
 //! machine (the key-value namespace, watch history, client sessions, cluster
-//! credentials) and its snapshots, all on redb.
+//! credentials, identity records, CAD documents) and its snapshots, all on
+//! redb.
 //!
 //! Durability contract (what openraft relies on):
 //! - A vote is fsynced before `save_vote` returns.
