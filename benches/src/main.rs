@@ -8,11 +8,17 @@
 //!   measured by the same code;
 //! - `failover`: leader `kill -9` rounds under a steady write load;
 //! - `rss`: resident memory of a set of PIDs;
-//! - `report`: turns the collected lines into the results table and JSON.
+//! - `report`: turns the collected lines into the results table and JSON;
+//! - `doc`: the cost of the `caddy-doc` layer over raw Loro (merge, memory,
+//!   an editing trace), in process, no cluster;
+//! - `fanout`: document updates committed per second and delivered to N
+//!   subscribers on a cluster, against etcd puts and prefix watches.
 //!
 //! Two helpers for run.sh: `free-ports` and `wait-healthy`.
 
+mod doc;
 mod failover;
+mod fanout;
 mod report;
 mod systems;
 
@@ -43,6 +49,10 @@ enum Cmd {
     Rss(RssArgs),
     /// Prints the results table from the collected JSON lines and writes the results JSON.
     Report(report::ReportArgs),
+    /// caddy-doc vs raw Loro: merge throughput, memory per 100k entities, an editing trace.
+    Doc(doc::DocArgs),
+    /// Document updates committed and fanned out to N subscribers (or etcd puts to N watchers).
+    Fanout(fanout::FanoutArgs),
     /// Prints N distinct free loopback TCP ports.
     FreePorts {
         /// How many.
@@ -157,12 +167,20 @@ pub fn key_name(i: u64) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // In process and single-threaded: no runtime (its idle threads would
+    // only add to the measured memory).
+    let cli = match cli.command {
+        Cmd::Doc(args) => return doc::run(args),
+        command => Cli { command },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Cmd::Kv(args) => runtime.block_on(kv(args)),
         Cmd::Failover(args) => runtime.block_on(failover::run(args)),
         Cmd::Rss(args) => rss(args),
         Cmd::Report(args) => report::run(args),
+        Cmd::Doc(_) => anyhow::bail!("doc runs without a runtime"),
+        Cmd::Fanout(args) => runtime.block_on(fanout::run(args)),
         Cmd::FreePorts { n } => free_ports(n),
         Cmd::WaitHealthy { target, timeout } => runtime.block_on(wait_healthy(target, timeout)),
     }

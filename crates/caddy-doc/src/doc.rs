@@ -659,9 +659,13 @@ impl Document {
 
     // ------------------------------------------------------------ internals
 
+    /// The counter of this peer's next operation. Loro's oplog version
+    /// vector already counts the operations of the open transaction, so
+    /// it is the next counter as it stands (adding the pending length would
+    /// skip ahead and make later ids collide with earlier ones).
     fn own_counter(&self) -> usize {
         let peer = self.doc.peer_id();
-        self.doc.oplog_vv().get(&peer).map_or(0, |c| usize::try_from(*c).unwrap_or(0)) + self.doc.get_pending_txn_len()
+        self.doc.oplog_vv().get(&peer).map_or(0, |c| usize::try_from(*c).unwrap_or(0))
     }
 
     /// Commits the pending local operations, adding them to the size

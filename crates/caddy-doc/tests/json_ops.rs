@@ -138,3 +138,24 @@ fn malformed_json_is_a_typed_error() {
         }
     }
 }
+
+#[test]
+fn generated_ids_never_collide_across_batches() {
+    let mut d = new_doc(9);
+    let mut ids = std::collections::BTreeSet::new();
+    for batch in 0..20 {
+        let ops: Vec<EditOp> = (0..50)
+            .map(|i| {
+                let json = format!(r#"{{"op": "add", "kind": "line", "from": [{batch}, {i}], "to": [1, 1]}}"#);
+                serde_json::from_str(&json).expect("op")
+            })
+            .collect();
+        for id in d.apply_ops(&ops).expect("apply").created {
+            assert!(ids.insert(id.clone()), "id {id} generated twice");
+        }
+        // Single edits between batches, too.
+        ids.insert(d.add_line("0", [0.0, 0.0], [f64::from(batch), 1.0]).expect("line"));
+    }
+    assert_eq!(ids.len(), 20 * 51);
+    assert_eq!(d.resolve().entities.len(), 20 * 51, "an entity was overwritten by a colliding id");
+}
