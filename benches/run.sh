@@ -8,6 +8,8 @@
 #   BENCH_WARMUP      unmeasured warm-up seconds before each kv run (default 1)
 #   BENCH_KILLS       leader kills per system in the failover run (default 10; 0 skips it)
 #   BENCH_CLIENTS     client counts, space-separated (default "1 64")
+#   BENCH_KV          0: skip the key-value and memory runs (default 1)
+#   BENCH_FANOUT      0: skip the document fan-out run (default 1)
 #   BENCH_SKIP_BUILD  1: use the existing release binaries
 #   BENCH_TMPDIR      parent of the throwaway directory (default /tmp; must be a real disk)
 #   BENCH_KEEP_TMP    1: keep the throwaway directory (logs, data) on exit
@@ -19,6 +21,8 @@ BENCH_SECS=${BENCH_SECS:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_KILLS=${BENCH_KILLS:-10}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 64"}
+BENCH_KV=${BENCH_KV:-1}
+BENCH_FANOUT=${BENCH_FANOUT:-1}
 VALUE_SIZE=256
 KEYS=10000
 FAILOVER_CLIENTS=8
@@ -212,6 +216,7 @@ step() {
 rss() { step "rss $1 $2" 30 "$BENCH" rss --system "$1" --label "$2" --pids "$(pids_of "$1")"; }
 
 sleep 3
+if ((BENCH_KV)); then
 for sys in caddy etcd; do rss "$sys" idle; done
 
 kv_limit=$((BENCH_SECS + BENCH_WARMUP + 180))
@@ -236,6 +241,21 @@ for mode in write read; do
         done
     done
 done
+fi
+
+# Document updates committed and delivered to 10 subscribers spread over the
+# members; etcd gets puts of the mean CADDY update size and prefix watches.
+FANOUT=$TMP/fanout.jsonl
+: >"$FANOUT"
+if ((BENCH_FANOUT)); then
+    log "fanout caddy (10 subscribers)"
+    timeout --kill-after=10 300 "$BENCH" fanout "${CADDY_TARGET[@]}" --secs "$BENCH_SECS" >>"$FANOUT" \
+        || log "step failed: fanout caddy"
+    update_bytes=$(sed -n 's/.*"mean_update_bytes":\([0-9]*\).*/\1/p' "$FANOUT" | tail -n 1)
+    log "fanout etcd (10 watchers, ${update_bytes:-160}-byte values)"
+    timeout --kill-after=10 300 "$BENCH" fanout "${ETCD_TARGET[@]}" --secs "$BENCH_SECS" \
+        --value-bytes "${update_bytes:-160}" >>"$FANOUT" || log "step failed: fanout etcd"
+fi
 
 if ((BENCH_KILLS > 0)); then
     fo_limit=$((BENCH_KILLS * 150 + 120))
@@ -248,6 +268,14 @@ if ((BENCH_KILLS > 0)); then
 fi
 
 # ----- report -----
+if [[ -s $FANOUT ]]; then
+    echo
+    echo "document fan-out (one JSON line per system):"
+    cat "$FANOUT"
+fi
+if ((!BENCH_KV && BENCH_KILLS == 0)); then
+    exit 0
+fi
 mkdir -p "$RESULTS_DIR"
 echo
 CADDY_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)

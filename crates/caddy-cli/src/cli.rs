@@ -104,6 +104,136 @@ pub enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// CAD documents: create, edit with JSON batches, export, history, tags, watch.
+    #[command(subcommand)]
+    Doc(DocCommand),
+}
+
+/// The example in `doc apply --help` (checked by a unit test).
+#[cfg(test)]
+pub const DOC_APPLY_EXAMPLE: &str = r##"[{"op": "add", "kind": "line", "layer": "0", "from": [0, 0], "to": [100, 0]}, {"op": "add", "kind": "circle", "center": [50, 50], "radius": 10}]"##;
+
+/// Output formats of `doc export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The resolved model (layers, entities, hierarchy, problems) as JSON.
+    Json,
+    /// An SVG drawing (layers, colours, line weights, text, dimensions).
+    Svg,
+}
+
+/// `caddyctl doc ...`
+#[derive(Debug, Subcommand)]
+pub enum DocCommand {
+    /// Creates a document; prints its id.
+    Create {
+        /// Name.
+        name: String,
+        /// Drawing units: mm (default), cm, m, in, ft or unitless.
+        #[arg(long)]
+        units: Option<String>,
+    },
+    /// Lists the tenant's documents.
+    List {
+        /// Include documents in the trash.
+        #[arg(long)]
+        deleted: bool,
+        /// Page through every document.
+        #[arg(long)]
+        all: bool,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// List documents after this id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Shows a document's record and a summary of its drawing.
+    Get {
+        /// Document id (doc-N).
+        id: String,
+    },
+    /// Renames a document.
+    Rename {
+        /// Document id.
+        id: String,
+        /// New name.
+        name: String,
+    },
+    /// Moves a document to the trash.
+    Delete {
+        /// Document id.
+        id: String,
+    },
+    /// Brings a document back from the trash.
+    Restore {
+        /// Document id.
+        id: String,
+    },
+    /// Applies a JSON batch of edit operations as one change (all or nothing).
+    #[command(after_help = concat!(
+        "FILE holds an array of operations (or {\"ops\": [...]}), for example:\n  ",
+        r##"[{"op": "add", "kind": "line", "layer": "0", "from": [0, 0], "to": [100, 0]}, {"op": "add", "kind": "circle", "center": [50, 50], "radius": 10}]"##,
+        "\nOperations: add (kind line|polyline|circle|arc|ellipse|spline|text|linear_dim|aligned_dim|radial_dim|\n",
+        "angular_dim|hatch|insert), set, delete, restore, text_insert, text_delete, bring_to_front, send_to_back,\n",
+        "set_meta, add_layer, set_layer, delete_layer, restore_layer, add_group, add_block, move_node,\n",
+        "rename_node, set_block_base, group_add, group_remove, delete_node, restore_node.\n",
+        "The format is documented in crates/caddy-doc/src/ops.rs (EditOp)."
+    ))]
+    Apply {
+        /// Document id.
+        id: String,
+        /// JSON file of operations (`-`: standard input).
+        file: PathBuf,
+    },
+    /// Writes the drawing as JSON or SVG, now or at a past change.
+    Export {
+        /// Document id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "svg")]
+        format: ExportFormat,
+        /// A past change number, a tag, or a hex version.
+        #[arg(long)]
+        at: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Lists committed changes: author, time, size, version.
+    History {
+        /// Document id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Page through the whole history.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Names the current version (or change --at).
+    Tag {
+        /// Document id.
+        id: String,
+        /// Tag name (letters, digits, '.', '_', '-').
+        name: String,
+        /// Change number to tag.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Lists a document's tags.
+    Tags {
+        /// Document id.
+        id: String,
+    },
+    /// Prints committed updates and presence as they arrive (Ctrl-C stops).
+    Watch {
+        /// Start from this hex version (default: the whole document first).
+        #[arg(long)]
+        since: Option<String>,
+        /// Document id.
+        id: String,
+    },
 }
 
 impl Command {

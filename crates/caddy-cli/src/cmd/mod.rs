@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod cluster;
+mod doc;
 mod identity;
 mod kv;
 mod user;
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::ApiKey(cmd) => identity::api_key(&ctx, cmd, out).await,
         Command::Session(cmd) => identity::session(&ctx, cmd, out).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd, out).await,
+        Command::Doc(cmd) => doc::run(&ctx, cmd, out).await,
     };
     ctx.client.close().await;
     result.map_err(describe).map_err(|e| relogin_hint(e, &saved))
