@@ -4,7 +4,8 @@
 //! and, as the peer, etcd (writers put values of the same size as the mean
 //! CADDY update, subscribers hold prefix watches).
 //!
-//! Latency is from the writer's acknowledgement to a subscriber's receipt
+//! Writers are live (they merge each other's updates as they arrive), as
+//! people editing together are. Latency is from the writer's acknowledgement to a subscriber's receipt
 //! (0 when the event arrived first); every subscriber must receive every
 //! acknowledged update before the run counts.
 
@@ -156,6 +157,9 @@ async fn caddy(args: &FanoutArgs, acks: Acks, receipts: Receipts) -> anyhow::Res
     let mut writers = Vec::new();
     for w in 0..args.writers {
         let handle = Client::connect(rotated(&config, w)).await?.doc_open(&info.id).await?;
+        // Writers are live, as collaborators are: they merge each other's
+        // changes as they are committed, so updates stay causally recent.
+        handle.go_live();
         let (stop, acks) = (stop.clone(), acks.clone());
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;

@@ -193,7 +193,7 @@ impl Client {
         let call = DocCall::Watch { doc: doc.into(), since: since.map(hex::encode) };
         let bytes = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
         let recv = self.open_stream(Req::Doc(pb::DocRequest { call: bytes, payload: Vec::new() })).await?;
-        Ok(DocWatch { recv, max_frame: self.max_frame_bytes() })
+        Ok(DocWatch { recv, max_frame: self.max_frame_bytes(), _client: self.clone() })
     }
 
     /// Sets this client's presence in a document (it expires unless
@@ -234,6 +234,8 @@ fn info_of(answer: DocAnswer) -> Result<DocInfo, ClientError> {
 pub struct DocWatch {
     recv: quinn::RecvStream,
     max_frame: usize,
+    /// Keeps the connection open for as long as the stream lives.
+    _client: Client,
 }
 
 impl std::fmt::Debug for DocWatch {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use loro::{
-    ContainerType, EncodedBlobMode, ExportMode, Frontiers, ID, LoroDoc, LoroMap, LoroMovableList, LoroResult, LoroTree,
+    ContainerType, EncodedBlobMode, ExportMode, Frontiers, ID, LoroDoc, LoroList, LoroMap, LoroResult, LoroTree,
     LoroValue, TreeID, TreeParentId, UndoManager, VersionVector,
 };
 use serde::{Deserialize, Serialize};
@@ -727,6 +727,9 @@ impl Document {
                 self.doc.get_text(cid).len_unicode(),
                 self.limits.max_text_chars,
             ),
+            // Root maps hold no points; reading one would cost a value per
+            // entity on every import.
+            ContainerType::Map if cid.is_root() => Ok(()),
             ContainerType::Map => Limits::check(
                 "points in one entity",
                 store::point_count(&self.doc.get_map(cid).get_value()),
@@ -834,12 +837,20 @@ impl Document {
         m.insert(p.name(), store::property_value(p))
     }
 
-    fn order(&self) -> LoroMovableList {
-        self.doc.get_movable_list(ORDER)
+    /// The draw order: a plain Loro list, not a movable list. Importing
+    /// concurrent changes into a movable list rebuilds it (cost grows with
+    /// the drawing), which made every merged update O(entities); a move is
+    /// a delete and an insert here, and resolution keeps one copy per id.
+    fn order(&self) -> LoroList {
+        self.doc.get_list(ORDER)
     }
 
-    fn order_index(&self, id: &str) -> Option<usize> {
-        self.order().to_vec().iter().position(|v| as_str(v) == Some(id))
+    /// Positions of every copy of `id` in the draw order, last first.
+    fn order_positions(&self, id: &str) -> Vec<usize> {
+        let mut at: Vec<usize> =
+            self.order().to_vec().iter().enumerate().filter(|(_, v)| as_str(v) == Some(id)).map(|(i, _)| i).collect();
+        at.reverse();
+        at
     }
 
     fn missing(what: &str) -> loro::LoroError {
@@ -906,15 +917,15 @@ impl Document {
             EditOp::BringToFront { id } | EditOp::SendToBack { id } => {
                 let list = self.order();
                 let front = matches!(op, EditOp::BringToFront { .. });
-                match self.order_index(id) {
-                    Some(i) => {
-                        let to = if front { list.len() - 1 } else { 0 };
-                        if i != to {
-                            list.mov(i, to)?;
-                        }
-                    }
-                    None if front => list.push(id.as_str())?,
-                    None => list.insert(0, id.as_str())?,
+                // Concurrent moves of one entity leave a copy per move;
+                // every move removes all of them, so copies do not pile up.
+                for i in self.order_positions(id) {
+                    list.delete(i, 1)?;
+                }
+                if front {
+                    list.push(id.as_str())?;
+                } else {
+                    list.insert(0, id.as_str())?;
                 }
                 Ok(None)
             }

@@ -39,7 +39,7 @@
 //! | `meta` | map | `schema`, `name`, `units`, `created_by`, `created_at_ms` |
 //! | `layers` | map | layer id → map of the layer's properties + `deleted` |
 //! | `entities` | map | entity id → map: `kind`, `layer`, `deleted`, style overrides, `owner`, one key per geometry property; a text's `content` is a child text |
-//! | `order` | movable list | entity ids, bottom first |
+//! | `order` | list | entity ids, bottom first (a moved id may appear more than once; the first copy counts) |
 //! | `tree` | tree | one node per group/block; node metadata: `id`, `kind`, `name`, `base`, `deleted`, `members` (map entity id → true) |
 //! | `nodes` | map | node id → tree node id |
 //!
@@ -78,10 +78,16 @@
 //! - **Tree moves never form a cycle**: Loro's movable tree drops a
 //!   concurrent move that would create one, so "A moves X under Y" while "B
 //!   moves Y under X" leaves both in the tree, acyclic, on every replica.
-//! - **Draw order** is a Loro movable list of entity ids: concurrent moves
-//!   of one entity resolve last-writer-wins, moves of different entities
-//!   both apply. Resolution takes the first occurrence of each live id, then
-//!   live entities missing from the list, sorted by id.
+//! - **Draw order** is a Loro list of entity ids; bringing to front or
+//!   sending to back deletes every copy of the id and inserts it at the end
+//!   or the start. Moves of different entities both apply; concurrent moves
+//!   of one entity leave one copy per move, and resolution takes the first
+//!   (lowest) copy of each live id, then live entities missing from the
+//!   list, sorted by id: of a concurrent "to back" and "to front" the back
+//!   wins, and the next move of that entity removes the extra copy. (A Loro
+//!   movable list would have given last-writer-wins moves, but merging
+//!   concurrent changes into one costs time proportional to the list on
+//!   every import, which a server merging every update cannot afford.)
 //! - **References are kept, never dropped.** A dimension whose anchor entity
 //!   was deleted, an insert of a deleted block, a group member that is gone,
 //!   an entity on a deleted layer: the referencing item stays and a

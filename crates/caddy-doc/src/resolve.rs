@@ -740,7 +740,7 @@ pub(crate) fn resolve_doc(doc: &LoroDoc) -> ResolvedDoc {
     // Draw order: the order list first (first occurrence wins), then live
     // entities missing from it, by id.
     let mut entities = Vec::with_capacity(ctx.entities.len());
-    if let LoroValue::List(order) = doc.get_movable_list(ORDER).get_value() {
+    if let LoroValue::List(order) = doc.get_list(ORDER).get_value() {
         for v in order.iter() {
             if let Some(id) = as_str(v)
                 && let Some(e) = ctx.entities.remove(id)

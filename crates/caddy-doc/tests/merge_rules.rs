@@ -258,6 +258,25 @@ fn draw_order_moves_merge() {
 }
 
 #[test]
+fn concurrent_moves_of_one_entity_keep_the_lowest_copy_until_it_moves_again() {
+    let (mut a, mut b) = two();
+    let l1 = a.add_line("0", [0.0, 0.0], [1.0, 0.0]).expect("l1");
+    let l2 = a.add_line("0", [0.0, 1.0], [1.0, 1.0]).expect("l2");
+    let l3 = a.add_line("0", [0.0, 2.0], [1.0, 2.0]).expect("l3");
+    sync(&mut a, &mut b);
+    a.bring_to_front(&l2).expect("front");
+    b.send_to_back(&l2).expect("back");
+    sync(&mut a, &mut b);
+    assert_eq!(json(&a), json(&b));
+    let order = |d: &caddy_doc::Document| d.resolve().entities.into_iter().map(|e| e.id).collect::<Vec<String>>();
+    assert_eq!(order(&a), vec![l2.clone(), l1.clone(), l3.clone()], "the back (lowest) copy counts");
+    // The next move removes every copy: it really goes to the front.
+    a.bring_to_front(&l2).expect("front again");
+    sync(&mut a, &mut b);
+    assert_eq!(order(&b), vec![l1, l3, l2]);
+}
+
+#[test]
 fn concurrent_adds_with_the_same_chosen_id_merge_into_one_entity() {
     let (mut a, mut b) = two();
     a.add(NewEntity::new("0", Geometry::Circle { center: [0.0, 0.0], radius: 1.0 }).with_id("c")).expect("a");
