@@ -727,9 +727,10 @@ impl Document {
                 self.doc.get_text(cid).len_unicode(),
                 self.limits.max_text_chars,
             ),
-            // Root maps hold no points; reading one would cost a value per
-            // entity on every import.
-            ContainerType::Map if cid.is_root() => Ok(()),
+            // The top-level maps hold no points; reading one would cost a
+            // value per entity on every import. (Per-item maps are
+            // mergeable maps, which Loro also names as roots.)
+            ContainerType::Map if is_top_level(cid) => Ok(()),
             ContainerType::Map => Limits::check(
                 "points in one entity",
                 store::point_count(&self.doc.get_map(cid).get_value()),
@@ -1419,4 +1420,9 @@ impl<'a> Planner<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether `cid` is one of the document's top-level maps.
+fn is_top_level(cid: &loro::ContainerID) -> bool {
+    matches!(cid, loro::ContainerID::Root { name, .. } if [META, LAYERS, ENTITIES, NODES].contains(&name.as_str()))
 }
