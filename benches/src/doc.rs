@@ -264,7 +264,7 @@ fn build_raw(initial: &[u8], n: usize, seed: u64) -> anyhow::Result<LoroDoc> {
     let doc = LoroDoc::from_snapshot(initial).context("load initial snapshot")?;
     doc.set_peer_id(2)?;
     let entities = doc.get_map("entities");
-    let order = doc.get_movable_list("order");
+    let order = doc.get_list("order");
     let mut done = 0;
     while done < n {
         let k = MEMORY_BATCH.min(n - done);
