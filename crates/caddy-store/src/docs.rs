@@ -45,6 +45,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::identity::keys_under;
 use crate::io_err;
 use crate::state_machine::{Tables, open_record, seal};
 
@@ -239,18 +240,6 @@ fn scan<T: serde::de::DeserializeOwned>(
         out.push((rest.to_owned(), open_record(k.value(), v.value())?));
     }
     Ok((out, false))
-}
-
-fn keys_under(table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for item in table.range(prefix..).map_err(io_err)? {
-        let (k, _) = item.map_err(io_err)?;
-        if !k.value().starts_with(prefix) {
-            break;
-        }
-        out.push(k.value().to_owned());
-    }
-    Ok(out)
 }
 
 // ------------------------------------------------------------------ cache

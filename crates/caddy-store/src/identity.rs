@@ -220,7 +220,11 @@ fn scan_all<T: DeserializeOwned>(
     Ok(scan(table, prefix, None, usize::MAX)?.0.into_iter().map(|(_, v)| v).collect())
 }
 
-fn keys_under(table: &impl ReadableTable<&'static str, &'static [u8]>, prefix: &str) -> io::Result<Vec<String>> {
+/// Every key starting with `prefix` (identity and document tables alike).
+pub(crate) fn keys_under(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for item in table.range(prefix..).map_err(io_err)? {
         let (k, _) = item.map_err(io_err)?;
