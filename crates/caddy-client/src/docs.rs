@@ -13,7 +13,7 @@
 //! - Undo and redo touch only this handle's own edits.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use caddy_core::docs::{DocAnswer, DocCall, DocEvent, DocInfo, DocTag, Fetched, HistoryEntry, Presence, PresenceState};
@@ -486,21 +486,21 @@ impl DocHandle {
         if live.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
+        // The task holds the handle only weakly (and strongly only while it
+        // merges one event), so dropping the last handle ends it.
         let weak = Arc::downgrade(&self.inner);
+        let id = self.inner.id.clone();
         *live = Some(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let handle = DocHandle { inner };
-                match handle.run_live().await {
+                match DocHandle::run_live(&weak).await {
                     Ok(()) => return,
                     Err(e) if !e.is_retryable() && !matches!(e, ClientError::Unavailable(_)) => {
-                        tracing::warn!(doc = %handle.id(), error = %e, "document live stream stopped");
+                        tracing::warn!(doc = %id, error = %e, "document live stream stopped");
                         return;
                     }
-                    Err(e) => tracing::debug!(doc = %handle.id(), error = %e, "re-opening document stream"),
+                    Err(e) => tracing::debug!(doc = %id, error = %e, "re-opening document stream"),
                 }
-                drop(handle);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -514,19 +514,24 @@ impl DocHandle {
         }
     }
 
-    /// One live stream until it breaks (`Err`) or the document is deleted (`Ok`).
-    async fn run_live(&self) -> Result<(), ClientError> {
-        let version = self.version();
-        let mut watch = self.inner.client.doc_watch(&self.inner.id, Some(&version)).await?;
+    /// One live stream until it breaks (`Err`), the document is deleted or
+    /// the handle is dropped (`Ok`).
+    async fn run_live(weak: &Weak<HandleInner>) -> Result<(), ClientError> {
+        let Some(inner) = weak.upgrade() else { return Ok(()) };
+        let (client, id) = (inner.client.clone(), inner.id.clone());
+        let version = DocHandle { inner }.version();
+        let mut watch = client.doc_watch(&id, Some(&version)).await?;
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
         loop {
             let item = tokio::select! {
                 item = watch.next() => item,
                 _ = refresh.tick() => {
-                    let mine = lock(&self.inner.my_presence).clone();
+                    let Some(inner) = weak.upgrade() else { return Ok(()) };
+                    let mine = lock(&inner.my_presence).clone();
+                    drop(inner);
                     if let Some(state) = mine {
                         // Best effort: a failed refresh is retried next tick.
-                        let _ = self.inner.client.doc_presence(&self.inner.id, state).await;
+                        let _ = client.doc_presence(&id, state).await;
                     }
                     continue;
                 }
@@ -534,23 +539,25 @@ impl DocHandle {
             let Some(item) = item else {
                 return Err(ClientError::Unavailable("document stream ended".into()));
             };
+            let Some(inner) = weak.upgrade() else { return Ok(()) };
+            let handle = DocHandle { inner };
             match item? {
                 (DocEvent::Update { seq, author, version, .. }, bytes) => {
-                    if self.merge(&bytes, &version, seq)? {
-                        self.notify(&DocChange::Remote { seq, author });
+                    if handle.merge(&bytes, &version, seq)? {
+                        handle.notify(&DocChange::Remote { seq, author });
                     }
                 }
                 (DocEvent::CaughtUp { .. }, _) => {}
                 (DocEvent::Presence(p), _) => {
-                    lock(&self.inner.presences).insert((p.user.clone(), p.client), p.clone());
-                    self.notify(&DocChange::Presence(p));
+                    lock(&handle.inner.presences).insert((p.user.clone(), p.client), p.clone());
+                    handle.notify(&DocChange::Presence(p));
                 }
                 (DocEvent::PresenceGone { user, client }, _) => {
-                    lock(&self.inner.presences).remove(&(user.clone(), client));
-                    self.notify(&DocChange::PresenceGone { user, client });
+                    lock(&handle.inner.presences).remove(&(user.clone(), client));
+                    handle.notify(&DocChange::PresenceGone { user, client });
                 }
                 (DocEvent::Deleted, _) => {
-                    self.notify(&DocChange::Deleted);
+                    handle.notify(&DocChange::Deleted);
                     return Ok(());
                 }
             }
