@@ -175,7 +175,7 @@ async fn two_people_edit_through_different_nodes_across_a_leader_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_and_bad_requests_are_typed_and_harmless() {
-    let mut dev = Dev::start(3, &[]);
+    let mut dev = Dev::start(3, &[("CADDY_LIMITS_PRESENCE_TTL_MS", "1000")]);
     let tokens = setup(&dev, &[("ed@acme.test", "editor"), ("vi@acme.test", "viewer")]).await;
     let editor = client_as(&dev, None, &tokens[0], "acme").await;
     let viewer = client_as(&dev, None, &tokens[1], "acme").await;
@@ -214,6 +214,26 @@ async fn watches_resume_and_bad_requests_are_typed_and_harmless() {
     assert!(matches!(event, DocEvent::Update { seq: 6, .. }), "{event:?}");
     replica.import(&bytes).expect("import");
     assert_eq!(replica.resolve(), handle.resolve());
+
+    // Presence set through one node reaches a watcher on another, and
+    // expires there when its client stops refreshing it.
+    let setter = client_as(&dev, Some(1), &tokens[0], "acme").await;
+    let seer = client_as(&dev, Some(2), &tokens[1], "acme").await;
+    let mut seen = seer.doc_watch(&id, Some(&replica.version())).await.expect("presence watch");
+    let state = PresenceState { selection: vec!["a".into()], color: "#00aa00".into(), ..Default::default() };
+    setter.doc_presence(&id, state.clone()).await.expect("presence");
+    let (mut arrived, mut expired) = (false, false);
+    while !expired {
+        match timeout_next(&mut seen).await.0 {
+            DocEvent::Presence(p) if p.client == setter.presence_id() => {
+                assert_eq!(p.state, state);
+                arrived = true;
+            }
+            DocEvent::PresenceGone { client, .. } if client == setter.presence_id() => expired = true,
+            _ => {}
+        }
+    }
+    assert!(arrived, "the presence expired before it was seen");
 
     // Undo takes back one's own edit, never someone else's.
     let other = editor.doc_open(&id).await.expect("second replica");
