@@ -71,6 +71,13 @@ pub enum Command {
     /// apply authorizes it, executes it and appends its audit entry in the
     /// same transaction.
     Call(Box<crate::identity::api::Call>),
+    /// Periodic upkeep proposed by the leader: purges trash items older
+    /// than `trash_retention_ms` and drops expired shares and links,
+    /// judged by this entry's stamped time.
+    FilesSweep {
+        /// How long trashed items are kept.
+        trash_retention_ms: u64,
+    },
 }
 
 impl Command {
@@ -83,6 +90,7 @@ impl Command {
             Command::KvDelete { .. } => "kv_delete",
             Command::AddJoinToken { .. } => "add_join_token",
             Command::Call(call) => call.op.name(),
+            Command::FilesSweep { .. } => "files_sweep",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod command;
 pub mod docs;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod kv;
 

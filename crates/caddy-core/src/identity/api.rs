@@ -717,6 +717,8 @@ pub enum Op {
         name: String,
         at: Option<u64>,
     },
+    /// A change to the tenant's files and folders.
+    File(crate::files::FileOp),
 }
 
 /// What authorization an [`Op`] needs.
@@ -773,6 +775,7 @@ impl Op {
             Op::DocSetDeleted { deleted: true, .. } => "doc.delete",
             Op::DocSetDeleted { deleted: false, .. } => "doc.restore",
             Op::DocTag { .. } => "doc.tag",
+            Op::File(op) => op.name(),
         }
     }
 
@@ -816,6 +819,10 @@ impl Op {
             | Op::DocRename { .. }
             | Op::DocSetDeleted { .. }
             | Op::DocTag { .. } => scoped(perm(Docs, Write)),
+            // Per-file access (owner, shares, files:admin) is checked in
+            // apply, where the file is known.
+            Op::File(op) if op.is_personal() => scoped(perm(Files, Read)),
+            Op::File(_) => scoped(perm(Files, Write)),
         }
     }
 }

@@ -279,9 +279,15 @@ impl BuiltinRole {
                 }
             }
             BuiltinRole::Editor | BuiltinRole::Viewer => {
-                let data_action = if self == BuiltinRole::Editor { Any } else { Read };
+                // Editors get every action by name, not the wildcard: the
+                // wildcard is what marks a data administrator (who sees and
+                // manages other people's files and documents).
                 for r in data {
-                    set.insert(Permission::new(r, data_action));
+                    if self == BuiltinRole::Editor {
+                        set.extend(r.actions().iter().map(|&a| Permission::new(r, a)));
+                    } else {
+                        set.insert(Permission::new(r, Read));
+                    }
                 }
                 for r in people.into_iter().chain([Tenants]) {
                     set.insert(Permission::new(r, Read));
