@@ -11,6 +11,9 @@
 //!   stamped time, resulting version), the newest [`MAX_HISTORY`] kept;
 //! - `t/{tenant}/g/D/{tag}`: [`TagRec`].
 //!
+//! A deleted (trashed) document is also in the trash index of the `files`
+//! table ([`crate::files`]), which the files sweep purges it from.
+//!
 //! Invariants:
 //! - The document is the snapshot plus the update records after it.
 //!   Compaction (node-local, off the apply path) replaces both with a newer
@@ -37,6 +40,7 @@ use caddy_core::docs::{
     DocAnswer, DocBounds, DocCall, DocId, DocInfo, DocTag, Fetched, HistoryEntry, MAX_TAGS_PER_DOC, doc_name,
     parse_version, tag_name,
 };
+use caddy_core::files::ItemId;
 use caddy_core::identity::api::Op;
 use caddy_core::identity::{Actor, Caller, QuotaKind, Quotas, TenantId, Usage};
 use caddy_core::{CaddyError, ErrorCode, ReplyBody};
@@ -527,6 +531,7 @@ pub(crate) fn apply(
                 (false, true) => {
                     rec.deleted_ms = Some(stamp);
                     ctx.usage.release(QuotaKind::Documents, 1);
+                    crate::files::trash_put(&mut tables.files, t, &trash_entry(&rec, author(ctx.caller), stamp))?;
                     tables.doc_events.push(DocCommitted {
                         tenant: t.clone(),
                         doc: *d,
@@ -540,6 +545,9 @@ pub(crate) fn apply(
                 }
                 (true, false) => {
                     check!(ctx.usage.check(&ctx.quotas, QuotaKind::Documents, 1));
+                    if let Some(ms) = rec.deleted_ms {
+                        crate::files::trash_remove(&mut tables.files, t, ItemId::Doc(*d), ms)?;
+                    }
                     rec.deleted_ms = None;
                     ctx.usage.documents += 1;
                 }
@@ -660,6 +668,62 @@ fn commit_change(
         deleted: false,
     });
     Ok(ReplyBody::DocUpdated { seq: rec.seq, version, changed: true })
+}
+
+/// The trash index entry of a document trashed by `who` at `stamp`.
+fn trash_entry(rec: &DocRec, who: String, stamp: u64) -> crate::files::TrashRec {
+    crate::files::TrashRec {
+        item: ItemId::Doc(rec.id),
+        name: rec.name.clone(),
+        owner: rec.owner.map_or_else(|| rec.created_by.clone(), |u| caddy_core::identity::UserId(u).to_string()),
+        deleted_by: who,
+        deleted_ms: stamp,
+        bytes: rec.bytes,
+    }
+}
+
+/// Purges a trashed document for a caller (`FileOp::Purge` of a `doc-N`):
+/// its owner or someone with `docs:admin`. Releases the bytes it counted
+/// (its `documents` quota was released when it was trashed).
+pub(crate) fn purge(tables: &mut Tables<'_>, ctx: DocCtx<'_>, d: DocId) -> io::Result<Result<(), CaddyError>> {
+    let t = ctx.tenant;
+    let Some(rec) = get::<DocRec>(&tables.docs, &k_rec(t, d))? else {
+        return Ok(Err(not_found(t, d)));
+    };
+    if let Err(e) = may_trash(ctx.caller, t, &rec) {
+        return Ok(Err(e));
+    }
+    let Some(deleted_ms) = rec.deleted_ms else {
+        return Ok(Err(CaddyError::precondition(format!("document {d} is not in the trash: delete it first"))));
+    };
+    let bytes = remove_doc(tables, t, &rec)?;
+    crate::files::trash_remove(&mut tables.files, t, ItemId::Doc(d), deleted_ms)?;
+    ctx.usage.release(QuotaKind::StorageBytes, bytes);
+    Ok(Ok(()))
+}
+
+/// Removes a document's records if it is in the trash (the files sweep);
+/// returns the bytes it counted, `None` if there was no such trashed
+/// document. The trash index entry is the caller's to remove.
+pub(crate) fn purge_trashed(tables: &mut Tables<'_>, t: &TenantId, d: DocId) -> io::Result<Option<u64>> {
+    match get::<DocRec>(&tables.docs, &k_rec(t, d))? {
+        Some(rec) if rec.deleted_ms.is_some() => Ok(Some(remove_doc(tables, t, &rec)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Removes every record of one document; returns the bytes it counted.
+fn remove_doc(tables: &mut Tables<'_>, t: &TenantId, rec: &DocRec) -> io::Result<u64> {
+    let d = rec.id;
+    for prefix in [p_updates(t, d), p_history(t, d), p_tags(t, d)] {
+        for key in keys_under(&tables.docs, &prefix)? {
+            tables.docs.remove(key.as_str()).map_err(io_err)?;
+        }
+    }
+    tables.docs.remove(k_snap(t, d).as_str()).map_err(io_err)?;
+    tables.docs.remove(k_rec(t, d).as_str()).map_err(io_err)?;
+    lock(&tables.doc_runtime.cache).docs.remove(&(t.clone(), d));
+    Ok(rec.bytes)
 }
 
 /// Removes every document of a tenant (the tenant is being deleted).

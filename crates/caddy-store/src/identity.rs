@@ -31,9 +31,9 @@ use caddy_core::identity::api::{
 };
 use caddy_core::identity::{
     Actor, ApiKeyCaller, ApiKeyId, ApiKeyRecord, AuditEntry, AuditOutcome, BuiltinRole, Caller, ChainHead,
-    CredentialState, Email, Invitation, InvitationId, KeyKind, Member, Permission, QuotaKind, Resource, RoleDef,
-    RoleGraph, RoleName, Session, SessionId, TeamGraph, TeamId, Tenant, TenantId, TenantStatus, User, UserCaller,
-    UserId, authorize, check_scopes_subset, tenant_key, verify_chain_from,
+    CredentialState, Email, Invitation, InvitationId, KeyKind, Member, Permission, QuotaKind, Quotas, Resource,
+    RoleDef, RoleGraph, RoleName, Session, SessionId, TeamGraph, TeamId, Tenant, TenantId, TenantStatus, Usage, User,
+    UserCaller, UserId, authorize, check_scopes_subset, tenant_key, verify_chain_from,
 };
 use caddy_core::identity::{ids::tenant_kind_prefix, ids::tenant_prefix, validate};
 use caddy_core::{CaddyError, ErrorCode, ReplyBody};
@@ -565,6 +565,19 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             let body = done.body;
             return Ok(Ok(Done { body, resource: Some(done.resource), actor: None }));
         }
+        Op::File(op) => {
+            let mut usage = rec.tenant.usage;
+            let mut next_id = rec.next_id;
+            let ctx = crate::files::FileCtx { tenant: t, caller, quotas, usage: &mut usage, stamp, teams: &teams };
+            let done = check!(crate::files::apply(kv.tables, ctx, op, || {
+                next_id += 1;
+                next_id
+            })?);
+            rec.tenant.usage = usage;
+            rec.next_id = next_id;
+            put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
+            return Ok(Ok(Done { body: done.body, resource: Some(done.resource), actor: None }));
+        }
         Op::TenantCreate { .. } => return Ok(Err(CaddyError::invalid("tenant create is a cluster-level call"))),
         Op::TenantUpdate { name, plan, quotas } => {
             let name = match name {
@@ -613,6 +626,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 kv.tables.kv.remove(key.as_str()).map_err(io_err)?;
             }
             crate::docs::delete_tenant_docs(kv.tables, t)?;
+            crate::files::delete_tenant_files(kv.tables, t)?;
             del(&mut kv.tables.ident, &k_tenant(t))?;
             return Ok(Ok(Done::ok()));
         }
@@ -1084,6 +1098,7 @@ fn resource_label(call: &Call) -> String {
         Op::DocCreate { .. } => "docs".into(),
         Op::DocUpdate { doc, .. } | Op::DocRename { doc, .. } | Op::DocSetDeleted { doc, .. } => doc.to_string(),
         Op::DocTag { doc, name, .. } => format!("{doc} tag {name}"),
+        Op::File(op) => op.resource(),
     }
 }
 
@@ -1311,6 +1326,38 @@ pub(crate) fn invite_tenant(
     token_hash: &[u8; 32],
 ) -> io::Result<Option<TenantId>> {
     Ok(get::<Ref>(table, &g_invite(token_hash))?.map(|r| r.tenant))
+}
+
+/// A tenant's quotas and usage (None: no such tenant).
+pub(crate) fn tenant_usage(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    t: &TenantId,
+) -> io::Result<Option<(Quotas, Usage)>> {
+    Ok(get::<TenantRec>(table, &k_tenant(t))?.map(|r| (r.tenant.quotas, r.tenant.usage)))
+}
+
+/// Releases storage a tenant no longer uses, outside a call (the files
+/// sweep purging expired trash).
+pub(crate) fn release_storage(ident: &mut IdentTable<'_>, t: &TenantId, bytes: u64) -> io::Result<()> {
+    if let Some(mut rec) = get::<TenantRec>(ident, &k_tenant(t))? {
+        rec.tenant.usage.release(QuotaKind::StorageBytes, bytes);
+        put(ident, &k_tenant(t), &rec)?;
+    }
+    Ok(())
+}
+
+/// A tenant's teams.
+pub(crate) fn teams_of(table: &impl ReadableTable<&'static str, &'static [u8]>, t: &TenantId) -> io::Result<TeamGraph> {
+    Ok(get(table, &k_teams(t))?.unwrap_or_default())
+}
+
+/// Whether a user exists in a tenant.
+pub(crate) fn user_exists(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    t: &TenantId,
+    id: UserId,
+) -> io::Result<bool> {
+    Ok(get::<User>(table, &k_user(t, id))?.is_some())
 }
 
 /// Whether a tenant exists.

@@ -48,7 +48,7 @@ impl H {
         h
     }
 
-    fn command(&mut self, command: Command) -> Result<ReplyBody, CaddyError> {
+    pub(crate) fn command(&mut self, command: Command) -> Result<ReplyBody, CaddyError> {
         self.index += 1;
         self.now += 1;
         let entry = Entry::new(
@@ -104,7 +104,7 @@ impl H {
         token
     }
 
-    fn api_key(&mut self, tenant: &str, scopes: &[&str]) -> (ApiKeyId, String) {
+    pub(crate) fn api_key(&mut self, tenant: &str, scopes: &[&str]) -> (ApiKeyId, String) {
         let prefix = format!("p{}", self.index);
         let key = format!("ck_{prefix}_secret{}", self.index);
         let op = Op::ApiKeyCreate {

@@ -1,7 +1,7 @@
 //! Durable storage for a CADDY node: the Raft log, the replicated state
 //! machine (the key-value namespace, watch history, client sessions, cluster
-//! credentials, identity records, CAD documents) and its snapshots, all on
-//! redb.
+//! credentials, identity records, CAD documents, file metadata) and its
+//! snapshots, all on redb.
 //!
 //! Durability contract (what openraft relies on):
 //! - A vote is fsynced before `save_vote` returns.
@@ -22,6 +22,7 @@
 
 pub mod backend;
 pub mod docs;
+pub mod files;
 pub mod identity;
 mod log_store;
 mod snapshot;
@@ -29,6 +30,7 @@ mod state_machine;
 pub mod types;
 
 pub use docs::DocCommitted;
+pub use files::VersionRecordView;
 pub use log_store::{FlushMode, LogStore};
 pub use snapshot::{SnapshotError, SnapshotInfo, read_snapshot_meta, verify_snapshot_file};
 pub use state_machine::{ApplyEvent, StateMachineStore, WatchMessage};

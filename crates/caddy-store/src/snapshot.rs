@@ -106,6 +106,8 @@ pub enum SnapshotRecord {
     Ident(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A document record (see [`crate::docs`]).
     Doc(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// A file-system record (see [`crate::files`]).
+    File(String, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A snapshot file on disk with its metadata.

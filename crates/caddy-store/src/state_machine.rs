@@ -1,6 +1,8 @@
 //! The replicated state machine on redb: the key-value namespace with
 //! revisions and watch history, exactly-once client sessions, and cluster
-//! credentials.
+//! credentials; identity records ([`crate::identity`]), documents
+//! ([`crate::docs`]) and file metadata ([`crate::files`]) have their own
+//! tables and modules.
 //!
 //! Invariants:
 //! - Apply is deterministic: it reads only the entries and the tables (time
@@ -31,6 +33,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::backend::Disk;
 use crate::docs::{DOCS, DocCommitted, DocRuntime};
+use crate::files::FILES;
 use crate::snapshot::{
     ClusterInfo, SmMeta, SnapshotError, SnapshotInfo, SnapshotReader, SnapshotRecord, SnapshotWriter, sync_dir,
     verify_snapshot_file,
@@ -154,6 +157,8 @@ pub(crate) struct Tables<'t> {
     pub(crate) doc_events: Vec<DocCommitted>,
     /// Documents this batch made due for compaction.
     pub(crate) doc_compactions: Vec<(caddy_core::identity::TenantId, caddy_core::docs::DocId)>,
+    /// Files and folders ([`crate::files`]).
+    pub(crate) files: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -170,6 +175,7 @@ impl<'t> Tables<'t> {
             join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
             ident: txn.open_table(IDENT).map_err(io_err)?,
             cluster_audit_head: None,
+            files: txn.open_table(FILES).map_err(io_err)?,
         })
     }
 }
@@ -274,6 +280,93 @@ impl StateMachineStore {
             crate::docs::read_info(&table, tenant, doc)
         };
         run().map_err(|e| CaddyError::internal(format!("reading documents: {e}")))?
+    }
+
+    /// Answers a read-only file call for `caller` in `tenant` (it checks
+    /// `files:read` and per-file access itself); expiry of shares is judged
+    /// at `now_ms`.
+    pub fn file_read(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        caller: &caddy_core::identity::Caller,
+        call: &caddy_core::files::FileCall,
+        now_ms: u64,
+    ) -> Result<caddy_core::files::FileAnswer, CaddyError> {
+        self.with_files(|files, ident| crate::files::read(files, ident, tenant, caller, call, now_ms))
+    }
+
+    /// Finds what a download reads: a file the caller may read in `tenant`,
+    /// or the file behind a share link's token hash (no credential needed;
+    /// an expired link is `FailedPrecondition`), at `version` (default: the
+    /// current one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn file_download(
+        &self,
+        tenant: Option<&caddy_core::identity::TenantId>,
+        caller: &caddy_core::identity::Caller,
+        file: Option<caddy_core::files::FileId>,
+        link_token_hash: Option<[u8; 32]>,
+        version: Option<u64>,
+        now_ms: u64,
+    ) -> Result<
+        (caddy_core::identity::TenantId, caddy_core::files::FileInfo, crate::files::VersionRecordView),
+        CaddyError,
+    > {
+        self.with_files(|files, ident| {
+            crate::files::download(files, ident, tenant, caller, file, link_token_hash, version, now_ms)
+        })
+    }
+
+    /// The checks a commit of `size` bytes to `target` will make that need
+    /// no chunk list (access, names, folder, size bound, quota headroom),
+    /// so an upload can be refused before its bytes are sent.
+    pub fn file_commit_precheck(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        caller: &caddy_core::identity::Caller,
+        target: &caddy_core::files::CommitTarget,
+        size: u64,
+        bounds: caddy_core::files::FileBounds,
+    ) -> Result<(), CaddyError> {
+        self.with_files(|files, ident| {
+            crate::files::commit_precheck(files, ident, tenant, caller, target, size, &bounds)
+        })
+    }
+
+    /// Every chunk some file version references, all tenants, in storage
+    /// order, strictly after `after`, at most `limit` (for blob repair).
+    pub fn chunk_refs_page(
+        &self,
+        after: Option<(caddy_core::identity::TenantId, [u8; 32])>,
+        limit: usize,
+    ) -> Result<Vec<(caddy_core::identity::TenantId, [u8; 32])>, CaddyError> {
+        self.with_files(|files, _| crate::files::chunk_refs_page(files, after, limit).map(Ok))
+    }
+
+    /// Whether each chunk is referenced by a file version of `tenant` (for
+    /// blob garbage collection).
+    pub fn chunks_referenced(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<bool>, CaddyError> {
+        self.with_files(|files, _| crate::files::chunks_referenced(files, tenant, hashes).map(Ok))
+    }
+
+    fn with_files<T>(
+        &self,
+        f: impl FnOnce(
+            &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+            &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        ) -> io::Result<Result<T, CaddyError>>,
+    ) -> Result<T, CaddyError> {
+        let run = || -> io::Result<Result<T, CaddyError>> {
+            let txn = self.inner.db.begin_read().map_err(io_err)?;
+            let files = txn.open_table(FILES).map_err(io_err)?;
+            let ident = txn.open_table(IDENT).map_err(io_err)?;
+            f(&files, &ident)
+        };
+        run().map_err(|e| CaddyError::internal(format!("reading files: {e}")))?
     }
 
     /// Sets how many watch events are retained (at least 1).
@@ -522,6 +615,10 @@ impl StateMachineStore {
             let (k, v) = item.map_err(io_err)?;
             writer.push(&SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
         }
+        for item in txn.open_table(FILES).map_err(io_err)?.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            writer.push(&SnapshotRecord::File(k.value().to_string(), v.value().to_vec()))?;
+        }
         let size = writer.finish()?;
         Ok((meta, size))
     }
@@ -547,6 +644,7 @@ impl StateMachineStore {
             txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
             txn.delete_table(IDENT).map_err(io_err)?;
             txn.delete_table(DOCS).map_err(io_err)?;
+            txn.delete_table(FILES).map_err(io_err)?;
             self.inner.docs.clear();
             let mut tables = Tables::open(&txn, &self.inner.docs)?;
             let mut first = true;
@@ -573,6 +671,9 @@ impl StateMachineStore {
                     }
                     SnapshotRecord::Doc(k, v) => {
                         tables.docs.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+                    }
+                    SnapshotRecord::File(k, v) => {
+                        tables.files.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
                     }
                 }
                 first = false;
@@ -873,6 +974,9 @@ fn apply_command(
         Command::Call(call) => {
             let mut kv = KvCtx { tables, meta, history, events };
             crate::identity::apply_call(&mut kv, call, proposal.stamp_ms)
+        }
+        Command::FilesSweep { trash_retention_ms } => {
+            Ok(Ok(crate::files::sweep(tables, proposal.stamp_ms, *trash_retention_ms)?))
         }
     }
 }
