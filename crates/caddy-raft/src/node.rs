@@ -263,6 +263,24 @@ impl RaftNode {
         }
     }
 
+    /// Every other member (voters and learners) with its peer address.
+    pub fn other_members(&self) -> Vec<(NodeId, String)> {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        let me = self.inner.id;
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, n)| (*id, n.raft_addr.clone()))
+            .collect()
+    }
+
+    /// How many copies make a majority of the voters (at least 1).
+    pub fn majority(&self) -> usize {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().voter_ids().count() / 2 + 1
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use caddy_core::{CaddyError, codec};
 use caddy_store::{CaddyNode, Snapshot, SnapshotMeta, Vote, verify_snapshot_file};
+use futures::future::BoxFuture;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{ForwardRequest, MembershipOp, RaftNode};
@@ -14,16 +15,38 @@ use crate::{enroll, now_ms};
 /// Largest snapshot accepted from a leader.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
+/// The node's chunk store as peers reach it (implemented by the server,
+/// which owns the blob store). Errors are gRPC statuses for the caller.
+pub trait ChunkService: Send + Sync + 'static {
+    /// Stores a chunk (hash-checked, fsynced) before returning.
+    fn put(&self, tenant: String, hash: Vec<u8>, data: Vec<u8>) -> BoxFuture<'_, Result<(), Status>>;
+    /// A chunk's bytes (hash-checked); `not_found` if this node lacks it.
+    fn get(&self, tenant: String, hash: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, Status>>;
+    /// Which of `hashes` this node holds; `touch` marks held ones recently used.
+    fn has(&self, tenant: String, hashes: Vec<Vec<u8>>, touch: bool) -> BoxFuture<'_, Result<Vec<bool>, Status>>;
+}
+
 /// Serves one node's peer endpoint.
 pub struct PeerService {
     node: RaftNode,
     snapshot_dir: std::path::PathBuf,
+    chunks: Option<std::sync::Arc<dyn ChunkService>>,
 }
 
 impl PeerService {
     /// A service for `node`; incoming snapshots are staged in `snapshot_dir`.
     pub fn new(node: RaftNode, snapshot_dir: std::path::PathBuf) -> Self {
-        Self { node, snapshot_dir }
+        Self { node, snapshot_dir, chunks: None }
+    }
+
+    /// Serves chunk calls from `chunks` (without it they are `unimplemented`).
+    pub fn with_chunks(mut self, chunks: std::sync::Arc<dyn ChunkService>) -> Self {
+        self.chunks = Some(chunks);
+        self
+    }
+
+    fn chunk_service(&self) -> Result<&dyn ChunkService, Status> {
+        self.chunks.as_deref().ok_or_else(|| Status::unimplemented("this node serves no blob store"))
     }
 
     /// The tonic server wrapper with message limits set.
@@ -182,6 +205,27 @@ impl Peer for PeerService {
         require_peer(&req)?;
         self.node.deliver_gossip(req.into_inner().data);
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn put_chunk(&self, req: Request<pb::ChunkData>) -> Result<Response<pb::Empty>, Status> {
+        require_peer(&req)?;
+        let c = req.into_inner();
+        self.chunk_service()?.put(c.tenant, c.hash, c.data).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_chunk(&self, req: Request<pb::ChunkKey>) -> Result<Response<pb::ChunkData>, Status> {
+        require_peer(&req)?;
+        let k = req.into_inner();
+        let data = self.chunk_service()?.get(k.tenant.clone(), k.hash.clone()).await?;
+        Ok(Response::new(pb::ChunkData { tenant: k.tenant, hash: k.hash, data }))
+    }
+
+    async fn has_chunks(&self, req: Request<pb::ChunkQuery>) -> Result<Response<pb::ChunkPresence>, Status> {
+        require_peer(&req)?;
+        let q = req.into_inner();
+        let present = self.chunk_service()?.has(q.tenant, q.hashes, q.touch).await?;
+        Ok(Response::new(pb::ChunkPresence { present }))
     }
 
     async fn identify(&self, req: Request<pb::Empty>) -> Result<Response<pb::AddMemberRequest>, Status> {

@@ -27,6 +27,8 @@ pub struct Config {
     pub raft: RaftConfig,
     /// Bounds on client traffic.
     pub limits: Limits,
+    /// Files and the blob store.
+    pub files: FilesConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -126,6 +128,67 @@ pub struct Limits {
     pub presence_ttl_ms: u64,
 }
 
+/// Files and the blob store holding their bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Where chunks live: `local` (every node keeps every chunk under
+    /// `data_dir/blobs`, replicated between nodes) or `object` (an
+    /// S3-compatible or other object store shared by all nodes).
+    pub backend: String,
+    /// Object store URL, e.g. `s3://bucket/prefix` (backend `object`).
+    pub object_url: String,
+    /// Custom endpoint (S3-compatible servers), e.g. `http://127.0.0.1:9000`.
+    pub object_endpoint: String,
+    /// Region (S3).
+    pub object_region: String,
+    /// Access key id (S3); empty: from the environment.
+    pub object_access_key_id: String,
+    /// Secret access key (S3).
+    pub object_secret_access_key: String,
+    /// Allow plain HTTP endpoints (local test servers).
+    pub object_allow_http: bool,
+    /// Largest file, in bytes.
+    pub max_file_bytes: u64,
+    /// Versions kept per file; older ones are dropped.
+    pub max_versions: u32,
+    /// How long trashed files, folders and documents are kept, in seconds.
+    pub trash_retention_secs: u64,
+    /// How often the leader sweeps expired trash, shares and links, in ms.
+    pub sweep_interval_ms: u64,
+    /// How often a node checks that it holds every referenced chunk, in ms.
+    pub repair_interval_ms: u64,
+    /// How often a node removes unreferenced chunks, in ms.
+    pub gc_interval_ms: u64,
+    /// An unreferenced chunk is removed only once it is this old (covers
+    /// uploads whose metadata has not committed yet), in seconds.
+    pub gc_grace_secs: u64,
+    /// Longest an upload may take, in seconds.
+    pub upload_timeout_secs: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            object_url: String::new(),
+            object_endpoint: String::new(),
+            object_region: String::new(),
+            object_access_key_id: String::new(),
+            object_secret_access_key: String::new(),
+            object_allow_http: false,
+            max_file_bytes: 4 << 30,
+            max_versions: 20,
+            trash_retention_secs: 30 * 24 * 3600,
+            sweep_interval_ms: 60_000,
+            repair_interval_ms: 30_000,
+            gc_interval_ms: 600_000,
+            gc_grace_secs: 24 * 3600,
+            upload_timeout_secs: 3600,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +209,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            files: FilesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -239,6 +303,18 @@ impl Config {
         }
         if self.limits.presence_ttl_ms < 1000 {
             bail!("limits.presence_ttl_ms must be at least 1000");
+        }
+        match self.files.backend.as_str() {
+            "local" => {}
+            "object" if !self.files.object_url.is_empty() => {}
+            "object" => bail!("files.backend = \"object\" needs files.object_url"),
+            other => bail!("files.backend {other:?} must be \"local\" or \"object\""),
+        }
+        if self.files.max_versions == 0 {
+            bail!("files.max_versions must be at least 1");
+        }
+        if self.files.gc_grace_secs < self.files.upload_timeout_secs.saturating_mul(2) {
+            bail!("files.gc_grace_secs must be at least twice files.upload_timeout_secs");
         }
         if self.cluster.bootstrap && !self.cluster.join.is_empty() {
             bail!("cluster.bootstrap and cluster.join are mutually exclusive");

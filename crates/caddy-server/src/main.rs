@@ -9,9 +9,11 @@
 
 mod accounts;
 mod admin;
+mod blobs;
 mod config;
 mod dev;
 mod docs;
+mod files;
 mod identity;
 mod presence;
 mod quic;

@@ -122,7 +122,7 @@ async fn serve_stream(
             return;
         }
     };
-    service.handle(request, &mut send, Some(peer)).await;
+    service.handle(request, &mut send, &mut recv, Some(peer)).await;
     let _ = send.finish();
     let _ = send.stopped().await;
 }

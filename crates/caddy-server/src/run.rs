@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
 use crate::service::Service;
-use crate::{admin, identity, quic, telemetry};
+use crate::{admin, blobs, identity, quic, telemetry};
 
 /// File holding the admin credential on the bootstrap node (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -50,10 +50,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     node.state_machine().set_event_history(config.limits.watch_history);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let peer_task = serve_peers(&config, &tls, node.clone(), shutdown_rx.clone()).await?;
+    let store = blobs::open_store(&config.files, &config.data_dir)?;
+    tracing::info!(backend = store.kind(), "blob store opened");
+    let blobs = Arc::new(blobs::Blobs::new(store, node.clone(), &config.files));
+    let peer_task = serve_peers(&config, &tls, node.clone(), blobs.peer_service(), shutdown_rx.clone()).await?;
+    tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
     let service = Arc::new(Service::new(
         node.clone(),
         config.limits.clone(),
+        config.files.clone(),
+        blobs,
         config.data_dir.join("backups"),
         shutdown_rx.clone(),
     ));
@@ -94,6 +100,7 @@ async fn serve_peers(
     config: &Config,
     tls: &NodeTls,
     node: RaftNode,
+    chunks: Arc<dyn caddy_raft::service::ChunkService>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let addr = parse(&config.listen.raft, "raft")?;
@@ -103,7 +110,7 @@ async fn serve_peers(
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
         .client_auth_optional(true);
-    let service = PeerService::new(node, config.data_dir.join("snapshots")).into_server();
+    let service = PeerService::new(node, config.data_dir.join("snapshots")).with_chunks(chunks).into_server();
     let router = tonic::transport::Server::builder()
         .tls_config(server_tls)
         .context("peer TLS configuration")?

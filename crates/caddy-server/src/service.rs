@@ -13,11 +13,12 @@ use caddy_raft::node::MembershipOp;
 use caddy_store::WatchMessage;
 use caddy_wire::pb::{self, request::Body as Req, response::Body as Resp};
 use caddy_wire::write_frame;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::accounts::{KeyTouches, WriteCtx, now_ms};
-use crate::config::Limits;
+use crate::blobs::Blobs;
+use crate::config::{FilesConfig, Limits};
 use crate::presence::PresenceHub;
 
 /// Shared state of the client-facing service.
@@ -29,6 +30,8 @@ pub struct Service {
     shutdown: tokio::sync::watch::Receiver<bool>,
     touches: KeyTouches,
     presence: PresenceHub,
+    files: FilesConfig,
+    blobs: Arc<Blobs>,
 }
 
 /// Who is asking, for which tenant, from where.
@@ -181,6 +184,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::Backup(_)) => "backup",
         Some(Req::Identity(_)) => "identity",
         Some(Req::Doc(_)) => "doc",
+        Some(Req::File(_)) => "file",
     }
 }
 
@@ -190,6 +194,8 @@ impl Service {
     pub fn new(
         node: RaftNode,
         limits: Limits,
+        files: FilesConfig,
+        blobs: Arc<Blobs>,
         backup_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
@@ -202,7 +208,18 @@ impl Service {
             shutdown,
             touches: KeyTouches::default(),
             presence: PresenceHub::default(),
+            files,
+            blobs,
         }
+    }
+
+    pub(crate) fn files_config(&self) -> &FilesConfig {
+        &self.files
+    }
+
+    /// This node's blob store.
+    pub fn blobs(&self) -> &Arc<Blobs> {
+        &self.blobs
     }
 
     /// Limits in force.
@@ -278,15 +295,17 @@ impl Service {
 
     /// Handles one request, writing its answer frame(s) to `out`. Returns
     /// the status label for metrics.
-    pub async fn handle<W: AsyncWrite + Unpin + Send>(
+    /// `input` is the rest of the request stream (an upload's chunks).
+    pub async fn handle<W: AsyncWrite + Unpin + Send, R: AsyncRead + Unpin + Send>(
         &self,
         req: pb::Request,
         out: &mut W,
+        input: &mut R,
         peer: Option<std::net::SocketAddr>,
     ) -> &'static str {
         let started = Instant::now();
         let name = request_name(&req.body);
-        let status = match self.dispatch(req, out, peer).await {
+        let status = match self.dispatch(req, out, input, peer).await {
             Ok(Some(mut resp)) => {
                 resp.leader_client_addr = self.leader_client_addr();
                 match write_frame(out, &resp).await {
@@ -305,10 +324,11 @@ impl Service {
         status
     }
 
-    async fn dispatch<W: AsyncWrite + Unpin + Send>(
+    async fn dispatch<W: AsyncWrite + Unpin + Send, R: AsyncRead + Unpin + Send>(
         &self,
         mut req: pb::Request,
         out: &mut W,
+        input: &mut R,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Option<pb::Response>, CaddyError> {
         let Some(body) = req.body.take() else {
@@ -324,6 +344,7 @@ impl Service {
         match body {
             Req::Watch(w) => return self.watch(w, &asker, out).await.map(|()| None),
             Req::Doc(d) => return self.doc(d, origin, req.client_id, &asker, out).await.map(|()| None),
+            Req::File(f) => return self.file(f, origin, &asker, out, input).await.map(|()| None),
             Req::Backup(_) => {
                 asker.authorize_cluster()?;
                 return self.backup(out).await.map(|()| None);
