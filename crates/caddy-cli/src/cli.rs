@@ -107,6 +107,12 @@ pub enum Command {
     /// CAD documents: create, edit with JSON batches, export, history, tags, watch.
     #[command(subcommand)]
     Doc(DocCommand),
+    /// Files and folders: upload, download, list, move, version, share, link, trash.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// The tenant's storage.
+    #[command(subcommand)]
+    Storage(StorageCommand),
 }
 
 /// The example in `doc apply --help` (checked by a unit test).
@@ -236,6 +242,267 @@ pub enum DocCommand {
     },
 }
 
+/// Access granted by `file share`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShareAccess {
+    /// Download and list versions.
+    Read,
+    /// Also upload new versions, rename, move, tag and restore versions.
+    Write,
+}
+
+/// A point in time for `file search`: an absolute time, or a duration ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Milliseconds since the epoch.
+    At(u64),
+    /// This long before now.
+    Ago(Duration),
+}
+
+impl When {
+    /// Milliseconds since the epoch, `Ago` counted back from `now_ms`.
+    pub fn resolve(self, now_ms: u64) -> u64 {
+        match self {
+            When::At(ms) => ms,
+            When::Ago(d) => now_ms.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// Parses a [`When`]: a duration with a unit (`7d`, `1h30m`) means that
+/// long ago; else a time as [`parse_time`] reads it (milliseconds since the
+/// epoch, RFC 3339, or a date).
+pub fn parse_when(text: &str) -> Result<When, String> {
+    match parse_time(text) {
+        Ok(ms) => Ok(When::At(ms)),
+        Err(time_error) => match parse_duration(text) {
+            Ok(d) => Ok(When::Ago(d)),
+            Err(_) => Err(format!(
+                "invalid time {:?}: use a duration ago (7d, 12h), RFC 3339, a date, or milliseconds since the epoch \
+                 ({time_error})",
+                text.trim()
+            )),
+        },
+    }
+}
+
+/// Help shared by the `file search` time flags.
+const WHEN_HELP: &str = "A duration with a unit means that long ago (`30m`, `12h`, `7d`); else a time: RFC 3339 \
+                         (`2024-05-01T12:00:00Z`), a date (`2024-05-01`, midnight UTC) or milliseconds since the epoch.";
+
+/// `caddyctl file ...`; FILE is `file-N`, FOLDER is `folder-N` (or `root`).
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Uploads a local file as a new file (or as a new version of one); prints its record.
+    Upload {
+        /// Local file to upload.
+        path: PathBuf,
+        /// Folder to put the new file in (`folder-N`; default: the root).
+        #[arg(long, value_name = "FOLDER", conflicts_with = "as_version_of")]
+        folder: Option<String>,
+        /// Name of the new file (default: the local file's name).
+        #[arg(long, conflicts_with = "as_version_of")]
+        name: Option<String>,
+        /// Upload a new version of this file (`file-N`) instead of a new file.
+        #[arg(long, value_name = "FILE")]
+        as_version_of: Option<String>,
+        /// Media type, e.g. `image/vnd.dxf` (default: guessed from the name).
+        #[arg(long = "type", value_name = "MEDIA", conflicts_with = "as_version_of")]
+        media_type: Option<String>,
+        /// Tag of the new file (repeatable; letters, digits, '.', '_', '-').
+        #[arg(long = "tag", value_name = "TAG", conflicts_with = "as_version_of")]
+        tags: Vec<String>,
+    },
+    /// Downloads a file (or, with --link, a share link's file, no login needed).
+    #[command(disable_version_flag = true)]
+    Download {
+        /// File to download (`file-N`; omit with --link).
+        #[arg(required_unless_present = "link", conflicts_with = "link")]
+        id: Option<String>,
+        /// Where to write: a file path, a directory (the file's name inside it), or `-` for standard
+        /// output [default: the file's name in the current directory]. An existing file is replaced.
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Version to download (default: the current one).
+        #[arg(long = "version", value_name = "N")]
+        version: Option<u64>,
+        /// First byte to download.
+        #[arg(long, value_name = "B", default_value_t = 0)]
+        offset: u64,
+        /// How many bytes to download (default: to the end).
+        #[arg(long, value_name = "B")]
+        length: Option<u64>,
+        /// Share link token (`cl_...`) to download through, instead of a file id.
+        #[arg(long, value_name = "TOKEN")]
+        link: Option<String>,
+    },
+    /// Lists a folder's subfolders and files.
+    Ls {
+        /// Folder (`folder-N`, or `root`) [default: the root].
+        folder: Option<String>,
+        /// Everything below the folder, as an indented tree.
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Creates a folder.
+    Mkdir {
+        /// Name of the new folder.
+        name: String,
+        /// Folder to create it in (`folder-N`; default: the root).
+        #[arg(long, value_name = "FOLDER")]
+        parent: Option<String>,
+    },
+    /// Moves a file or folder into another folder.
+    Mv {
+        /// File or folder to move (`file-N` or `folder-N`).
+        id: String,
+        /// Destination folder (`folder-N`, or `root`).
+        to: String,
+    },
+    /// Renames a file or folder.
+    Rename {
+        /// File or folder (`file-N` or `folder-N`).
+        id: String,
+        /// New name.
+        name: String,
+    },
+    /// Shows a file's or folder's record.
+    Info {
+        /// File or folder (`file-N` or `folder-N`).
+        id: String,
+    },
+    /// Replaces a file's tags (none given: removes them all).
+    Tag {
+        /// File (`file-N`).
+        file: String,
+        /// The new tags (letters, digits, '.', '_', '-').
+        tags: Vec<String>,
+    },
+    /// Lists a file's stored versions, newest first.
+    Versions {
+        /// File (`file-N`).
+        file: String,
+    },
+    /// Makes an old version current again (stored as a new version).
+    RestoreVersion {
+        /// File (`file-N`).
+        file: String,
+        /// Version number to restore.
+        #[arg(value_name = "N")]
+        number: u64,
+    },
+    /// Shares a file with a user or a team; prints the file's shares.
+    Share {
+        /// File (`file-N`).
+        file: String,
+        /// Who gets access (`user-N` or `team-N`).
+        with: String,
+        /// What they may do.
+        #[arg(long, value_enum)]
+        access: ShareAccess,
+        /// How long the share lasts, e.g. `1h`, `7d` (default: until unshared).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Ends a share; prints the remaining shares.
+    Unshare {
+        /// File (`file-N`).
+        file: String,
+        /// Whose share ends (`user-N` or `team-N`).
+        with: String,
+    },
+    /// Lists a file's shares.
+    Shares {
+        /// File (`file-N`).
+        file: String,
+    },
+    /// Creates a share link: anyone with its token can download the file (token shown once).
+    Link {
+        /// File (`file-N`).
+        file: String,
+        /// How long the link works, e.g. `1h`, `7d` (default: until removed).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Removes a share link.
+    Unlink {
+        /// File (`file-N`).
+        file: String,
+        /// Link id (as `file links` shows it).
+        #[arg(value_name = "LINK_ID")]
+        link: u64,
+    },
+    /// Lists a file's share links (never their tokens).
+    Links {
+        /// File (`file-N`).
+        file: String,
+    },
+    /// Marks a file as one of your favorites.
+    Favorite {
+        /// File (`file-N`).
+        file: String,
+    },
+    /// Removes a file from your favorites.
+    Unfavorite {
+        /// File (`file-N`).
+        file: String,
+    },
+    /// Lists your favorite files.
+    Favorites,
+    /// Lists the files you recently opened or changed, newest first.
+    Recent,
+    /// Finds files by name, tag, media type, folder and modification time (all given filters must match).
+    #[command(after_help = WHEN_HELP)]
+    Search {
+        /// Name contains S (case-insensitive).
+        #[arg(long, value_name = "S")]
+        name: Option<String>,
+        /// Has tag T.
+        #[arg(long, value_name = "T")]
+        tag: Option<String>,
+        /// Media type is M, or starts with M when M ends in `/` (e.g. `image/`).
+        #[arg(long = "type", value_name = "M")]
+        media_type: Option<String>,
+        /// Directly in this folder (`folder-N`, or `root`).
+        #[arg(long, value_name = "FOLDER")]
+        folder: Option<String>,
+        /// Modified at or after TIME: a duration ago (`7d`) or a time (RFC 3339, date, ms since the epoch).
+        #[arg(long, value_name = "TIME", value_parser = parse_when)]
+        modified_after: Option<When>,
+        /// Modified before TIME (same forms as --modified-after).
+        #[arg(long, value_name = "TIME", value_parser = parse_when)]
+        modified_before: Option<When>,
+        /// Most files to list.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Moves a file, folder (with its content) or document to the trash.
+    Rm {
+        /// `file-N`, `folder-N` or `doc-N`.
+        id: String,
+    },
+    /// Lists what is in the trash.
+    Trash,
+    /// Brings a file, folder or document back from the trash.
+    Restore {
+        /// `file-N`, `folder-N` or `doc-N`.
+        id: String,
+    },
+    /// Deletes a trashed file, folder or document for good (irreversible).
+    Purge {
+        /// `file-N`, `folder-N` or `doc-N`.
+        id: String,
+    },
+}
+
+/// `caddyctl storage ...`
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Shows the tenant's storage use against its quota: files, versions, trash, folders.
+    Usage,
+}
+
 impl Command {
     /// The tenant ID given as a positional argument of a `tenant` subcommand.
     pub fn tenant_arg(&self) -> Option<&str> {
@@ -252,10 +519,15 @@ impl Command {
         }
     }
 
-    /// Whether the command is sent without a credential (the password or
-    /// the invitation token is the proof).
+    /// Whether the command is sent without a credential (the password, the
+    /// invitation token or the share link token is the proof).
     pub fn anonymous(&self) -> bool {
-        matches!(self, Command::Login(_) | Command::Invite(InviteCommand::Accept { .. }))
+        matches!(
+            self,
+            Command::Login(_)
+                | Command::Invite(InviteCommand::Accept { .. })
+                | Command::File(FileCommand::Download { link: Some(_), .. })
+        )
     }
 }
 
@@ -1136,6 +1408,102 @@ mod tests {
             Command::Audit(AuditCommand::Export { output }) => assert_eq!(output, Some(PathBuf::from("trail.jsonl"))),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn file_commands() {
+        match parse(&[
+            "file", "upload", "plan.dxf", "--folder", "folder-2", "--tag", "a", "--tag", "b", "--type", "x/y",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::File(FileCommand::Upload { path, folder, name, as_version_of, media_type, tags }) => {
+                assert_eq!((path, folder.as_deref(), name), (PathBuf::from("plan.dxf"), Some("folder-2"), None));
+                assert_eq!((as_version_of, media_type.as_deref()), (None, Some("x/y")));
+                assert_eq!(tags, ["a", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["file", "upload", "p", "--as-version-of", "file-1"]).is_ok());
+        assert!(parse(&["file", "upload", "p", "--as-version-of", "file-1", "--name", "n"]).is_err());
+        match parse(&["file", "download", "file-3", "-o", "-", "--version", "2", "--offset", "10", "--length", "5"])
+            .unwrap()
+            .command
+        {
+            Command::File(FileCommand::Download { id, output, version, offset, length, link }) => {
+                assert_eq!((id.as_deref(), output, link), (Some("file-3"), Some(PathBuf::from("-")), None));
+                assert_eq!((version, offset, length), (Some(2), 10, Some(5)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let link = parse(&["file", "download", "--link", "cl_x"]).unwrap();
+        assert!(link.command.anonymous());
+        assert!(!parse(&["file", "download", "file-3"]).unwrap().command.anonymous());
+        assert!(parse(&["file", "download"]).is_err());
+        assert!(parse(&["file", "download", "file-3", "--link", "cl_x"]).is_err());
+        assert!(parse(&["file", "--version"]).is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayVersion));
+        match parse(&["file", "ls", "folder-2", "--tree"]).unwrap().command {
+            Command::File(FileCommand::Ls { folder, tree }) => assert!(folder.as_deref() == Some("folder-2") && tree),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["file", "tag", "file-1"]).unwrap().command {
+            Command::File(FileCommand::Tag { file, tags }) => assert!(file == "file-1" && tags.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["file", "restore-version", "file-1", "3"]).unwrap().command {
+            Command::File(FileCommand::RestoreVersion { file, number }) => assert!(file == "file-1" && number == 3),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["file", "share", "file-1", "team-2", "--access", "write", "--expires", "7d"]).unwrap().command {
+            Command::File(FileCommand::Share { file, with, access, expires }) => {
+                assert_eq!((file.as_str(), with.as_str(), access), ("file-1", "team-2", ShareAccess::Write));
+                assert_eq!(expires, Some(Duration::from_secs(7 * 86_400)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["file", "share", "file-1", "user-2"]).is_err());
+        assert!(parse(&["file", "share", "file-1", "user-2", "--access", "admin"]).is_err());
+        match parse(&["file", "unlink", "file-1", "4"]).unwrap().command {
+            Command::File(FileCommand::Unlink { file, link }) => assert!(file == "file-1" && link == 4),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["file", "search", "--name", "plan", "--modified-after", "7d", "--modified-before", "2024-05-01"])
+            .unwrap()
+            .command
+        {
+            Command::File(FileCommand::Search { name, modified_after, modified_before, limit, .. }) => {
+                assert_eq!((name.as_deref(), limit), (Some("plan"), 100));
+                assert_eq!(modified_after, Some(When::Ago(Duration::from_secs(7 * 86_400))));
+                assert_eq!(modified_before, Some(When::At(1_714_521_600_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["file", "search", "--limit", "0"]).is_err());
+        assert!(parse(&["file", "search", "--modified-after", "last week"]).is_err());
+        for cmd in [
+            &["file", "rm", "doc-3"][..],
+            &["file", "trash"],
+            &["file", "restore", "folder-1"],
+            &["file", "purge", "file-9"],
+        ] {
+            assert!(matches!(parse(cmd).unwrap().command, Command::File(_)), "{cmd:?}");
+        }
+        assert!(matches!(
+            parse(&["storage", "usage", "--json"]).unwrap().command,
+            Command::Storage(StorageCommand::Usage)
+        ));
+    }
+
+    #[test]
+    fn search_times() {
+        assert_eq!(parse_when("1700000000000"), Ok(When::At(1_700_000_000_000)));
+        assert_eq!(parse_when("2023-11-14T22:13:20Z"), Ok(When::At(1_700_000_000_000)));
+        assert_eq!(parse_when("12h"), Ok(When::Ago(Duration::from_secs(12 * 3600))));
+        assert!(parse_when("soon").is_err() && parse_when("").is_err());
+        assert_eq!(When::Ago(Duration::from_secs(1)).resolve(5000), 4000);
+        assert_eq!(When::Ago(Duration::from_secs(10)).resolve(5000), 0);
+        assert_eq!(When::At(7).resolve(5000), 7);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `caddyctl`, the command-line client of a CADDY cluster: key-value
-//! commands, cluster administration, backups, a load generator, and the
+//! commands, cluster administration, backups, a load generator, the
 //! identity service (login, tenants, users, roles, teams, API keys,
-//! sessions, audit), all through the `caddy-client` SDK.
+//! sessions, audit), CAD documents, and files and storage, all through the
+//! `caddy-client` SDK.
 //!
 //! Invariants:
 //! - Exit code 0 on success; 2 for usage errors (reported by clap); 1 for

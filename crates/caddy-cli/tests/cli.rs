@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use caddy_client::file_api::{FileAnswer, FileCall, FileInfo, FolderInfo, LinkInfo, StorageUsage};
 use caddy_client::identity::{AuditView, IdentityAnswer, IdentityCall, SessionView, UserView};
 use caddy_wire::pb::{self, request::Body as Req, response::Body as Resp};
 use caddy_wire::{read_frame, write_frame};
@@ -30,6 +31,10 @@ struct Store {
     batches: Vec<usize>,
     /// `(credential, tenant)` of every identity request.
     identity_requests: Vec<(String, String)>,
+    /// Uploaded files: record and bytes, by number.
+    files: BTreeMap<u64, (FileInfo, Vec<u8>)>,
+    /// `(credential, op)` of every file request.
+    file_requests: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -245,10 +250,172 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
     }
 }
 
+/// The fake's one share link token (for `file-1`).
+const LINK_TOKEN: &str = "cl_000000000000000000000000000000000000000000000001";
+/// The fake lists folders `LIST_PAGE` entries at a time, whatever the limit.
+const LIST_PAGE: usize = 2;
+
+fn file_frame(answer: &FileAnswer, payload: &[u8], more: bool) -> pb::Response {
+    let answer = if payload.is_empty() { serde_json::to_vec(answer).unwrap() } else { Vec::new() };
+    resp(Resp::File(pb::FileResponse { answer, payload: payload.to_vec(), more }))
+}
+
+fn drawings() -> FolderInfo {
+    FolderInfo {
+        id: "folder-1".into(),
+        name: "drawings".into(),
+        parent: None,
+        path: "/drawings".into(),
+        created_by: "user-1".into(),
+        created_ms: 1_700_000_000_000,
+        deleted_ms: None,
+    }
+}
+
+/// A tiny file service: one folder (`folder-1`), uploads, ranged
+/// downloads (by id or through [`LINK_TOKEN`]), paged listings, links and
+/// usage. Everything else is refused.
+async fn file_request(
+    shared: &Shared,
+    req: &pb::Request,
+    call: FileCall,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Vec<pb::Response> {
+    let op = serde_json::to_value(&call).unwrap()["op"].as_str().unwrap_or_default().to_string();
+    shared.store.lock().unwrap().file_requests.push((req.credential.clone(), op));
+    let anonymous_link = matches!(&call, FileCall::Download { link: Some(_), file: None, .. });
+    if req.credential != CREDENTIAL && !anonymous_link {
+        return vec![error(pb::ErrorCode::Unauthenticated, "bad credential", None)];
+    }
+    let one = |answer: FileAnswer| vec![file_frame(&answer, &[], false)];
+    match call {
+        FileCall::Upload { name, folder, file: None, size, media_type, tags, chunks } => {
+            let need: Vec<u32> = (0..chunks.len() as u32).collect();
+            if write_frame(send, &file_frame(&FileAnswer::Need { chunks: need.clone() }, &[], false)).await.is_err() {
+                return vec![];
+            }
+            let mut bytes = Vec::new();
+            for index in need {
+                let chunk = read_frame::<pb::FileChunk, _>(recv, 4 << 20).await.unwrap();
+                assert_eq!(chunk.index, index);
+                bytes.extend(chunk.data);
+            }
+            assert_eq!(bytes.len() as u64, size);
+            let mut store = shared.store.lock().unwrap();
+            let n = store.files.len() as u64 + 1;
+            let path = match folder.as_deref() {
+                Some("folder-1") => format!("/drawings/{name}"),
+                _ => format!("/{name}"),
+            };
+            let info = FileInfo {
+                id: format!("file-{n}"),
+                name,
+                folder,
+                path,
+                size,
+                content_hash: format!("{:064x}", bytes.len()),
+                media_type: if media_type.is_empty() { "application/octet-stream".into() } else { media_type },
+                tags,
+                owner: "user-1".into(),
+                created_by: "user-1".into(),
+                created_ms: 1_700_000_000_000,
+                modified_by: "user-1".into(),
+                modified_ms: 1_700_000_000_000,
+                version: 1,
+                versions: 1,
+                deleted_ms: None,
+                access: "owner".into(),
+                favorite: false,
+            };
+            store.files.insert(n, (info.clone(), bytes));
+            one(FileAnswer::File(info))
+        }
+        FileCall::Download { file, link, version: _, offset, length } => {
+            let id = match (file, link) {
+                (Some(f), None) => f,
+                (None, Some(token)) if token == LINK_TOKEN => "file-1".to_string(),
+                _ => return vec![error(pb::ErrorCode::NotFound, "no such link", None)],
+            };
+            let store = shared.store.lock().unwrap();
+            let Some((info, bytes)) = id.strip_prefix("file-").and_then(|n| store.files.get(&n.parse().ok()?)) else {
+                return vec![error(pb::ErrorCode::NotFound, &format!("{id} not found"), None)];
+            };
+            let start = (offset as usize).min(bytes.len());
+            let end = length.map_or(bytes.len(), |l| (start + l as usize).min(bytes.len()));
+            let range = &bytes[start..end];
+            let answer = FileAnswer::Download { file: info.clone(), version: 1, offset, length: range.len() as u64 };
+            let mut frames = vec![file_frame(&answer, &[], !range.is_empty())];
+            let count = range.chunks(100_000).count();
+            for (i, piece) in range.chunks(100_000).enumerate() {
+                frames.push(file_frame(&FileAnswer::Done, piece, i + 1 < count));
+            }
+            frames
+        }
+        FileCall::List { folder, after, limit: _ } => {
+            let store = shared.store.lock().unwrap();
+            let inside = folder.as_deref() == Some("folder-1");
+            let mut entries: Vec<Result<FolderInfo, FileInfo>> = Vec::new();
+            if !inside {
+                entries.push(Ok(drawings()));
+            }
+            for (info, _) in store.files.values() {
+                if (info.folder.as_deref() == Some("folder-1")) == inside {
+                    entries.push(Err(info.clone()));
+                }
+            }
+            let start: usize = after.map_or(0, |a| a.parse().unwrap());
+            let end = (start + LIST_PAGE).min(entries.len());
+            let (mut folders, mut files) = (Vec::new(), Vec::new());
+            for entry in &entries[start..end] {
+                match entry {
+                    Ok(f) => folders.push(f.clone()),
+                    Err(f) => files.push(f.clone()),
+                }
+            }
+            let next = (end < entries.len()).then(|| end.to_string());
+            one(FileAnswer::List { folder: inside.then(drawings), folders, files, next })
+        }
+        FileCall::Link { file, expires_ms } => {
+            let link = LinkInfo { id: 1, file, expires_ms, created_by: "user-1".into(), created_ms: 1_700_000_000_000 };
+            one(FileAnswer::Link { link, token: Some(LINK_TOKEN.into()) })
+        }
+        FileCall::Usage => {
+            let store = shared.store.lock().unwrap();
+            let bytes: u64 = store.files.values().map(|(f, _)| f.size).sum();
+            one(FileAnswer::Usage(StorageUsage {
+                used_bytes: bytes,
+                max_bytes: 4 * bytes,
+                files: store.files.len() as u64,
+                versions: store.files.len() as u64,
+                file_bytes: bytes,
+                trash_bytes: 0,
+                folders: 1,
+            }))
+        }
+        FileCall::Rm { .. } => one(FileAnswer::Done),
+        _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported by the fake", None)],
+    }
+}
+
 async fn handle(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let Ok(req) = read_frame::<pb::Request, _>(&mut recv, 1 << 20).await else {
         return;
     };
+    if let Some(Req::File(f)) = &req.body {
+        let responses = match serde_json::from_slice::<FileCall>(&f.call) {
+            Ok(call) => file_request(&shared, &req, call, &mut send, &mut recv).await,
+            Err(e) => vec![error(pb::ErrorCode::InvalidArgument, &e.to_string(), None)],
+        };
+        for response in responses {
+            if write_frame(&mut send, &response).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        return;
+    }
     if let Some(Req::Watch(w)) = &req.body {
         let (backlog, mut live) = {
             let store = shared.store.lock().unwrap();
@@ -684,4 +851,111 @@ fn audit_export_and_verify() {
     let out = fake.run(&["audit", "verify", "--tenant", "broken"]);
     assert_eq!(stdout(&out), "audit chain BROKEN at seq 3: hash mismatch\n");
     assert_eq!(fails(out), "error: audit chain verification failed at seq 3");
+}
+
+#[test]
+fn file_upload_list_download_and_usage() {
+    let fake = Fake::start();
+    let dir = fake.dir.path();
+    // Three chunks: two full, one short.
+    let data: Vec<u8> = (0..(2 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+    let local = dir.join("plan.dxf");
+    std::fs::write(&local, &data).unwrap();
+    let local = local.to_str().unwrap();
+
+    let text =
+        ok(fake.run(&["file", "upload", local, "--folder", "folder-1", "--tag", "a", "--type", "image/vnd.dxf"]));
+    assert!(
+        text.starts_with("id:           file-1\nname:         plan.dxf\npath:         /drawings/plan.dxf\n"),
+        "{text}"
+    );
+    assert!(text.contains("size:         2.0 MiB (2097157 bytes)\n"), "{text}");
+    assert!(text.contains("tags:         a\n") && text.contains("media type:   image/vnd.dxf\n"), "{text}");
+    std::fs::write(dir.join("notes.txt"), b"hello").unwrap();
+    std::fs::write(dir.join("more.txt"), b"more").unwrap();
+    let info = json(&ok(fake.run(&["--json", "file", "upload", dir.join("notes.txt").to_str().unwrap()])));
+    assert_eq!(
+        (info["id"].as_str(), info["path"].as_str(), info["size"].as_u64()),
+        (Some("file-2"), Some("/notes.txt"), Some(5))
+    );
+    ok(fake.run(&["file", "upload", dir.join("more.txt").to_str().unwrap(), "--name", "more.md"]));
+    let err = fails(fake.run(&["file", "upload", dir.to_str().unwrap()]));
+    assert!(err.ends_with("is not a regular file"), "{err}");
+
+    // Listings page through the fake's two-entry pages.
+    let text = ok(fake.run(&["file", "ls"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("TYPE  ID        NAME       SIZE") && lines[1].starts_with("dir   folder-1  drawings"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("file  file-2    notes.txt  5 B ") && lines[3].starts_with("file  file-3    more.md"),
+        "{text}"
+    );
+    let listing = json(&ok(fake.run(&["--json", "file", "ls", "root"])));
+    assert_eq!((listing["folders"].as_array().unwrap().len(), listing["files"].as_array().unwrap().len()), (1, 2));
+    let tree = ok(fake.run(&["file", "ls", "--tree"]));
+    assert_eq!(
+        tree,
+        "/\n\
+         ├── drawings/  folder-1\n\
+         │   └── plan.dxf  file-1  2.0 MiB  v1\n\
+         ├── notes.txt  file-2  5 B  v1\n\
+         └── more.md  file-3  4 B  v1\n\
+         \n\
+         1 folders, 3 files, 2.0 MiB\n"
+    );
+    let sub = json(&ok(fake.run(&["--json", "file", "ls", "folder-1", "--tree"])));
+    assert_eq!((sub["folder"]["path"].as_str(), sub["files"][0]["id"].as_str()), (Some("/drawings"), Some("file-1")));
+
+    // Downloads: to a path, to stdout, a range, through a link into the current directory.
+    let out = dir.join("copy.bin");
+    let o = fake.run(&["file", "download", "file-1", "-o", out.to_str().unwrap()]);
+    assert_eq!(stderr(&o), format!("downloaded 2097157 bytes of file-1 version 1 to {}\n", out.display()));
+    assert!(ok(o).is_empty());
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let o = fake.run(&["file", "download", "file-1", "-o", "-", "--offset", "10", "--length", "300000"]);
+    assert!(o.status.success() && stderr(&o).is_empty(), "{}", stderr(&o));
+    assert_eq!(o.stdout, &data[10..300_010]);
+    let err = fails(fake.run(&["--json", "file", "download", "file-1", "-o", "-"]));
+    assert!(err.contains("--json cannot be combined with -o -"), "{err}");
+    let cwd = tempfile::tempdir().unwrap();
+    let o =
+        fake.command(&["--json", "file", "download", "--link", LINK_TOKEN]).current_dir(cwd.path()).output().unwrap();
+    let got = json(&ok(o));
+    assert_eq!(
+        (got["bytes"].as_u64(), got["path"].as_str(), got["file"]["id"].as_str()),
+        (Some(2_097_157), Some("plan.dxf"), Some("file-1"))
+    );
+    assert_eq!(std::fs::read(cwd.path().join("plan.dxf")).unwrap(), data);
+    let names: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["plan.dxf"]);
+    let o = fake.run(&["file", "download", "file-2", "-o", cwd.path().to_str().unwrap()]);
+    assert_eq!(std::fs::read(cwd.path().join("notes.txt")).unwrap(), b"hello", "{}", stderr(&o));
+    let err = fails(fake.run(&["file", "download", "file-9", "-o", cwd.path().join("x").to_str().unwrap()]));
+    assert!(err.contains("file-9 not found"), "{err}");
+    assert!(!cwd.path().join("x").exists());
+    {
+        let store = fake.shared.store.lock().unwrap();
+        let link: Vec<_> = store.file_requests.iter().filter(|(c, op)| op == "download" && c.is_empty()).collect();
+        assert_eq!(link.len(), 1, "the link download goes without a credential");
+    }
+
+    let text = ok(fake.run(&["file", "link", "file-1", "--expires", "1d"]));
+    assert!(text.contains(&format!("\n\n    {LINK_TOKEN}\n\n")) && text.contains("shown only once"), "{text}");
+    let link = json(&ok(fake.run(&["--json", "file", "link", "file-1"])));
+    assert_eq!((link["token"].as_str(), link["link"]["id"].as_u64()), (Some(LINK_TOKEN), Some(1)));
+    assert_eq!(
+        ok(fake.run(&["file", "rm", "file-3"])),
+        "moved file-3 to the trash (restore with: caddyctl file restore file-3)\n"
+    );
+
+    let usage = ok(fake.run(&["storage", "usage"]));
+    assert!(usage.starts_with("used:        2.0 MiB of 8.0 MiB (25.0%)\nfiles:       3\n"), "{usage}");
+    let usage = json(&ok(fake.run(&["--json", "storage", "usage"])));
+    assert_eq!(usage["used_bytes"], 2_097_166);
+    let err = fails(fake.run(&["file", "versions", "file-1"]));
+    assert_eq!(err, "error: invalid_argument: unsupported by the fake");
 }

@@ -87,6 +87,10 @@ struct Sockets {
 
 /// A connection being made (or made) in a background task; every request
 /// that needs the endpoint meanwhile awaits the same handshake.
+/// What opening a stream gave: the first answer (if read), the receive
+/// side, and the send side when it was kept open.
+type Opened = (Option<Resp>, quinn::RecvStream, Option<quinn::SendStream>);
+
 type Connecting = Shared<BoxFuture<'static, Result<quinn::Connection, String>>>;
 
 /// One configured endpoint and its cached (or in-progress) connection.
@@ -127,6 +131,7 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
         Resp::BackupChunk(_) => "backup_chunk",
         Resp::Identity(_) => "identity",
         Resp::Doc(_) => "doc",
+        Resp::File(_) => "file",
     }
 }
 
@@ -163,6 +168,8 @@ impl Client {
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE));
+        // Bounds the data an upload keeps buffered while unacknowledged.
+        transport.send_window(4 * 1024 * 1024);
         let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
             .map_err(|e| ClientError::Config(format!("idle timeout: {e}")))?;
         transport.max_idle_timeout(Some(idle));
@@ -336,7 +343,7 @@ impl Client {
         P: FnMut(u64, u64),
     {
         let req = self.request(Req::Backup(pb::BackupRequest {}), 0, 0);
-        let (first, mut recv) = self.open(&req, true).await?;
+        let (first, mut recv, _) = self.open(&req, true, false).await?;
         let mut body = first;
         let mut done = 0u64;
         let mut total = 0u64;
@@ -452,10 +459,10 @@ impl Client {
         let (client_id, sequence) =
             guard.as_ref().map_or((read_client_id.unwrap_or(0), 0), |g| (g.lane().client_id, g.lane().sequence));
         let req = self.request(body, client_id, sequence);
-        let result = match self.open(&req, true).await {
-            Ok((Some(Resp::Error(err)), _)) => Err(ClientError::from_pb(err)),
-            Ok((Some(body), recv)) => Ok((body, recv)),
-            Ok((None, _)) => Err(ClientError::Protocol("response without a body".into())),
+        let result = match self.open(&req, true, false).await {
+            Ok((Some(Resp::Error(err)), _, _)) => Err(ClientError::from_pb(err)),
+            Ok((Some(body), recv, _)) => Ok((body, recv)),
+            Ok((None, _, _)) => Err(ClientError::Protocol("response without a body".into())),
             Err(e) => Err(e),
         };
         if let Some(guard) = guard {
@@ -474,8 +481,31 @@ impl Client {
     /// Sends a streaming request (nothing read yet), with failover.
     pub(crate) async fn open_stream(&self, body: Req) -> Result<quinn::RecvStream, ClientError> {
         let req = self.request(body, 0, 0);
-        let (_, recv) = self.open(&req, false).await?;
+        let (_, recv, _) = self.open(&req, false, false).await?;
         Ok(recv)
+    }
+
+    /// Sends `body` as the given lane's request, keeping the send side open
+    /// for what follows (an upload's chunks); returns the first answer and
+    /// both sides, with failover for the opening exchange.
+    pub(crate) async fn open_duplex(
+        &self,
+        body: Req,
+        client_id: u64,
+        sequence: u64,
+    ) -> Result<(Resp, quinn::SendStream, quinn::RecvStream), ClientError> {
+        let req = self.request(body, client_id, sequence);
+        match self.open(&req, true, true).await? {
+            (Some(Resp::Error(err)), _, _) => Err(ClientError::from_pb(err)),
+            (Some(body), recv, Some(send)) => Ok((body, send, recv)),
+            _ => Err(ClientError::Protocol("response without a body".into())),
+        }
+    }
+
+    /// An exactly-once lane for a write that spans several requests (an
+    /// upload resumed after a failure keeps its lane).
+    pub(crate) fn write_lane(&self) -> crate::lanes::LaneGuard {
+        self.inner.lanes.acquire()
     }
 
     /// This client's id in document presence.
@@ -490,7 +520,7 @@ impl Client {
     /// Opens a watch stream (request sent, nothing read yet), with failover.
     pub(crate) async fn open_watch(&self, prefix: &str, from_revision: u64) -> Result<quinn::RecvStream, ClientError> {
         let req = self.request(Req::Watch(pb::WatchRequest { prefix: prefix.to_owned(), from_revision }), 0, 0);
-        let (_, recv) = self.open(&req, false).await?;
+        let (_, recv, _) = self.open(&req, false, false).await?;
         Ok(recv)
     }
 
@@ -500,11 +530,7 @@ impl Client {
     /// else the last transport failure. With `read_first`, the first answer frame is read
     /// (and a non-retryable `Error` body is returned as it is, for the caller
     /// to map); the receive side is returned for further frames.
-    async fn open(
-        &self,
-        req: &pb::Request,
-        read_first: bool,
-    ) -> Result<(Option<Resp>, quinn::RecvStream), ClientError> {
+    async fn open(&self, req: &pb::Request, read_first: bool, keep_send: bool) -> Result<Opened, ClientError> {
         let config = &self.inner.config;
         let n = self.inner.slots.len();
         if n == 0 {
@@ -534,11 +560,11 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, connect_wait)).await {
-                Ok(Ok((Some(Resp::Error(err)), recv))) => {
+            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, keep_send, connect_wait)).await {
+                Ok(Ok((Some(Resp::Error(err)), recv, send))) => {
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
-                        return Ok((Some(Resp::Error(err)), recv));
+                        return Ok((Some(Resp::Error(err)), recv, send));
                     }
                     if let Some(leader) = err.leader_hint.as_deref().and_then(|hint| self.slot_of(hint)) {
                         next = leader;
@@ -586,15 +612,16 @@ impl Client {
         idx: usize,
         req: &pb::Request,
         read_first: bool,
+        keep_send: bool,
         connect_wait: Duration,
-    ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
+    ) -> Result<Opened, AttemptError> {
         let conn = match tokio::time::timeout(connect_wait, self.connection(idx)).await {
             Ok(conn) => conn.map_err(AttemptError::Transport)?,
             Err(_) => {
                 return Err(AttemptError::Transport("connecting: handshake still in progress".into()));
             }
         };
-        let result = self.exchange(&conn, req, read_first).await;
+        let result = self.exchange(&conn, req, read_first, keep_send).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
             self.forget(idx, Some(&conn));
         }
@@ -606,13 +633,19 @@ impl Client {
         conn: &quinn::Connection,
         req: &pb::Request,
         read_first: bool,
-    ) -> Result<(Option<Resp>, quinn::RecvStream), AttemptError> {
+        keep_send: bool,
+    ) -> Result<Opened, AttemptError> {
         let (mut send, mut recv) =
             conn.open_bi().await.map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
         write_frame(&mut send, req).await.map_err(frame_error)?;
-        send.finish().map_err(|e| AttemptError::Transport(format!("finishing the request: {e}")))?;
+        let send = if keep_send {
+            Some(send)
+        } else {
+            send.finish().map_err(|e| AttemptError::Transport(format!("finishing the request: {e}")))?;
+            None
+        };
         if !read_first {
-            return Ok((None, recv));
+            return Ok((None, recv, send));
         }
         let response: pb::Response = read_frame(&mut recv, self.max_frame()).await.map_err(frame_error)?;
         if !response.leader_client_addr.is_empty()
@@ -622,7 +655,7 @@ impl Client {
             self.inner.leader_hint.store(leader, Ordering::Relaxed);
         }
         match response.body {
-            Some(body) => Ok((Some(body), recv)),
+            Some(body) => Ok((Some(body), recv, send)),
             None => Err(AttemptError::Fatal(ClientError::Protocol("response without a body".into()))),
         }
     }

@@ -87,12 +87,15 @@ fn progress_bar(json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})")
-    {
+    if let Some(style) = transfer_style() {
         bar.set_style(style);
     }
     bar
+}
+
+/// The look of byte-transfer progress bars (backups, file transfers).
+pub(super) fn transfer_style() -> Option<ProgressStyle> {
+    ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})").ok()
 }
 
 /// Streams the backup into `FILE.tmp`, fsyncs it and renames it to `FILE`.

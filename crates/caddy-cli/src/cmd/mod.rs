@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod cluster;
 mod doc;
+mod file;
 mod identity;
 mod kv;
 mod user;
@@ -54,6 +55,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Session(cmd) => identity::session(&ctx, cmd, out).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd, out).await,
         Command::Doc(cmd) => doc::run(&ctx, cmd, out).await,
+        Command::File(cmd) => file::run(&ctx, cmd, out).await,
+        Command::Storage(cmd) => file::storage(&ctx, cmd, out).await,
     };
     ctx.client.close().await;
     result.map_err(describe).map_err(|e| relogin_hint(e, &saved))
@@ -75,10 +78,10 @@ struct SavedCredentials {
 ///   file's, and its `tenant`, when it has one, replaces the config file's.
 /// - `--tenant`/`CADDY_TENANT`, and the ID argument of `tenant` subcommands
 ///   (which wins), override any tenant from the files.
-/// - `login` and `invite accept` go without a credential (the password or
-///   the invitation token is the proof); `invite accept` also without a
-///   tenant (the token names it). A stale or unreadable file does not stop
-///   them.
+/// - `login`, `invite accept` and `file download --link` go without a
+///   credential (the password, the invitation token or the share link
+///   token is the proof); `invite accept` also without a tenant (the token
+///   names it). A stale or unreadable file does not stop them.
 fn apply_credentials(cli: &Cli, config: &mut ClientConfig) -> anyhow::Result<SavedCredentials> {
     let path = cli.credentials_path();
     let anonymous = cli.command.anonymous();
