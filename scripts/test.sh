@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The object-store backend is tested against a real S3-compatible server
+# (moto, from PyPI), which the tests start on a free loopback port.
+if ! command -v moto_server >/dev/null 2>&1; then
+  if ! command -v pip3 >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  pip3 install --quiet 'moto[server]' || pip3 install --quiet --break-system-packages 'moto[server]'
+fi
 cargo build --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"

@@ -13,50 +13,7 @@ use caddy_client::caddy_doc::{Document, Limits, Property};
 use caddy_client::doc_api::{DocCall, DocEvent, PresenceState};
 use caddy_client::identity::IdentityCall;
 use caddy_client::{Client, ClientConfig, ClientError, DocChange, DocHandle, ErrorCode};
-use support::Dev;
-
-async fn client_as(dev: &Dev, node: Option<u64>, credential: &str, tenant: &str) -> Client {
-    let mut config = ClientConfig::from_file(dev.client_toml()).expect("client config");
-    if let Some(n) = node {
-        config.endpoints = vec![dev.client_addr(n)];
-    }
-    config.credential = credential.to_owned();
-    config.tenant = Some(tenant.to_owned());
-    config.request_timeout = Duration::from_secs(20);
-    Client::connect(config).await.expect("connect")
-}
-
-/// Creates tenant `acme` with users of the given roles; returns their session tokens.
-async fn setup(dev: &Dev, people: &[(&str, &str)]) -> Vec<String> {
-    let mut config = ClientConfig::from_file(dev.client_toml()).expect("client config");
-    config.tenant = None;
-    let operator = Client::connect(config.clone()).await.expect("connect");
-    let call = IdentityCall::TenantCreate { id: "acme".into(), name: "Acme".into(), plan: String::new(), quotas: None };
-    operator.identity(&call).await.expect("tenant");
-    config.tenant = Some("acme".into());
-    let acme = Client::connect(config).await.expect("connect");
-    let mut tokens = Vec::new();
-    for (email, role) in people {
-        let call = IdentityCall::UserCreate {
-            email: (*email).into(),
-            display_name: (*email).into(),
-            password: "correct horse battery".into(),
-            roles: [role.to_string()].into(),
-        };
-        acme.identity(&call).await.expect("user");
-        let (token, _) = acme.login(email, "correct horse battery").await.expect("login");
-        tokens.push(token);
-    }
-    tokens
-}
-
-async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{Dev, client_as, eventually, setup};
 
 /// Pushes until the cluster acknowledges (retrying only "unavailable").
 async fn push_acked(handle: &DocHandle) -> u64 {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use caddy_client::identity::IdentityCall;
 use caddy_client::{Client, ClientConfig};
 
 /// Path of a workspace binary next to this test executable's directory.
@@ -234,15 +235,14 @@ impl Dev {
             .create(true)
             .open(self.node_file(node, "caddyd.log"))
             .expect("log");
-        let child = Command::new(bin("caddyd"))
-            .arg("start")
-            .arg("--config")
-            .arg(self.node_file(node, "caddyd.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("restart node");
+        let mut cmd = Command::new(bin("caddyd"));
+        cmd.arg("start").arg("--config").arg(self.node_file(node, "caddyd.toml")).stdin(Stdio::null());
+        cmd.stdout(log.try_clone().expect("log")).stderr(log);
+        // The same environment the cluster started with.
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("restart node");
         std::fs::write(self.node_file(node, "caddyd.pid"), format!("{}\n", child.id())).expect("pid");
         self.extra.push(child);
     }
@@ -348,4 +348,48 @@ pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> (u16, String) {
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// An SDK client with a credential and tenant (optionally bound to one node).
+pub async fn client_as(dev: &Dev, node: Option<u64>, credential: &str, tenant: &str) -> Client {
+    let mut config = ClientConfig::from_file(dev.client_toml()).expect("client config");
+    if let Some(n) = node {
+        config.endpoints = vec![dev.client_addr(n)];
+    }
+    config.credential = credential.to_owned();
+    config.tenant = Some(tenant.to_owned());
+    config.request_timeout = Duration::from_secs(20);
+    Client::connect(config).await.expect("connect")
+}
+
+/// Creates tenant `acme` with users of the given roles; returns their session tokens.
+pub async fn setup(dev: &Dev, people: &[(&str, &str)]) -> Vec<String> {
+    let mut config = ClientConfig::from_file(dev.client_toml()).expect("client config");
+    config.tenant = None;
+    let operator = Client::connect(config.clone()).await.expect("connect");
+    let call = IdentityCall::TenantCreate { id: "acme".into(), name: "Acme".into(), plan: String::new(), quotas: None };
+    operator.identity(&call).await.expect("tenant");
+    config.tenant = Some("acme".into());
+    let acme = Client::connect(config).await.expect("connect");
+    let mut tokens = Vec::new();
+    for (email, role) in people {
+        let call = IdentityCall::UserCreate {
+            email: (*email).into(),
+            display_name: (*email).into(),
+            password: "correct horse battery".into(),
+            roles: [role.to_string()].into(),
+        };
+        acme.identity(&call).await.expect("user");
+        let (token, _) = acme.login(email, "correct horse battery").await.expect("login");
+        tokens.push(token);
+    }
+    tokens
+}
+
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
