@@ -10,6 +10,7 @@
 #   BENCH_CLIENTS     client counts, space-separated (default "1 64")
 #   BENCH_KV          0: skip the key-value and memory runs (default 1)
 #   BENCH_FANOUT      0: skip the document fan-out run (default 1)
+#   BENCH_FILES       0: skip the file throughput run (CADDY vs a plain TCP+TLS copy; default 1)
 #   BENCH_SKIP_BUILD  1: use the existing release binaries
 #   BENCH_TMPDIR      parent of the throwaway directory (default /tmp; must be a real disk)
 #   BENCH_KEEP_TMP    1: keep the throwaway directory (logs, data) on exit
@@ -23,6 +24,7 @@ BENCH_KILLS=${BENCH_KILLS:-10}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 64"}
 BENCH_KV=${BENCH_KV:-1}
 BENCH_FANOUT=${BENCH_FANOUT:-1}
+BENCH_FILES=${BENCH_FILES:-1}
 VALUE_SIZE=256
 KEYS=10000
 FAILOVER_CLIENTS=8
@@ -257,6 +259,14 @@ if ((BENCH_FANOUT)); then
         --value-bytes "${update_bytes:-160}" >>"$FANOUT" || log "step failed: fanout etcd"
 fi
 
+# File upload and download MB/s (1 MB x5, 100 MB x2), against the same bytes
+# copied over a plain TCP + TLS 1.3 stream in the bench process.
+if ((BENCH_FILES)); then
+    mkdir -p "$TMP/files"
+    step "files caddy vs TCP+TLS (1 MB, 100 MB)" 900 "$BENCH" files --caddy-config "$CADDY_CONFIG" \
+        --tmp "$TMP/files"
+fi
+
 if ((BENCH_KILLS > 0)); then
     fo_limit=$((BENCH_KILLS * 150 + 120))
     step "failover caddy ($BENCH_KILLS leader kills)" "$fo_limit" "$BENCH" failover "${CADDY_TARGET[@]}" \
@@ -273,7 +283,7 @@ if [[ -s $FANOUT ]]; then
     echo "document fan-out (one JSON line per system):"
     cat "$FANOUT"
 fi
-if ((!BENCH_KV && BENCH_KILLS == 0)); then
+if ((!BENCH_KV && BENCH_KILLS == 0 && !BENCH_FILES)); then
     exit 0
 fi
 mkdir -p "$RESULTS_DIR"

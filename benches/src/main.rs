@@ -12,13 +12,16 @@
 //! - `doc`: the cost of the `caddy-doc` layer over raw Loro (merge, memory,
 //!   an editing trace), in process, no cluster;
 //! - `fanout`: document updates committed per second and delivered to N
-//!   subscribers on a cluster, against etcd puts and prefix watches.
+//!   subscribers on a cluster, against etcd puts and prefix watches;
+//! - `files`: file upload and download throughput on a cluster, against the
+//!   same bytes copied over a plain TCP + TLS 1.3 stream on this machine.
 //!
 //! Two helpers for run.sh: `free-ports` and `wait-healthy`.
 
 mod doc;
 mod failover;
 mod fanout;
+mod files;
 mod report;
 mod systems;
 
@@ -53,6 +56,8 @@ enum Cmd {
     Doc(doc::DocArgs),
     /// Document updates committed and fanned out to N subscribers (or etcd puts to N watchers).
     Fanout(fanout::FanoutArgs),
+    /// File upload and download MB/s on a cluster, against a plain TCP + TLS stream (the practical limit).
+    Files(files::FilesArgs),
     /// Prints N distinct free loopback TCP ports.
     FreePorts {
         /// How many.
@@ -181,6 +186,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Report(args) => report::run(args),
         Cmd::Doc(_) => anyhow::bail!("doc runs without a runtime"),
         Cmd::Fanout(args) => runtime.block_on(fanout::run(args)),
+        Cmd::Files(args) => runtime.block_on(files::run(args)),
         Cmd::FreePorts { n } => free_ports(n),
         Cmd::WaitHealthy { target, timeout } => runtime.block_on(wait_healthy(target, timeout)),
     }

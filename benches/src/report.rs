@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// File of JSON lines (kv, failover and rss records).
+    /// File of JSON lines (kv, failover, rss and files records).
     #[arg(long)]
     input: PathBuf,
     /// Where to write the results JSON.
@@ -173,6 +173,13 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The kv/failover/rss table only when one of them ran.
+    if t.rows.is_empty() {
+        t.text.clear();
+    }
+    let files = find(&records, |r| r.get("bench").and_then(Value::as_str) == Some("files"));
+    let files_rows = files.map(|f| files_table(&mut t, f)).unwrap_or_default();
+
     print!("{}", t.text);
     let failed: Vec<&Value> =
         records.iter().filter(|r| r.get("kind").and_then(Value::as_str) == Some("failed")).collect();
@@ -197,6 +204,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         "table": t.text,
         "summary": t.rows,
         "failover": by_system("failover"),
+        "files": files.cloned().unwrap_or(Value::Null),
+        "files_summary": files_rows,
         "failed_steps": failed,
         "runs": records,
     });
@@ -206,4 +215,54 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     std::fs::write(&args.output, serde_json::to_string_pretty(&out)? + "\n")
         .with_context(|| format!("writing {}", args.output.display()))?;
     Ok(())
+}
+
+/// The "Files" table (MB/s of CADDY and of the TCP+TLS baseline, and their
+/// ratio, per size and direction) from a `files` record; returns its rows.
+fn files_table(t: &mut Table, f: &Value) -> Vec<Value> {
+    let mut rows = Vec::new();
+    if !t.text.is_empty() {
+        t.note("");
+    }
+    t.note(&format!(
+        "{:<28} {:<18} {:>11} {:>11} {:>11}",
+        "files (MB = 10^6 B)", "metric", "CADDY", "TCP+TLS", "CADDY/TLS"
+    ));
+    t.note(&"-".repeat(83));
+    let sizes: Vec<u64> = f
+        .get("sizes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    for size in sizes {
+        let key = size.to_string();
+        let get = |system: &str, field: &str| {
+            f.get(system).and_then(|s| s.get(field)).and_then(|m| m.get(&key)).and_then(Value::as_f64)
+        };
+        let rounds = f.get("rounds").and_then(|r| r.get(&key)).and_then(Value::as_u64).unwrap_or(0);
+        let label = if size % 1_000_000 == 0 { format!("{} MB", size / 1_000_000) } else { format!("{size} B") };
+        let mut section = format!("{label} file, median of {rounds}");
+        for (direction, field) in [("upload", "upload_mb_s"), ("download", "download_mb_s")] {
+            let (c, b) = (get("caddy", field), get("tcp_tls", field));
+            let r = ratio(c, b);
+            let _ = writeln!(
+                t.text,
+                "{:<28} {:<18} {:>11} {:>11} {:>11}",
+                section,
+                format!("{direction} MB/s"),
+                fmt_num(c, 1),
+                fmt_num(b, 1),
+                r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+            );
+            rows.push(json!({
+                "size": size,
+                "direction": direction,
+                "caddy_mb_s": round(c, 3),
+                "tcp_tls_mb_s": round(b, 3),
+                "ratio_caddy_over_tcp_tls": round(r, 3),
+            }));
+            section.clear();
+        }
+    }
+    rows
 }
