@@ -186,3 +186,69 @@ async fn identity_bad_input_and_a_retried_secret_never_answering_with_a_dead_sec
     assert_eq!(answer["keys"].as_array().map(Vec::len), Some(1), "created once: {answer}");
     service.close().await;
 }
+
+/// Sends one upload on its own stream: the call, then every chunk the node
+/// asks for; returns the final answer (or error) frame.
+async fn raw_upload(conn: &quinn::Connection, req: &pb::Request, data: &[u8]) -> pb::Response {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&frame(req)).await.expect("send");
+    let first = caddy_wire::read_frame::<pb::Response, _>(&mut recv, 1 << 20).await.expect("an answer frame");
+    let Some(pb::response::Body::File(answer)) = &first.body else { return first };
+    let answer: serde_json::Value = serde_json::from_slice(&answer.answer).expect("json");
+    if answer["kind"] != "need" {
+        return first;
+    }
+    let need = answer["chunks"].as_array().expect("chunk indexes");
+    for index in need {
+        let index = index.as_u64().expect("index") as u32;
+        let chunk = pb::FileChunk { index, data: data.to_vec() };
+        caddy_wire::write_frame(&mut send, &chunk).await.expect("chunk");
+    }
+    let _ = send.finish();
+    caddy_wire::read_frame::<pb::Response, _>(&mut recv, 1 << 20).await.expect("the final frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_upload_whose_answer_was_lost_gets_the_first_answer_and_commits_once() {
+    let dev = Dev::start(1, &[]);
+    let conn = raw_connection(&dev, 1).await;
+    let cred = credential(&dev);
+    let create = r#"{"op":"tenant_create","id":"acme","name":"Acme","plan":"","quotas":null}"#;
+    let resp = exchange(&conn, &frame(&identity_request(&cred, "", 1, create))).await;
+    assert!(matches!(resp.body, Some(pb::response::Body::Identity(_))), "{resp:?}");
+
+    let data = b"one upload, sent twice".to_vec();
+    let call = serde_json::json!({
+        "op": "upload", "name": "twice.txt", "size": data.len(), "chunks": [blake3::hash(&data).to_hex().to_string()],
+    });
+    let upload = |seq: u64| pb::Request {
+        credential: cred.clone(),
+        client_id: 78,
+        sequence: seq,
+        tenant: "acme".to_owned(),
+        body: Some(pb::request::Body::File(pb::FileRequest { call: call.to_string().into_bytes() })),
+        ..Default::default()
+    };
+    let file_of = |resp: &pb::Response| -> serde_json::Value {
+        let Some(pb::response::Body::File(answer)) = &resp.body else { panic!("expected a file answer: {resp:?}") };
+        serde_json::from_slice(&answer.answer).expect("json")
+    };
+    let first = file_of(&raw_upload(&conn, &upload(1), &data).await);
+    // The same request again, as a client does whose answer was lost: the
+    // first commit's answer, not `already_exists`, and no second file.
+    let again = file_of(&raw_upload(&conn, &upload(1), &data).await);
+    assert_eq!(first["id"], again["id"], "first {first}, retry {again}");
+    assert_eq!(again["size"].as_u64(), Some(data.len() as u64), "{again}");
+    // A new request (next sequence) for the same name is judged anew.
+    let (code, msg) = error_code(&raw_upload(&conn, &upload(2), &data).await);
+    assert_eq!(code, pb::ErrorCode::AlreadyExists, "{msg}");
+    let list = pb::Request {
+        credential: cred.clone(),
+        tenant: "acme".to_owned(),
+        body: Some(pb::request::Body::File(pb::FileRequest { call: br#"{"op":"list"}"#.to_vec() })),
+        ..Default::default()
+    };
+    let listing = file_of(&exchange(&conn, &frame(&list)).await);
+    assert_eq!(listing["files"].as_array().map(Vec::len), Some(1), "{listing}");
+    conn.close(0u32.into(), b"done");
+}

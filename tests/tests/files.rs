@@ -11,23 +11,9 @@ use std::time::{Duration, Instant};
 use caddy_client::file_api::{Access, FileAnswer};
 use caddy_client::identity::{IdentityCall, QuotasPatch};
 use caddy_client::{Client, ClientConfig, ClientError, DownloadOptions, ErrorCode, UploadOptions};
-use support::{Dev, bin, client_as, setup};
+use support::{Dev, bin, client_as, pseudo_random, setup};
 
 const MIB: usize = 1024 * 1024;
-
-/// Deterministic, incompressible bytes (xorshift), different per `seed`.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -223,7 +209,7 @@ async fn uploads_survive_killed_nodes_and_a_restarted_node_repairs_its_chunks() 
 
     // No metadata points at a missing chunk: every file reads back whole
     // through each live node.
-    let (_, files, _) = client.file_list(None, None, 100).await.expect("list");
+    let files = client.file_list(None, None, 100).await.expect("list").files;
     assert_eq!(files.len(), 2, "{files:?}");
     for node in [leader, follower] {
         let c = client_as(&dev, Some(node), &tokens[0], "acme").await;
@@ -280,6 +266,62 @@ async fn a_corrupt_chunk_is_detected_on_read_and_repaired_from_a_peer() {
     assert_eq!(corrupt, Some(1.0), "metrics:\n{metrics}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_content_is_collected_from_every_node_after_the_grace_period_and_shared_chunks_stay() {
+    let env = [
+        ("CADDY_FILES_GC_GRACE_SECS", "4"),
+        ("CADDY_FILES_UPLOAD_TIMEOUT_SECS", "2"),
+        ("CADDY_FILES_GC_INTERVAL_MS", "300"),
+    ];
+    let dev = Dev::start(3, &env);
+    let tokens = setup(&dev, &[("ann@acme.test", "editor")]).await;
+    let client = client_as(&dev, None, &tokens[0], "acme").await;
+    // `gone` shares its first chunk with `kept`; its second chunk is its own.
+    let kept = pseudo_random(2 * MIB, 40);
+    let mut gone = kept[..MIB].to_vec();
+    gone.extend(pseudo_random(MIB / 2, 41));
+    let upload = |bytes: Vec<u8>, name: &'static str| {
+        let client = &client;
+        async move { client.file_upload(&mut std::io::Cursor::new(bytes), &named(name), |_, _| {}).await }
+    };
+    upload(kept.clone(), "kept.bin").await.expect("upload kept");
+    let gone_info = upload(gone.clone(), "gone.bin").await.expect("upload gone");
+    let (kept_chunks, gone_chunks) = (chunk_hashes(&kept), chunk_hashes(&gone));
+    let own_chunk = gone_chunks[1].clone();
+    let on_every_node = |hash: &str| (1..=3).all(|n| chunk_path(&dev, n, "acme", hash).exists());
+    let on_no_node = |hash: &str| (1..=3).all(|n| !chunk_path(&dev, n, "acme", hash).exists());
+    wait_for("every node to hold every chunk", Duration::from_secs(20), || {
+        kept_chunks.iter().chain(&gone_chunks).all(|h| on_every_node(h))
+    });
+
+    // In the trash the content is still referenced: nothing is collected.
+    client.file_trash(&gone_info.id).await.expect("trash");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(on_every_node(&own_chunk), "a trashed file's chunk was collected");
+    client.file_purge(&gone_info.id).await.expect("purge");
+
+    // A chunk no file references, written just now (as an upload that has
+    // not committed yet leaves it): kept for the grace period.
+    let orphan = pseudo_random(1000, 42);
+    let orphan_hash = blake3::hash(&orphan).to_hex().to_string();
+    let orphan_path = chunk_path(&dev, 1, "acme", &orphan_hash);
+    std::fs::create_dir_all(orphan_path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&orphan_path, &orphan).expect("write orphan");
+
+    wait_for("the purged file's own chunk to leave every node", Duration::from_secs(30), || on_no_node(&own_chunk));
+    assert!(orphan_path.exists(), "a chunk younger than the grace period was collected");
+    assert!(kept_chunks.iter().all(|h| on_every_node(h)), "a chunk another file references was collected");
+    assert_eq!(download_all(&client, &upload_id(&client, "kept.bin").await).await.expect("download"), kept);
+    wait_for("the orphan to be collected after its grace period", Duration::from_secs(30), || !orphan_path.exists());
+    let usage = client.storage_usage().await.expect("usage");
+    assert_eq!(usage.file_bytes, kept.len() as u64, "{usage:?}");
+}
+
+async fn upload_id(client: &Client, name: &str) -> String {
+    let files = client.file_list(None, None, 100).await.expect("list").files;
+    files.into_iter().find(|f| f.name == name).map(|f| f.id).expect("the file is listed")
+}
+
 fn named(name: &str) -> UploadOptions {
     UploadOptions { name: name.into(), ..Default::default() }
 }
@@ -317,7 +359,7 @@ async fn concurrent_uploads_never_overshoot_the_storage_quota() {
     let usage = client.storage_usage().await.expect("usage");
     assert!(usage.used_bytes <= quota, "{usage:?}");
     assert_eq!(usage.file_bytes, committed, "{usage:?}");
-    let (_, files, _) = client.file_list(None, None, 100).await.expect("list");
+    let files = client.file_list(None, None, 100).await.expect("list").files;
     assert_eq!(files.iter().map(|f| f.size).sum::<u64>(), committed);
 }
 
@@ -394,10 +436,10 @@ async fn bad_requests_get_typed_errors_and_change_nothing() {
     assert!(sink.is_empty());
 
     let after = listing().await;
-    assert_eq!(before.0.len(), after.0.len());
+    assert_eq!(before.folders.len(), after.folders.len());
     assert_eq!(
-        before.1.iter().map(|f| (&f.id, &f.name)).collect::<Vec<_>>(),
-        after.1.iter().map(|f| (&f.id, &f.name)).collect::<Vec<_>>()
+        before.files.iter().map(|f| (&f.id, &f.name)).collect::<Vec<_>>(),
+        after.files.iter().map(|f| (&f.id, &f.name)).collect::<Vec<_>>()
     );
     match ann.file_info(&top.id).await.expect("info") {
         FileAnswer::Folder(f) => assert_eq!(f.parent, None),

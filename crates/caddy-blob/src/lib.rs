@@ -38,6 +38,7 @@
 
 mod key;
 mod local;
+pub mod moto;
 mod object;
 
 use std::sync::atomic::{AtomicU64, Ordering};

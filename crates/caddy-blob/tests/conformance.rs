@@ -2,16 +2,11 @@
 //! in-memory object store, and a real S3-compatible server (moto).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
+use caddy_blob::moto::Moto;
 use caddy_blob::{
     BlobError, BlobStore, ChunkHash, ChunkKey, LocalStore, MAX_CHUNK_BYTES, ObjectBackend, ObjectConfig, StoreUsage,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn key(tenant: &str, data: &[u8]) -> ChunkKey {
     ChunkKey::for_data(tenant, data).unwrap()
@@ -212,98 +207,25 @@ async fn memory_object_store_conforms() {
     }
 }
 
-/// A `moto_server` child process, killed when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends one unsigned HTTP/1.1 request and returns the status code.
-async fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:.200}")))
-}
-
-async fn start_moto() -> Moto {
-    let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = match Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => panic!(
-            "cannot start moto_server ({e}); the S3 conformance test needs it: \
-             run `pip3 install 'moto[server]'`"
-        ),
-    };
-    let mut moto = Moto { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(code) = http(port, "GET", "/").await
-            && code < 500
-        {
-            break;
-        }
-        if let Ok(Some(status)) = moto.child.try_wait() {
-            panic!("moto_server exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "moto_server did not answer on port {port} within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    moto
+fn start_moto() -> Moto {
+    Moto::start().unwrap_or_else(|e| panic!("the S3 conformance test needs moto_server: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_object_store_conforms() {
-    let moto = start_moto().await;
+    let moto = start_moto();
     let bucket = "caddy-chunks";
-    let code = http(moto.port, "PUT", &format!("/{bucket}")).await.unwrap();
-    assert_eq!(code, 200, "creating bucket {bucket} on moto");
+    moto.create_bucket(bucket).unwrap();
 
     for url in [format!("s3://{bucket}"), format!("s3://{bucket}/cluster-1/")] {
-        let config = ObjectConfig {
-            url,
-            endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("testing".into()),
-            secret_access_key: Some("testing".into()),
-            allow_http: true,
-        };
-        let store = BlobStore::Object(ObjectBackend::from_config(&config).unwrap());
+        let store = BlobStore::Object(ObjectBackend::from_config(&moto.config(url)).unwrap());
         assert_eq!(store.kind(), "s3");
         assert!(store.is_shared());
         conformance(&store).await;
     }
 
     // A missing bucket is a clear backend error, not a panic or a None.
-    let config = ObjectConfig {
-        url: "s3://no-such-bucket".into(),
-        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        allow_http: true,
-    };
-    let store = BlobStore::Object(ObjectBackend::from_config(&config).unwrap());
+    let store = BlobStore::Object(ObjectBackend::from_config(&moto.config("s3://no-such-bucket")).unwrap());
     let d = Bytes::from_static(b"x");
     match store.put(&key("t", &d), d).await {
         Err(BlobError::Backend(msg)) => assert!(msg.contains("no-such-bucket"), "{msg}"),

@@ -140,6 +140,19 @@ async fn read_full<R: AsyncRead + Unpin>(source: &mut R, buf: &mut [u8]) -> std:
     Ok(filled)
 }
 
+/// One page of a folder's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderPage {
+    /// The folder listed (`None`: the root).
+    pub folder: Option<FolderInfo>,
+    /// Its subfolders on this page.
+    pub folders: Vec<FolderInfo>,
+    /// Its files on this page.
+    pub files: Vec<FileInfo>,
+    /// The `after` cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
 impl Client {
     /// Sends one metadata call (not an upload or download).
     pub async fn file(&self, call: &FileCall) -> Result<FileAnswer, ClientError> {
@@ -410,11 +423,11 @@ impl Client {
         folder: Option<&str>,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<(Vec<FolderInfo>, Vec<FileInfo>, Option<String>), ClientError> {
+    ) -> Result<FolderPage, ClientError> {
         let call =
             FileCall::List { folder: folder.map(str::to_owned), after: after.map(str::to_owned), limit: Some(limit) };
         match self.file(&call).await? {
-            FileAnswer::List { folders, files, next, .. } => Ok((folders, files, next)),
+            FileAnswer::List { folder, folders, files, next } => Ok(FolderPage { folder, folders, files, next }),
             other => Err(unexpected_file("list", &other)),
         }
     }

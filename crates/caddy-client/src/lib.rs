@@ -44,6 +44,6 @@ pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
 pub use docs::{DocChange, DocHandle, DocWatch, MAX_DOC_PAYLOAD, SyncReport};
 pub use error::{ClientError, ErrorCode};
-pub use files::{DownloadOptions, Downloaded, UploadOptions};
+pub use files::{DownloadOptions, Downloaded, FolderPage, UploadOptions};
 pub use loadgen::LoadReport;
 pub use watch::WatchStream;

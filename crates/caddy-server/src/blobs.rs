@@ -13,7 +13,10 @@
 //!   shorter than half the grace period, so nothing an upload relies on is
 //!   collected before its metadata commits.
 //! - Every chunk read is checked against its hash, wherever it comes from.
+//! - At most `PEER_SENDS_IN_FLIGHT` chunk copies are on their way to any
+//!   one peer; a busy peer beyond the majority is left to the repair pass.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +28,16 @@ use caddy_raft::RaftNode;
 use caddy_raft::pb;
 use caddy_raft::service::ChunkService;
 use futures::future::BoxFuture;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::Status;
 
 use crate::config::FilesConfig;
 
 /// How long one peer chunk call may take.
 const PEER_CHUNK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Chunk copies on their way to one peer at once (bounds the memory a
+/// slow peer can hold up: a chunk is at most 4 MiB).
+const PEER_SENDS_IN_FLIGHT: usize = 8;
 /// Chunks examined per repair or collection page.
 const PAGE: usize = 256;
 
@@ -81,12 +87,19 @@ pub struct Blobs {
     store: Arc<BlobStore>,
     node: RaftNode,
     grace: Duration,
+    /// Per peer address, the chunk sends in flight.
+    peer_sends: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Blobs {
     /// Wraps `store` for `node`.
     pub fn new(store: BlobStore, node: RaftNode, config: &FilesConfig) -> Self {
-        Self { store: Arc::new(store), node, grace: Duration::from_secs(config.gc_grace_secs) }
+        Self {
+            store: Arc::new(store),
+            node,
+            grace: Duration::from_secs(config.gc_grace_secs),
+            peer_sends: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// What peers call on this node.
@@ -115,6 +128,12 @@ impl Blobs {
         Ok(held)
     }
 
+    /// The bound on chunk copies being sent to the peer at `addr`.
+    fn peer_gate(&self, addr: &str) -> Arc<Semaphore> {
+        let mut gates = self.peer_sends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(addr.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(PEER_SENDS_IN_FLIGHT))).clone()
+    }
+
     /// Stores a chunk here (hash-checked, fsynced).
     pub async fn store_local(&self, tenant: &TenantId, hash: [u8; 32], data: Bytes) -> Result<(), CaddyError> {
         self.store.put(&Self::key(tenant, hash), data).await.map_err(blob_error)?;
@@ -133,15 +152,39 @@ impl Blobs {
             return Ok(());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let peers = self.node.other_members();
-        let total = peers.len();
-        for (_, addr) in peers {
-            let (tx, node, data) = (tx.clone(), self.node.clone(), data.clone());
+        let send = |permit: OwnedSemaphorePermit, addr: String| {
+            let (tx, node) = (tx.clone(), self.node.clone());
             let msg = pb::ChunkData { tenant: tenant.to_string(), hash: hash.to_vec(), data: data.to_vec() };
             tokio::spawn(async move {
                 let ok = put_on_peer(&node, &addr, msg).await;
+                drop(permit);
                 let _ = tx.send(ok).await;
             });
+        };
+        // A peer with PEER_SENDS_IN_FLIGHT chunks already on their way is
+        // skipped (the repair pass brings it the chunk after the commit), so
+        // a slow peer cannot pile up chunk copies in this node's memory;
+        // unless the majority needs it, then the upload waits for it.
+        let mut total = 0;
+        let mut busy = Vec::new();
+        for (_, addr) in self.node.other_members() {
+            let gate = self.peer_gate(&addr);
+            match gate.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    send(permit, addr);
+                    total += 1;
+                }
+                Err(_) => busy.push((addr, gate)),
+            }
+        }
+        for (addr, gate) in busy {
+            if total >= needed {
+                metrics::counter!("caddy_blob_replications_deferred_total").increment(1);
+                continue;
+            }
+            let permit = gate.acquire_owned().await.map_err(|_| CaddyError::internal("peer send gate closed"))?;
+            send(permit, addr);
+            total += 1;
         }
         drop(tx);
         let (mut acked, mut answered) = (0, 0);

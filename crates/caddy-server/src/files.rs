@@ -4,8 +4,8 @@
 //! (ranged) downloads served from the blob store.
 //!
 //! Memory per transfer is bounded by a few chunks: an upload holds at most
-//! [`REPLICATIONS_IN_FLIGHT`] chunks being replicated plus the one being
-//! read; a download holds one chunk.
+//! [`REPLICATIONS_IN_FLIGHT`] chunks being stored and replicated plus the
+//! one being read; a download holds one chunk.
 
 use std::time::Duration;
 
@@ -15,14 +15,14 @@ use caddy_core::files::{
 };
 use caddy_core::identity::api::Op;
 use caddy_core::identity::{Action, Caller, Permission, Resource, ResourceKind, TenantId, authorize};
-use caddy_core::{CaddyError, ClientSeq, ErrorCode, ReplyBody};
+use caddy_core::{CaddyError, ClientSeq, ErrorCode, Reply, ReplyBody};
 use caddy_wire::pb::{self, response::Body as Resp};
 use caddy_wire::{FrameError, read_frame, write_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 use crate::accounts::now_ms;
-use crate::service::{Asker, Service};
+use crate::service::{Asker, Service, local};
 
 /// Largest payload slice in one download frame.
 pub const PAYLOAD_CHUNK: usize = 1024 * 1024;
@@ -79,6 +79,15 @@ fn created_id(reply: ReplyBody, what: &str) -> Result<u64, CaddyError> {
     match reply {
         ReplyBody::Created { id } => Ok(id),
         other => Err(CaddyError::internal(format!("unexpected reply to {what}: {other:?}"))),
+    }
+}
+
+/// The file an applied upload commit created or added a version to.
+fn committed_id(reply: ReplyBody, target: &CommitTarget) -> Result<FileId, CaddyError> {
+    match (reply, target) {
+        (ReplyBody::Created { id }, _) => Ok(FileId(id)),
+        (_, CommitTarget::Version { file }) => Ok(*file),
+        (other, _) => Err(CaddyError::internal(format!("unexpected reply to an upload: {other:?}"))),
     }
 }
 
@@ -341,6 +350,16 @@ impl Service {
         }
         let node = self.node();
         node.read_barrier().await?;
+        // A retry of an upload whose commit applied but whose answer was
+        // lost: answer as the first attempt would have, before the precheck
+        // (which would now see the name taken) judges it as new.
+        if let Some(origin) = origin
+            && let Some(Reply(applied)) = node.state_machine().applied_reply(origin).map_err(local)?
+        {
+            let id = committed_id(applied?, &target)?;
+            let answer = self.info_of(tenant, asker, id.to_string()).await?;
+            return send(out, &answer, &self.leader_client_addr()).await;
+        }
         node.state_machine().file_commit_precheck(tenant, &asker.caller, &target, size, bounds)?;
 
         // Each distinct chunk once; the ones this node holds are not sent again.
@@ -384,14 +403,17 @@ impl Service {
                 )));
             }
             let data = Bytes::from(frame.data);
-            blobs.store_local(tenant, expected.hash, data.clone()).await?;
             while replicating.len() >= REPLICATIONS_IN_FLIGHT {
                 if let Some(done) = replicating.join_next().await {
                     done.map_err(|e| CaddyError::internal(format!("replication task: {e}")))??;
                 }
             }
+            // Storing here and replicating overlap with reading the next chunk.
             let (blobs, tenant) = (blobs.clone(), tenant.clone());
-            replicating.spawn(async move { blobs.replicate(&tenant, expected.hash, data).await });
+            replicating.spawn(async move {
+                blobs.store_local(&tenant, expected.hash, data.clone()).await?;
+                blobs.replicate(&tenant, expected.hash, data).await
+            });
         }
         while let Some(done) = replicating.join_next().await {
             done.map_err(|e| CaddyError::internal(format!("replication task: {e}")))??;
@@ -401,11 +423,7 @@ impl Service {
         let content_hash = files::content_hash(&chunks);
         let op = FileOp::Commit { target: target.clone(), size, content_hash, chunks, bounds };
         let reply = node.propose(origin, asker.call(Op::File(op))).await?;
-        let id = match (reply, &target) {
-            (ReplyBody::Created { id }, _) => FileId(id),
-            (_, CommitTarget::Version { file }) => *file,
-            (other, _) => return Err(CaddyError::internal(format!("unexpected reply to an upload: {other:?}"))),
-        };
+        let id = committed_id(reply, &target)?;
         metrics::counter!("caddy_file_upload_bytes_total").increment(size);
         let answer = self.info_of(tenant, asker, id.to_string()).await?;
         send(out, &answer, &self.leader_client_addr()).await

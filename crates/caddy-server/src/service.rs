@@ -158,7 +158,7 @@ fn event_to_pb(e: &KvEvent) -> pb::WatchEvent {
     }
 }
 
-fn local(e: std::io::Error) -> CaddyError {
+pub(crate) fn local(e: std::io::Error) -> CaddyError {
     CaddyError::internal(format!("local storage: {e}"))
 }
 

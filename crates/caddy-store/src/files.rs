@@ -685,6 +685,25 @@ fn release_name(
     Ok(())
 }
 
+/// Moves `item`'s entry in the name index from `(from, old)` to `(to, new)`,
+/// refusing (and changing nothing) when the new place is taken.
+fn move_name(
+    files: &mut FTable<'_>,
+    t: &TenantId,
+    item: ItemId,
+    from: Option<FolderId>,
+    old: &str,
+    to: Option<FolderId>,
+    new: &str,
+) -> io::Result<Result<(), CaddyError>> {
+    if let Err(e) = name_free(&*files, t, to, new)? {
+        return Ok(Err(e));
+    }
+    release_name(files, t, from, old, item)?;
+    put(files, &k_name(t, to, new), &item)?;
+    Ok(Ok(()))
+}
+
 /// What the name index holds below a folder.
 #[derive(Default)]
 struct Tree {
@@ -1174,9 +1193,7 @@ fn move_item(files: &mut FTable<'_>, cx: &Cx<'_>, item: ItemId, to: Option<Folde
             if rec.folder == to {
                 return done();
             }
-            check!(name_free(&*files, t, to, &rec.name)?);
-            release_name(files, t, rec.folder, &rec.name, item)?;
-            put(files, &k_name(t, to, &rec.name), &item)?;
+            check!(move_name(files, t, item, rec.folder, &rec.name, to, &rec.name)?);
             rec.folder = to;
             rec.modified_by = cx.who.actor.clone();
             rec.modified_ms = cx.stamp;
@@ -1203,9 +1220,7 @@ fn move_item(files: &mut FTable<'_>, cx: &Cx<'_>, item: ItemId, to: Option<Folde
                     "moving {id} there would nest folders more than {MAX_FOLDER_DEPTH} deep"
                 ))));
             }
-            check!(name_free(&*files, t, to, &rec.name)?);
-            release_name(files, t, rec.parent, &rec.name, item)?;
-            put(files, &k_name(t, to, &rec.name), &item)?;
+            check!(move_name(files, t, item, rec.parent, &rec.name, to, &rec.name)?);
             rec.parent = to;
             put(files, &k_folder(t, id), &rec)?;
             done()
@@ -1228,9 +1243,7 @@ fn rename(files: &mut FTable<'_>, cx: &Cx<'_>, item: ItemId, name: &str) -> Step
             if rec.name == name {
                 return done();
             }
-            check!(name_free(&*files, t, rec.folder, &name)?);
-            release_name(files, t, rec.folder, &rec.name, item)?;
-            put(files, &k_name(t, rec.folder, &name), &item)?;
+            check!(move_name(files, t, item, rec.folder, &rec.name, rec.folder, &name)?);
             rec.name = name;
             rec.modified_by = cx.who.actor.clone();
             rec.modified_ms = cx.stamp;
@@ -1246,9 +1259,7 @@ fn rename(files: &mut FTable<'_>, cx: &Cx<'_>, item: ItemId, name: &str) -> Step
             if rec.name == name {
                 return done();
             }
-            check!(name_free(&*files, t, rec.parent, &name)?);
-            release_name(files, t, rec.parent, &rec.name, item)?;
-            put(files, &k_name(t, rec.parent, &name), &item)?;
+            check!(move_name(files, t, item, rec.parent, &rec.name, rec.parent, &name)?);
             rec.name = name;
             put(files, &k_folder(t, id), &rec)?;
             done()

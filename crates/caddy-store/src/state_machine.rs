@@ -420,6 +420,19 @@ impl StateMachineStore {
         lock(&self.inner.current_snapshot).clone()
     }
 
+    /// The reply of the client's request `origin` if it has been applied
+    /// (the exactly-once table), so a retried request whose first attempt
+    /// committed can be answered before any precheck judges it anew.
+    pub fn applied_reply(&self, origin: ClientSeq) -> io::Result<Option<Reply>> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        let sessions = txn.open_table(SESSIONS).map_err(io_err)?;
+        let Some(raw) = sessions.get(origin.client_id).map_err(io_err)? else {
+            return Ok(None);
+        };
+        let session: Session = open_record("session", raw.value())?;
+        Ok((session.sequence == origin.sequence).then_some(session.reply))
+    }
+
     /// Reads one key from local state.
     pub fn get(&self, key: &str) -> io::Result<Option<KeyValue>> {
         let txn = self.inner.db.begin_read().map_err(io_err)?;

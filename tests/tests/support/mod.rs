@@ -393,3 +393,17 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Deterministic, incompressible bytes (xorshift), different per `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
