@@ -13,6 +13,11 @@ if ! command -v moto_server >/dev/null 2>&1; then
   fi
   pip3 install --quiet 'moto[server]' || pip3 install --quiet --break-system-packages 'moto[server]'
 fi
+# Render tests draw for real on Mesa's software Vulkan driver (lavapipe)
+# where the machine has no GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers
+fi
 cargo build --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --locked --no-fail-fast "$@"

@@ -78,6 +78,50 @@ pub enum Command {
         /// How long trashed items are kept.
         trash_retention_ms: u64,
     },
+    /// A render worker on `node` asks for the oldest queued job (first
+    /// putting back in the queue, or failing, jobs whose lease ran out).
+    RenderClaim {
+        /// The claiming node.
+        node: crate::NodeId,
+        /// How long the lease lasts from this entry's stamp.
+        lease_ms: u64,
+        /// Attempts a job gets before a lost lease fails it.
+        max_attempts: u32,
+    },
+    /// A worker extends its lease on a job it is rendering.
+    RenderRenew {
+        /// The job's tenant.
+        tenant: crate::identity::TenantId,
+        /// The job.
+        job: crate::render::JobId,
+        /// The attempt the worker holds.
+        attempt: u32,
+        /// The worker's node.
+        node: crate::NodeId,
+        /// New lease length from this entry's stamp.
+        lease_ms: u64,
+    },
+    /// A worker reports how its attempt ended.
+    RenderFinish {
+        /// The job's tenant.
+        tenant: crate::identity::TenantId,
+        /// The job.
+        job: crate::render::JobId,
+        /// The attempt the worker holds.
+        attempt: u32,
+        /// The worker's node.
+        node: crate::NodeId,
+        /// The image, or why not.
+        outcome: crate::render::RenderOutcome,
+        /// Attempts a job gets before a retryable failure fails it.
+        max_attempts: u32,
+    },
+    /// Periodic upkeep proposed by the leader: forgets finished render jobs
+    /// (and releases their images) older than `retention_ms`.
+    RenderSweep {
+        /// How long finished jobs are kept.
+        retention_ms: u64,
+    },
 }
 
 impl Command {
@@ -91,6 +135,10 @@ impl Command {
             Command::AddJoinToken { .. } => "add_join_token",
             Command::Call(call) => call.op.name(),
             Command::FilesSweep { .. } => "files_sweep",
+            Command::RenderClaim { .. } => "render_claim",
+            Command::RenderRenew { .. } => "render_renew",
+            Command::RenderFinish { .. } => "render_finish",
+            Command::RenderSweep { .. } => "render_sweep",
         }
     }
 }
@@ -134,6 +182,18 @@ pub enum ReplyBody {
         version: Vec<u8>,
         /// Whether it brought anything new.
         changed: bool,
+    },
+    /// A render job was recorded, or an identical one already was.
+    RenderSubmitted {
+        /// The job's id number.
+        job: u64,
+        /// Whether it is an existing job for an identical request.
+        deduplicated: bool,
+    },
+    /// The job a worker claimed, if any was waiting.
+    RenderClaimed {
+        /// The claimed job.
+        claim: Option<crate::render::RenderClaim>,
     },
 }
 

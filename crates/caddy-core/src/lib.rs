@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod identity;
 pub mod kv;
+pub mod render;
 
 pub use codec::CodecError;
 pub use command::{ClientSeq, Command, Proposal, Reply, ReplyBody};

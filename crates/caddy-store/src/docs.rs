@@ -593,6 +593,12 @@ fn live_rec(tables: &Tables<'_>, t: &TenantId, d: DocId) -> io::Result<Result<Do
     })
 }
 
+/// The latest change number of a live document (render jobs resolve
+/// "latest" with it).
+pub(crate) fn live_seq(tables: &Tables<'_>, t: &TenantId, d: DocId) -> io::Result<Result<u64, CaddyError>> {
+    Ok(live_rec(tables, t, d)?.map(|r| r.seq))
+}
+
 /// Runs `f` on the loaded document (loading it into the cache from this
 /// transaction's view if needed).
 fn with_loaded<R>(

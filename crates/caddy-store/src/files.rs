@@ -395,9 +395,9 @@ fn prefix_end(prefix: &str) -> String {
 pub(crate) trait Tbl: ReadableTable<&'static str, &'static [u8]> {}
 impl<T: ReadableTable<&'static str, &'static [u8]>> Tbl for T {}
 
-type FTable<'t> = Table<'t, &'static str, &'static [u8]>;
+pub(crate) type FTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
-fn get<T: DeserializeOwned>(table: &impl Tbl, key: &str) -> io::Result<Option<T>> {
+pub(crate) fn get<T: DeserializeOwned>(table: &impl Tbl, key: &str) -> io::Result<Option<T>> {
     match table.get(key).map_err(io_err)? {
         Some(v) => Ok(Some(open_record(key, v.value())?)),
         None => Ok(None),
@@ -408,19 +408,19 @@ fn exists(table: &impl Tbl, key: &str) -> io::Result<bool> {
     Ok(table.get(key).map_err(io_err)?.is_some())
 }
 
-fn put<T: Serialize>(table: &mut FTable<'_>, key: &str, value: &T) -> io::Result<()> {
+pub(crate) fn put<T: Serialize>(table: &mut FTable<'_>, key: &str, value: &T) -> io::Result<()> {
     table.insert(key, seal(value)?.as_slice()).map_err(io_err)?;
     Ok(())
 }
 
-fn del(table: &mut FTable<'_>, key: &str) -> io::Result<()> {
+pub(crate) fn del(table: &mut FTable<'_>, key: &str) -> io::Result<()> {
     table.remove(key).map_err(io_err)?;
     Ok(())
 }
 
 /// Records under `prefix` strictly after the key `after` (a full key), at
 /// most `limit`, with their full keys; the flag says whether more follow.
-fn scan<T: DeserializeOwned>(
+pub(crate) fn scan<T: DeserializeOwned>(
     table: &impl Tbl,
     prefix: &str,
     after: Option<&str>,
@@ -761,7 +761,7 @@ fn file_recs(files: &impl Tbl, t: &TenantId, ids: &[FileId]) -> io::Result<Vec<F
 
 // ------------------------------------------------------- chunks, versions
 
-fn chunks_add(files: &mut FTable<'_>, t: &TenantId, chunks: &[ChunkRef]) -> io::Result<()> {
+pub(crate) fn chunks_add(files: &mut FTable<'_>, t: &TenantId, chunks: &[ChunkRef]) -> io::Result<()> {
     for c in chunks {
         let key = k_chunk(t, &c.hash);
         let n: u64 = get(&*files, &key)?.unwrap_or(0);
@@ -770,7 +770,7 @@ fn chunks_add(files: &mut FTable<'_>, t: &TenantId, chunks: &[ChunkRef]) -> io::
     Ok(())
 }
 
-fn chunks_release(files: &mut FTable<'_>, t: &TenantId, chunks: &[ChunkRef]) -> io::Result<()> {
+pub(crate) fn chunks_release(files: &mut FTable<'_>, t: &TenantId, chunks: &[ChunkRef]) -> io::Result<()> {
     for c in chunks {
         let key = k_chunk(t, &c.hash);
         match get::<u64>(&*files, &key)? {

@@ -578,6 +578,17 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
             return Ok(Ok(Done { body: done.body, resource: Some(done.resource), actor: None }));
         }
+        Op::Render(op) => {
+            let mut next_id = rec.next_id;
+            let ctx = crate::render::RenderCtx { tenant: t, caller, stamp };
+            let body = check!(crate::render::apply(kv.tables, ctx, op, || {
+                next_id += 1;
+                next_id
+            })?);
+            rec.next_id = next_id;
+            put(&mut kv.tables.ident, &k_tenant(t), &rec)?;
+            return Ok(Ok(Done { body, resource: Some(op.resource()), actor: None }));
+        }
         Op::TenantCreate { .. } => return Ok(Err(CaddyError::invalid("tenant create is a cluster-level call"))),
         Op::TenantUpdate { name, plan, quotas } => {
             let name = match name {
@@ -626,6 +637,7 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 kv.tables.kv.remove(key.as_str()).map_err(io_err)?;
             }
             crate::docs::delete_tenant_docs(kv.tables, t)?;
+            crate::render::delete_tenant_jobs(kv.tables, t)?;
             crate::files::delete_tenant_files(kv.tables, t)?;
             del(&mut kv.tables.ident, &k_tenant(t))?;
             return Ok(Ok(Done::ok()));
@@ -1099,6 +1111,7 @@ fn resource_label(call: &Call) -> String {
         Op::DocUpdate { doc, .. } | Op::DocRename { doc, .. } | Op::DocSetDeleted { doc, .. } => doc.to_string(),
         Op::DocTag { doc, name, .. } => format!("{doc} tag {name}"),
         Op::File(op) => op.resource(),
+        Op::Render(op) => op.resource(),
     }
 }
 
@@ -1344,6 +1357,24 @@ pub(crate) fn release_storage(ident: &mut IdentTable<'_>, t: &TenantId, bytes: u
         put(ident, &k_tenant(t), &rec)?;
     }
     Ok(())
+}
+
+/// Counts `bytes` more against the tenant's storage quota, or refuses
+/// (changing nothing) when they do not fit or the tenant is gone.
+pub(crate) fn charge_storage(
+    ident: &mut IdentTable<'_>,
+    t: &TenantId,
+    bytes: u64,
+) -> io::Result<Result<(), CaddyError>> {
+    let Some(mut rec) = get::<TenantRec>(ident, &k_tenant(t))? else {
+        return Ok(Err(CaddyError::new(ErrorCode::NotFound, format!("tenant {t} not found"))));
+    };
+    let quotas = rec.tenant.quotas;
+    if let Err(e) = rec.tenant.usage.add(&quotas, QuotaKind::StorageBytes, bytes) {
+        return Ok(Err(e));
+    }
+    put(ident, &k_tenant(t), &rec)?;
+    Ok(Ok(()))
 }
 
 /// A tenant's teams.

@@ -25,6 +25,7 @@ pub mod docs;
 pub mod files;
 pub mod identity;
 mod log_store;
+mod render;
 mod snapshot;
 mod state_machine;
 pub mod types;

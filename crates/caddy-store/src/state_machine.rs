@@ -333,6 +333,34 @@ impl StateMachineStore {
         })
     }
 
+    /// One render job of `tenant` (authorize `docs:read` first).
+    pub fn render_job(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        job: caddy_core::render::JobId,
+    ) -> Result<caddy_core::render::JobView, CaddyError> {
+        self.with_files(|files, _| crate::render::read_job(files, tenant, job))
+    }
+
+    /// The tenant's render jobs, newest first, after `after`.
+    pub fn render_jobs(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        after: Option<caddy_core::render::JobId>,
+        limit: usize,
+    ) -> Result<(Vec<caddy_core::render::JobView>, Option<String>), CaddyError> {
+        self.with_files(|files, _| crate::render::list_jobs(files, tenant, after, limit).map(Ok))
+    }
+
+    /// A finished render job and its image's chunks.
+    pub fn render_image(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        job: caddy_core::render::JobId,
+    ) -> Result<(caddy_core::render::JobView, caddy_core::render::RenderImage), CaddyError> {
+        self.with_files(|files, _| crate::render::read_image(files, tenant, job))
+    }
+
     /// Every chunk some file version references, all tenants, in storage
     /// order, strictly after `after`, at most `limit` (for blob repair).
     pub fn chunk_refs_page(
@@ -991,6 +1019,16 @@ fn apply_command(
         Command::FilesSweep { trash_retention_ms } => {
             Ok(Ok(crate::files::sweep(tables, proposal.stamp_ms, *trash_retention_ms)?))
         }
+        Command::RenderClaim { node, lease_ms, max_attempts } => {
+            crate::render::claim(tables, proposal.stamp_ms, *node, *lease_ms, *max_attempts)
+        }
+        Command::RenderRenew { tenant, job, attempt, node, lease_ms } => {
+            crate::render::renew(tables, proposal.stamp_ms, tenant, *job, *attempt, *node, *lease_ms)
+        }
+        Command::RenderFinish { tenant, job, attempt, node, outcome, max_attempts } => {
+            crate::render::complete(tables, proposal.stamp_ms, tenant, *job, *attempt, *node, outcome, *max_attempts)
+        }
+        Command::RenderSweep { retention_ms } => crate::render::sweep(tables, proposal.stamp_ms, *retention_ms),
     }
 }
 

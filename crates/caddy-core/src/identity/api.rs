@@ -719,6 +719,8 @@ pub enum Op {
     },
     /// A change to the tenant's files and folders.
     File(crate::files::FileOp),
+    /// A render job submitted or cancelled.
+    Render(crate::render::RenderOp),
 }
 
 /// What authorization an [`Op`] needs.
@@ -776,6 +778,7 @@ impl Op {
             Op::DocSetDeleted { deleted: false, .. } => "doc.restore",
             Op::DocTag { .. } => "doc.tag",
             Op::File(op) => op.name(),
+            Op::Render(op) => op.name(),
         }
     }
 
@@ -823,6 +826,8 @@ impl Op {
             // apply, where the file is known.
             Op::File(op) if op.is_personal() => scoped(perm(Files, Read)),
             Op::File(_) => scoped(perm(Files, Write)),
+            // Anyone who may see a document may have a picture of it.
+            Op::Render(_) => scoped(perm(Docs, Read)),
         }
     }
 }

@@ -1,0 +1,528 @@
+//! Render jobs in the state machine (in the `files` table, so a finished
+//! image's chunks are counted with the tenant's other chunks and the blob
+//! repair and collection passes see them).
+//!
+//! Keys:
+//! - `t/{t}/job/{id}`: the job record;
+//! - `t/{t}/jobd/{dedup hex}`: the live job for an identical request;
+//! - `t/{t}/jobn`: how many of the tenant's jobs are queued or running;
+//! - `Q/{created ms}/{t}/{id}`: the queue, oldest first, across tenants;
+//! - `W/{lease end ms}/{t}/{id}`: running jobs by lease end;
+//! - `F/{finished ms}/{t}/{id}`: finished jobs by finish time (retention).
+//!
+//! Invariants (all judged with the entry's stamped time):
+//! - A job is in exactly one of the queue or lease indexes while it is
+//!   queued or running, and in the finished index once final.
+//! - Renewals and results name the attempt they belong to; one for an
+//!   attempt that is not the job's current running attempt is refused.
+//! - A finished image's chunks are referenced (and its bytes counted against
+//!   the storage quota) from the apply that completes the job until the one
+//!   that forgets it; an image that does not fit the quota fails the job.
+//! - Queued and running jobs per tenant are bounded by
+//!   [`MAX_ACTIVE_JOBS_PER_TENANT`]; claims expire at most
+//!   [`EXPIRE_BUDGET`] leases and sweeps forget at most [`SWEEP_BUDGET`]
+//!   jobs per entry.
+
+use std::io;
+
+use caddy_core::identity::{Action, Actor, Caller, Permission, Resource, ResourceKind, TenantId, authorize};
+use caddy_core::render::{
+    JobId, JobState, JobView, RenderClaim, RenderImage, RenderImageView, RenderOp, RenderOutcome, RenderSpec,
+    bounded_error,
+};
+use caddy_core::{CaddyError, ErrorCode, ReplyBody};
+use serde::{Deserialize, Serialize};
+
+use crate::files::{FTable, Tbl, chunks_add, chunks_release, del, get, put, scan};
+use crate::io_err;
+use crate::state_machine::{Tables, open_record};
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;
+
+/// Queued plus running jobs one tenant may have.
+pub const MAX_ACTIVE_JOBS_PER_TENANT: u64 = 1000;
+/// Expired leases handled per claim.
+pub const EXPIRE_BUDGET: usize = 64;
+/// Finished jobs forgotten per sweep.
+pub const SWEEP_BUDGET: usize = 1000;
+/// Jobs per listing page at most.
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRec {
+    id: JobId,
+    version: u64,
+    spec: RenderSpec,
+    state: JobState,
+    attempts: u32,
+    node: Option<u64>,
+    lease_until_ms: u64,
+    error: Option<String>,
+    created_ms: u64,
+    created_by: String,
+    creator: Option<u64>,
+    finished_ms: Option<u64>,
+    image: Option<RenderImage>,
+    dedup: [u8; 32],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRef {
+    tenant: TenantId,
+    job: JobId,
+}
+
+fn k_job(t: &TenantId, j: JobId) -> String {
+    format!("t/{t}/job/{}", j.key_part())
+}
+fn p_jobs(t: &TenantId) -> String {
+    format!("t/{t}/job/")
+}
+fn k_dedup(t: &TenantId, key: &[u8; 32]) -> String {
+    format!("t/{t}/jobd/{}", hex::encode(key))
+}
+fn k_active(t: &TenantId) -> String {
+    format!("t/{t}/jobn")
+}
+fn g_queue(ms: u64, t: &TenantId, j: JobId) -> String {
+    format!("Q/{ms:016x}/{t}/{}", j.key_part())
+}
+fn g_lease(ms: u64, t: &TenantId, j: JobId) -> String {
+    format!("W/{ms:016x}/{t}/{}", j.key_part())
+}
+fn g_finished(ms: u64, t: &TenantId, j: JobId) -> String {
+    format!("F/{ms:016x}/{t}/{}", j.key_part())
+}
+
+type Step = io::Result<Result<ReplyBody, CaddyError>>;
+
+fn user_of(caller: &Caller) -> Option<u64> {
+    match caller {
+        Caller::User(u) => Some(u.user.0),
+        _ => None,
+    }
+}
+
+fn view(rec: &JobRec) -> JobView {
+    JobView {
+        id: rec.id.to_string(),
+        doc: rec.spec.doc.to_string(),
+        version: rec.version,
+        spec: rec.spec.clone(),
+        state: rec.state,
+        attempts: rec.attempts,
+        node: rec.node,
+        error: rec.error.clone(),
+        created_ms: rec.created_ms,
+        created_by: rec.created_by.clone(),
+        finished_ms: rec.finished_ms,
+        image: rec.image.as_ref().map(RenderImageView::from),
+        deduplicated: false,
+    }
+}
+
+fn job_not_found(j: JobId) -> CaddyError {
+    CaddyError::new(ErrorCode::NotFound, format!("render job {j} not found"))
+}
+
+fn active_add(files: &mut FTable<'_>, t: &TenantId, delta: i64) -> io::Result<()> {
+    let n: u64 = get(&*files, &k_active(t))?.unwrap_or(0);
+    let n = if delta < 0 { n.saturating_sub(delta.unsigned_abs()) } else { n.saturating_add(delta as u64) };
+    if n == 0 { del(files, &k_active(t)) } else { put(files, &k_active(t), &n) }
+}
+
+/// Moves a queued or running job to a final state (indexes, counters).
+fn finish(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec, state: JobState, stamp: u64) -> io::Result<()> {
+    match rec.state {
+        JobState::Queued => del(files, &g_queue(rec.created_ms, t, rec.id))?,
+        JobState::Running => del(files, &g_lease(rec.lease_until_ms, t, rec.id))?,
+        _ => return Ok(()),
+    }
+    active_add(files, t, -1)?;
+    rec.state = state;
+    rec.finished_ms = Some(stamp);
+    if state != JobState::Done && get::<JobId>(&*files, &k_dedup(t, &rec.dedup))? == Some(rec.id) {
+        // A failed or cancelled job is not an answer to the next identical request.
+        del(files, &k_dedup(t, &rec.dedup))?;
+    }
+    put(files, &g_finished(stamp, t, rec.id), &JobRef { tenant: t.clone(), job: rec.id })?;
+    put(files, &k_job(t, rec.id), rec)
+}
+
+/// Puts a running job back in the queue, at its original place.
+fn requeue(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec) -> io::Result<()> {
+    del(files, &g_lease(rec.lease_until_ms, t, rec.id))?;
+    rec.state = JobState::Queued;
+    rec.node = None;
+    rec.lease_until_ms = 0;
+    put(files, &g_queue(rec.created_ms, t, rec.id), &JobRef { tenant: t.clone(), job: rec.id })?;
+    put(files, &k_job(t, rec.id), rec)
+}
+
+/// What a client's render op needs from the identity layer.
+pub(crate) struct RenderCtx<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) caller: &'a Caller,
+    pub(crate) stamp: u64,
+}
+
+/// Applies a client's render op (authorized for `docs:read` already).
+pub(crate) fn apply(
+    tables: &mut Tables<'_>,
+    ctx: RenderCtx<'_>,
+    op: &RenderOp,
+    allocate: impl FnOnce() -> u64,
+) -> Step {
+    let t = ctx.tenant;
+    match op {
+        RenderOp::Submit { spec } => {
+            if let Err(e) = spec.validate() {
+                return Ok(Err(e));
+            }
+            let latest = match crate::docs::live_seq(tables, t, spec.doc)? {
+                Ok(seq) => seq,
+                Err(e) => return Ok(Err(e)),
+            };
+            let version = spec.version.unwrap_or(latest);
+            if version > latest {
+                return Ok(Err(CaddyError::invalid(format!(
+                    "{} has no change {version} (its latest is {latest})",
+                    spec.doc
+                ))));
+            }
+            let dedup = spec.dedup_key(version);
+            let files = &mut tables.files;
+            if let Some(existing) = get::<JobId>(&*files, &k_dedup(t, &dedup))? {
+                return Ok(Ok(ReplyBody::RenderSubmitted { job: existing.0, deduplicated: true }));
+            }
+            let active: u64 = get(&*files, &k_active(t))?.unwrap_or(0);
+            if active >= MAX_ACTIVE_JOBS_PER_TENANT {
+                return Ok(Err(CaddyError::exhausted(format!(
+                    "tenant {t} already has {active} render jobs queued or running (the bound is \
+                     {MAX_ACTIVE_JOBS_PER_TENANT}); wait for some to finish"
+                ))));
+            }
+            let id = JobId(allocate());
+            let mut stored = spec.clone();
+            stored.version = Some(version);
+            let rec = JobRec {
+                id,
+                version,
+                spec: stored,
+                state: JobState::Queued,
+                attempts: 0,
+                node: None,
+                lease_until_ms: 0,
+                error: None,
+                created_ms: ctx.stamp,
+                created_by: ctx.caller.actor().unwrap_or(Actor::System).to_string(),
+                creator: user_of(ctx.caller),
+                finished_ms: None,
+                image: None,
+                dedup,
+            };
+            put(files, &k_job(t, id), &rec)?;
+            put(files, &k_dedup(t, &dedup), &id)?;
+            put(files, &g_queue(ctx.stamp, t, id), &JobRef { tenant: t.clone(), job: id })?;
+            active_add(files, t, 1)?;
+            Ok(Ok(ReplyBody::RenderSubmitted { job: id.0, deduplicated: false }))
+        }
+        RenderOp::Cancel { job } => {
+            let files = &mut tables.files;
+            let Some(mut rec) = get::<JobRec>(&*files, &k_job(t, *job))? else {
+                return Ok(Err(job_not_found(*job)));
+            };
+            let own = rec.creator.is_some() && rec.creator == user_of(ctx.caller);
+            let admin =
+                authorize(ctx.caller, Some(t), Permission::new(ResourceKind::Docs, Action::Admin), &Resource::Tenant)
+                    .is_ok();
+            if !own && !admin {
+                return Ok(Err(CaddyError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("only the submitter of {job} or someone with docs:admin may cancel it"),
+                )));
+            }
+            if rec.state.is_final() {
+                return Ok(Err(CaddyError::precondition(format!("{job} is already {}", state_name(rec.state)))));
+            }
+            finish(files, t, &mut rec, JobState::Cancelled, ctx.stamp)?;
+            Ok(Ok(ReplyBody::Done))
+        }
+    }
+}
+
+fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Done => "done",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Index entries from `prefix` whose time is at most `until`, at most `limit`.
+fn due(files: &impl Tbl, prefix: &str, until: u64, limit: usize) -> io::Result<Vec<(String, u64, JobRef)>> {
+    let end = format!("{}0", &prefix[..prefix.len() - 1]);
+    let mut out = Vec::new();
+    for item in files.range(prefix..end.as_str()).map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        let ms = k.value().get(2..18).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+        if ms > until || out.len() >= limit {
+            break;
+        }
+        out.push((k.value().to_owned(), ms, open_record(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
+/// A worker's claim: expired leases first go back to the queue (or fail
+/// after `max_attempts`), then the oldest queued job is leased to `node`.
+pub(crate) fn claim(tables: &mut Tables<'_>, stamp: u64, node: u64, lease_ms: u64, max_attempts: u32) -> Step {
+    let files = &mut tables.files;
+    for (key, _, r) in due(&*files, "W/", stamp, EXPIRE_BUDGET)? {
+        let Some(mut rec) = get::<JobRec>(&*files, &k_job(&r.tenant, r.job))? else {
+            del(files, &key)?;
+            continue;
+        };
+        let lost = format!(
+            "attempt {} on node {} lost its lease (the worker stopped or could not reach the cluster)",
+            rec.attempts,
+            rec.node.unwrap_or(0)
+        );
+        if rec.attempts >= max_attempts {
+            rec.error = Some(format!("{lost}; no attempts left ({max_attempts})"));
+            finish(files, &r.tenant, &mut rec, JobState::Failed, stamp)?;
+        } else {
+            rec.error = Some(lost);
+            requeue(files, &r.tenant, &mut rec)?;
+        }
+    }
+    let Some((key, _, r)) = due(&*files, "Q/", u64::MAX, 1)?.into_iter().next() else {
+        return Ok(Ok(ReplyBody::RenderClaimed { claim: None }));
+    };
+    del(files, &key)?;
+    let Some(mut rec) = get::<JobRec>(&*files, &k_job(&r.tenant, r.job))? else {
+        return Ok(Ok(ReplyBody::RenderClaimed { claim: None }));
+    };
+    rec.state = JobState::Running;
+    rec.attempts = rec.attempts.saturating_add(1);
+    rec.node = Some(node);
+    rec.lease_until_ms = stamp.saturating_add(lease_ms);
+    put(files, &g_lease(rec.lease_until_ms, &r.tenant, rec.id), &r)?;
+    put(files, &k_job(&r.tenant, rec.id), &rec)?;
+    let claim = RenderClaim {
+        tenant: r.tenant.to_string(),
+        job: rec.id,
+        attempt: rec.attempts,
+        version: rec.version,
+        spec: rec.spec,
+    };
+    Ok(Ok(ReplyBody::RenderClaimed { claim: Some(claim) }))
+}
+
+/// The running job `job` if `attempt` on `node` still holds it.
+fn held(
+    files: &FTable<'_>,
+    t: &TenantId,
+    job: JobId,
+    attempt: u32,
+    node: u64,
+) -> io::Result<Result<JobRec, CaddyError>> {
+    let Some(rec) = get::<JobRec>(files, &k_job(t, job))? else {
+        return Ok(Err(job_not_found(job)));
+    };
+    if rec.state != JobState::Running || rec.attempts != attempt || rec.node != Some(node) {
+        return Ok(Err(CaddyError::precondition(format!(
+            "attempt {attempt} on node {node} no longer holds {job} (it is {}, attempt {})",
+            state_name(rec.state),
+            rec.attempts
+        ))));
+    }
+    Ok(Ok(rec))
+}
+
+/// Extends the lease of a running attempt.
+pub(crate) fn renew(
+    tables: &mut Tables<'_>,
+    stamp: u64,
+    t: &TenantId,
+    job: JobId,
+    attempt: u32,
+    node: u64,
+    lease_ms: u64,
+) -> Step {
+    let files = &mut tables.files;
+    let mut rec = match held(files, t, job, attempt, node)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    del(files, &g_lease(rec.lease_until_ms, t, job))?;
+    rec.lease_until_ms = rec.lease_until_ms.max(stamp.saturating_add(lease_ms));
+    put(files, &g_lease(rec.lease_until_ms, t, job), &JobRef { tenant: t.clone(), job })?;
+    put(files, &k_job(t, job), &rec)?;
+    Ok(Ok(ReplyBody::Done))
+}
+
+/// Records how a running attempt ended.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn complete(
+    tables: &mut Tables<'_>,
+    stamp: u64,
+    t: &TenantId,
+    job: JobId,
+    attempt: u32,
+    node: u64,
+    outcome: &RenderOutcome,
+    max_attempts: u32,
+) -> Step {
+    let mut rec = match held(&tables.files, t, job, attempt, node)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    match outcome {
+        RenderOutcome::Done(image) => {
+            if let Err(e) = caddy_core::files::check_chunk_layout(image.size, &image.chunks) {
+                rec.error = Some(format!("the worker's image was malformed: {e}"));
+                finish(&mut tables.files, t, &mut rec, JobState::Failed, stamp)?;
+                return Ok(Ok(ReplyBody::Done));
+            }
+            if let Err(e) = crate::identity::charge_storage(&mut tables.ident, t, image.size)? {
+                rec.error = Some(bounded_error(&format!("the image could not be kept: {e}")));
+                finish(&mut tables.files, t, &mut rec, JobState::Failed, stamp)?;
+                return Ok(Ok(ReplyBody::Done));
+            }
+            chunks_add(&mut tables.files, t, &image.chunks)?;
+            rec.error = None;
+            rec.image = Some(image.clone());
+            finish(&mut tables.files, t, &mut rec, JobState::Done, stamp)?;
+        }
+        RenderOutcome::Failed(message) => {
+            rec.error = Some(bounded_error(message));
+            finish(&mut tables.files, t, &mut rec, JobState::Failed, stamp)?;
+        }
+        RenderOutcome::Retry(message) => {
+            if rec.attempts >= max_attempts {
+                rec.error = Some(bounded_error(&format!("{message}; no attempts left ({max_attempts})")));
+                finish(&mut tables.files, t, &mut rec, JobState::Failed, stamp)?;
+            } else {
+                rec.error = Some(bounded_error(message));
+                requeue(&mut tables.files, t, &mut rec)?;
+            }
+        }
+    }
+    Ok(Ok(ReplyBody::Done))
+}
+
+/// Forgets one job: its record, indexes, and its image's references.
+fn forget(tables: &mut Tables<'_>, t: &TenantId, rec: &JobRec) -> io::Result<u64> {
+    let files = &mut tables.files;
+    if let Some(ms) = rec.finished_ms {
+        del(files, &g_finished(ms, t, rec.id))?;
+    }
+    if get::<JobId>(&*files, &k_dedup(t, &rec.dedup))? == Some(rec.id) {
+        del(files, &k_dedup(t, &rec.dedup))?;
+    }
+    del(files, &k_job(t, rec.id))?;
+    match &rec.image {
+        Some(image) => {
+            chunks_release(files, t, &image.chunks)?;
+            Ok(image.size)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Forgets finished jobs older than `retention_ms`.
+pub(crate) fn sweep(tables: &mut Tables<'_>, stamp: u64, retention_ms: u64) -> Step {
+    let cutoff = stamp.saturating_sub(retention_ms);
+    for (key, _, r) in due(&tables.files, "F/", cutoff, SWEEP_BUDGET)? {
+        match get::<JobRec>(&tables.files, &k_job(&r.tenant, r.job))? {
+            Some(rec) => {
+                let bytes = forget(tables, &r.tenant, &rec)?;
+                if bytes > 0 {
+                    crate::identity::release_storage(&mut tables.ident, &r.tenant, bytes)?;
+                }
+            }
+            None => del(&mut tables.files, &key)?,
+        }
+    }
+    Ok(Ok(ReplyBody::Done))
+}
+
+/// Removes every job of a deleted tenant and its global index entries.
+pub(crate) fn delete_tenant_jobs(tables: &mut Tables<'_>, t: &TenantId) -> io::Result<()> {
+    let files = &mut tables.files;
+    let mut global = Vec::new();
+    for (_, rec) in scan::<JobRec>(&*files, &p_jobs(t), None, usize::MAX)?.0 {
+        match rec.state {
+            JobState::Queued => global.push(g_queue(rec.created_ms, t, rec.id)),
+            JobState::Running => global.push(g_lease(rec.lease_until_ms, t, rec.id)),
+            _ => {}
+        }
+        if let Some(ms) = rec.finished_ms {
+            global.push(g_finished(ms, t, rec.id));
+        }
+    }
+    for key in global {
+        del(files, &key)?;
+    }
+    Ok(())
+}
+
+/// One job of `t`.
+pub(crate) fn read_job(files: &impl Tbl, t: &TenantId, job: JobId) -> io::Result<Result<JobView, CaddyError>> {
+    Ok(match get::<JobRec>(files, &k_job(t, job))? {
+        Some(rec) => Ok(view(&rec)),
+        None => Err(job_not_found(job)),
+    })
+}
+
+/// A finished job's image (chunks to stream) with its view.
+pub(crate) fn read_image(
+    files: &impl Tbl,
+    t: &TenantId,
+    job: JobId,
+) -> io::Result<Result<(JobView, RenderImage), CaddyError>> {
+    Ok(match get::<JobRec>(files, &k_job(t, job))? {
+        Some(rec) => match rec.image.clone() {
+            Some(image) if rec.state == JobState::Done => Ok((view(&rec), image)),
+            _ => Err(CaddyError::precondition(format!(
+                "{job} has no image: it is {}{}",
+                state_name(rec.state),
+                rec.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ))),
+        },
+        None => Err(job_not_found(job)),
+    })
+}
+
+/// The tenant's jobs, newest first, after the job `after` (exclusive).
+pub(crate) fn list_jobs(
+    files: &impl Tbl,
+    t: &TenantId,
+    after: Option<JobId>,
+    limit: usize,
+) -> io::Result<(Vec<JobView>, Option<String>)> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let prefix = p_jobs(t);
+    let end = match after {
+        Some(j) => k_job(t, j),
+        None => format!("{prefix}\u{10ffff}"),
+    };
+    let mut out = Vec::new();
+    let mut more = false;
+    for item in files.range(prefix.as_str()..end.as_str()).map_err(io_err)?.rev() {
+        let (k, v) = item.map_err(io_err)?;
+        if out.len() == limit {
+            more = true;
+            break;
+        }
+        let rec: JobRec = open_record(k.value(), v.value())?;
+        out.push(view(&rec));
+    }
+    let next = if more { out.last().map(|j| j.id.clone()) } else { None };
+    Ok((out, next))
+}
