@@ -113,6 +113,97 @@ pub enum Command {
     /// The tenant's storage.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Render a CAD document to a PNG on the cluster's render workers; list, show and cancel jobs.
+    Render(RenderArgs),
+}
+
+/// `render DOC ...` submits a job; `render jobs|show|cancel` manage them.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, disable_version_flag = true)]
+pub struct RenderArgs {
+    #[command(subcommand)]
+    pub command: Option<RenderCommand>,
+    #[command(flatten)]
+    pub submit: RenderSubmit,
+}
+
+/// What to render.
+#[derive(Debug, Args)]
+pub struct RenderSubmit {
+    /// The document (doc-N).
+    #[arg(required = true)]
+    pub doc: Option<String>,
+    /// Its change number (default: the latest).
+    #[arg(long = "version", value_name = "N")]
+    pub version: Option<u64>,
+    /// Image size, WIDTHxHEIGHT.
+    #[arg(long, value_name = "WxH", default_value = "1024x768", value_parser = parse_size)]
+    pub size: (u32, u32),
+    /// Only these layers (ids, comma-separated); default: the visible ones.
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub layers: Option<Vec<String>>,
+    /// Show this window of the drawing, X0,Y0,X1,Y1 in drawing units (default: fit everything).
+    #[arg(long, value_name = "X0,Y0,X1,Y1", value_delimiter = ',', allow_negative_numbers = true)]
+    pub window: Option<Vec<f64>>,
+    /// Rotate the view, degrees counter-clockwise.
+    #[arg(long, value_name = "DEG", default_value_t = 0.0, allow_negative_numbers = true)]
+    pub rotate: f64,
+    /// Background colour, #rrggbb or #rrggbbaa.
+    #[arg(long, value_name = "COLOR", default_value = "#ffffff", value_parser = parse_color)]
+    pub background: [u8; 4],
+    /// Wait for the job and save the image here (implies --wait).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Wait until the job is done (or failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// Longest wait.
+    #[arg(long = "wait-timeout", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+}
+
+/// Render job management.
+#[derive(Debug, Subcommand)]
+pub enum RenderCommand {
+    /// The tenant's render jobs, newest first.
+    Jobs {
+        /// How many.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job in detail.
+    Show {
+        /// The job (job-N).
+        job: String,
+    },
+    /// Cancels a queued or running job.
+    Cancel {
+        /// The job (job-N).
+        job: String,
+    },
+}
+
+/// `1024x768` → (1024, 768).
+pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text.split_once(['x', 'X']).ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let side = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("{text:?} is not WIDTHxHEIGHT"));
+    Ok((side(w)?, side(h)?))
+}
+
+/// `#rrggbb` or `#rrggbbaa` → RGBA.
+pub fn parse_color(text: &str) -> Result<[u8; 4], String> {
+    let hex = text.strip_prefix('#').unwrap_or(text);
+    let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16);
+    match hex.len() {
+        6 | 8 => {
+            let alpha = if hex.len() == 8 { byte(6) } else { Ok(255) };
+            match (byte(0), byte(2), byte(4), alpha) {
+                (Ok(r), Ok(g), Ok(b), Ok(a)) => Ok([r, g, b, a]),
+                _ => Err(format!("{text:?} is not a #rrggbb colour")),
+            }
+        }
+        _ => Err(format!("{text:?} is not a #rrggbb colour")),
+    }
 }
 
 /// The example in `doc apply --help` (checked by a unit test).

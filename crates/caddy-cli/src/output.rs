@@ -149,6 +149,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         ("last log index", status.last_log_index.to_string()),
         ("snapshot index", opt(status.snapshot_index)),
         ("revision", status.revision.to_string()),
+        ("render", if status.render.is_empty() { "-".into() } else { status.render.clone() }),
     ];
     let width = header.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
@@ -186,6 +187,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
         "last_log_index": status.last_log_index,
         "snapshot_index": status.snapshot_index,
         "revision": status.revision,
+        "render": status.render,
         "members": status.members.iter().map(|m| json!({
             "id": m.id,
             "raft_addr": m.raft_addr,
@@ -412,6 +414,7 @@ mod tests {
             revision: 57,
             last_log_index: 121,
             snapshot_index: None,
+            render: "on: llvmpipe (Cpu, vulkan), 1 worker".into(),
             members: vec![
                 pb::MemberStatus {
                     id: 1,

@@ -222,6 +222,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             revision,
             last_log_index: 10,
             snapshot_index: None,
+            render: "off: disabled in configuration (render.enabled = false)".into(),
             members: vec![pb::MemberStatus {
                 id: 1,
                 raft_addr: "127.0.0.1:7001".into(),

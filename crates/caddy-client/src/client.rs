@@ -132,6 +132,7 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
         Resp::Identity(_) => "identity",
         Resp::Doc(_) => "doc",
         Resp::File(_) => "file",
+        Resp::Render(_) => "render",
     }
 }
 

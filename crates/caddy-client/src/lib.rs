@@ -30,6 +30,7 @@ mod error;
 mod files;
 mod lanes;
 pub mod loadgen;
+mod render;
 mod watch;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod tests;
 pub use caddy_core::docs as doc_api;
 pub use caddy_core::files as file_api;
 pub use caddy_core::identity::api as identity;
+pub use caddy_core::render as render_api;
 pub use caddy_doc;
 pub use caddy_wire::pb;
 pub use client::Client;

@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: Limits,
     /// Files and the blob store.
     pub files: FilesConfig,
+    /// Render workers.
+    pub render: RenderConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -189,6 +191,41 @@ impl Default for FilesConfig {
     }
 }
 
+/// Render workers: turn CAD documents into images on this node's graphics
+/// adapter (a GPU, or Mesa's software Vulkan driver).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderConfig {
+    /// Run render workers when an adapter exists (false: never, even with one).
+    pub enabled: bool,
+    /// Jobs this node renders at once.
+    pub workers: u32,
+    /// A claimed job's lease; the worker renews it every third of it.
+    pub lease_ms: u64,
+    /// Attempts a job gets before it fails (a lost worker costs one).
+    pub max_attempts: u32,
+    /// How often an idle worker looks for queued jobs, in ms.
+    pub poll_interval_ms: u64,
+    /// How long finished jobs (and their images) are kept, in seconds.
+    pub job_retention_secs: u64,
+    /// Test hook: every render takes at least this long, in ms (0: off).
+    pub min_render_ms: u64,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workers: 1,
+            lease_ms: 15_000,
+            max_attempts: caddy_core::render::DEFAULT_MAX_ATTEMPTS,
+            poll_interval_ms: 500,
+            job_retention_secs: 7 * 24 * 3600,
+            min_render_ms: 0,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -210,6 +247,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             files: FilesConfig::default(),
+            render: RenderConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -313,6 +351,13 @@ impl Config {
         if self.files.max_versions == 0 {
             bail!("files.max_versions must be at least 1");
         }
+        let r = &self.render;
+        if r.workers == 0 || r.workers > 64 {
+            bail!("render.workers must be 1 to 64");
+        }
+        if r.lease_ms < 1000 || r.max_attempts == 0 || r.poll_interval_ms == 0 {
+            bail!("render.lease_ms must be at least 1000, render.max_attempts and render.poll_interval_ms at least 1");
+        }
         if self.files.gc_grace_secs < self.files.upload_timeout_secs.saturating_mul(2) {
             bail!("files.gc_grace_secs must be at least twice files.upload_timeout_secs");
         }
@@ -409,6 +454,12 @@ fn apply_env(value: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let config = Config::from_parts(include_str!("../../../config/node1.toml"), &[]).unwrap();
+        assert_eq!((config.render.workers, config.files.max_versions), (1, 20));
+    }
 
     #[test]
     fn file_then_env_override_defaults() {

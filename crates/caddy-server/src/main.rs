@@ -17,6 +17,7 @@ mod files;
 mod identity;
 mod presence;
 mod quic;
+mod render;
 mod run;
 mod service;
 mod telemetry;

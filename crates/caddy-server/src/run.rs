@@ -55,11 +55,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let blobs = Arc::new(blobs::Blobs::new(store, node.clone(), &config.files));
     let peer_task = serve_peers(&config, &tls, node.clone(), blobs.peer_service(), shutdown_rx.clone()).await?;
     tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
+    let render_status = Arc::new(crate::render::RenderStatus::default());
+    crate::render::start(
+        config.render.clone(),
+        node.clone(),
+        blobs.clone(),
+        render_status.clone(),
+        shutdown_rx.clone(),
+    );
     let service = Arc::new(Service::new(
         node.clone(),
         config.limits.clone(),
         config.files.clone(),
         blobs,
+        render_status,
         config.data_dir.join("backups"),
         shutdown_rx.clone(),
     ));

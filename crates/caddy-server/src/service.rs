@@ -32,6 +32,7 @@ pub struct Service {
     presence: PresenceHub,
     files: FilesConfig,
     blobs: Arc<Blobs>,
+    render: Arc<crate::render::RenderStatus>,
 }
 
 /// Who is asking, for which tenant, from where.
@@ -185,6 +186,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::Identity(_)) => "identity",
         Some(Req::Doc(_)) => "doc",
         Some(Req::File(_)) => "file",
+        Some(Req::Render(_)) => "render",
     }
 }
 
@@ -196,6 +198,7 @@ impl Service {
         limits: Limits,
         files: FilesConfig,
         blobs: Arc<Blobs>,
+        render: Arc<crate::render::RenderStatus>,
         backup_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
@@ -210,6 +213,7 @@ impl Service {
             presence: PresenceHub::default(),
             files,
             blobs,
+            render,
         }
     }
 
@@ -345,6 +349,7 @@ impl Service {
             Req::Watch(w) => return self.watch(w, &asker, out).await.map(|()| None),
             Req::Doc(d) => return self.doc(d, origin, req.client_id, &asker, out).await.map(|()| None),
             Req::File(f) => return self.file(f, origin, &asker, out, input).await.map(|()| None),
+            Req::Render(r) => return self.render(r, origin, &asker, out).await.map(|()| None),
             Req::Backup(_) => {
                 asker.authorize_cluster()?;
                 return self.backup(out).await.map(|()| None);
@@ -574,6 +579,7 @@ impl Service {
             members,
             last_log_index: local.last_log_index,
             snapshot_index: local.snapshot_index,
+            render: self.render.line(),
         }
     }
 

@@ -526,3 +526,14 @@ pub(crate) fn list_jobs(
     let next = if more { out.last().map(|j| j.id.clone()) } else { None };
     Ok((out, next))
 }
+
+/// Whether a worker could claim something at `now`: a queued job, or a
+/// running one whose lease has run out.
+pub(crate) fn pending(files: &impl Tbl, now: u64) -> io::Result<bool> {
+    Ok(!due(files, "Q/", u64::MAX, 1)?.is_empty() || !due(files, "W/", now, 1)?.is_empty())
+}
+
+/// Queued and running jobs across tenants, each counted up to `cap`.
+pub(crate) fn counts(files: &impl Tbl, cap: usize) -> io::Result<(usize, usize)> {
+    Ok((due(files, "Q/", u64::MAX, cap)?.len(), due(files, "W/", u64::MAX, cap)?.len()))
+}

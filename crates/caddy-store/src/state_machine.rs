@@ -352,6 +352,17 @@ impl StateMachineStore {
         self.with_files(|files, _| crate::render::list_jobs(files, tenant, after, limit).map(Ok))
     }
 
+    /// Whether a render worker could claim a job at `now_ms` (local state:
+    /// spares the log a claim entry when nothing waits).
+    pub fn render_pending(&self, now_ms: u64) -> Result<bool, CaddyError> {
+        self.with_files(|files, _| crate::render::pending(files, now_ms).map(Ok))
+    }
+
+    /// Render jobs queued and running across tenants, each counted up to `cap`.
+    pub fn render_counts(&self, cap: usize) -> Result<(usize, usize), CaddyError> {
+        self.with_files(|files, _| crate::render::counts(files, cap).map(Ok))
+    }
+
     /// A finished render job and its image's chunks.
     pub fn render_image(
         &self,

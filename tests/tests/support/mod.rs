@@ -247,6 +247,13 @@ impl Dev {
         self.extra.push(child);
     }
 
+    /// Restarts a node with `env` instead of the cluster's environment.
+    pub fn restart_with(&mut self, node: u64, env: &[(&str, &str)]) {
+        let saved = std::mem::replace(&mut self.env, env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        self.restart(node);
+        self.env = saved;
+    }
+
     /// Starts `caddyd start --config FILE` with extra environment, as a
     /// child of the test (stopped with the cluster).
     pub fn spawn_node(&mut self, config: &Path, env: &[(&str, &str)]) {

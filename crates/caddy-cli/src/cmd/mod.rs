@@ -8,6 +8,7 @@ mod doc;
 mod file;
 mod identity;
 mod kv;
+mod render;
 mod user;
 
 use std::io::Write;
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Doc(cmd) => doc::run(&ctx, cmd, out).await,
         Command::File(cmd) => file::run(&ctx, cmd, out).await,
         Command::Storage(cmd) => file::storage(&ctx, cmd, out).await,
+        Command::Render(args) => render::run(&ctx, args, out).await,
     };
     ctx.client.close().await;
     result.map_err(describe).map_err(|e| relogin_hint(e, &saved))

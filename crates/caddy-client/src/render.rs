@@ -1,0 +1,132 @@
+//! Render jobs through the SDK: submit a document (at a version) for an
+//! image, follow the job, cancel it, and download the PNG.
+
+use std::time::Duration;
+
+use caddy_core::render::{JobView, RenderAnswer, RenderCall, RenderSpec};
+use caddy_wire::read_frame;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::client::{body_name, unexpected};
+use crate::pb::{self, request::Body as Req, response::Body as Resp};
+use crate::{Client, ClientError};
+
+fn decode(bytes: &[u8]) -> Result<RenderAnswer, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("undecodable render answer: {e}")))
+}
+
+fn not_a(expected: &str, got: &RenderAnswer) -> ClientError {
+    let kind = match got {
+        RenderAnswer::Job(_) => "job",
+        RenderAnswer::Jobs { .. } => "jobs",
+        RenderAnswer::Image { .. } => "image",
+    };
+    ClientError::Protocol(format!("unexpected render answer: {kind} instead of {expected}"))
+}
+
+impl Client {
+    /// Sends one render call and returns its first answer (and the stream,
+    /// for an image's payload frames).
+    async fn render_call(&self, call: &RenderCall) -> Result<(pb::RenderResponse, quinn::RecvStream), ClientError> {
+        let write = matches!(call, RenderCall::Submit { .. } | RenderCall::Cancel { .. });
+        let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
+        let (first, recv) = self.call_stream(Req::Render(pb::RenderRequest { call: bytes }), write, None).await?;
+        let Resp::Render(first) = first else { return Err(unexpected("render", &first)) };
+        Ok((first, recv))
+    }
+
+    async fn render_job_call(&self, call: &RenderCall) -> Result<JobView, ClientError> {
+        let (first, _) = self.render_call(call).await?;
+        match decode(&first.answer)? {
+            RenderAnswer::Job(job) => Ok(job),
+            other => Err(not_a("job", &other)),
+        }
+    }
+
+    /// Submits a render job; an identical earlier request's job comes back
+    /// instead (with `deduplicated` set).
+    pub async fn render_submit(&self, spec: RenderSpec) -> Result<JobView, ClientError> {
+        self.render_job_call(&RenderCall::Submit { spec }).await
+    }
+
+    /// One job.
+    pub async fn render_job(&self, job: &str) -> Result<JobView, ClientError> {
+        self.render_job_call(&RenderCall::Get { job: job.into() }).await
+    }
+
+    /// The tenant's jobs, newest first; the second value is the cursor of
+    /// the next page.
+    pub async fn render_jobs(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<JobView>, Option<String>), ClientError> {
+        let call = RenderCall::List { after: after.map(str::to_owned), limit: Some(limit) };
+        let (first, _) = self.render_call(&call).await?;
+        match decode(&first.answer)? {
+            RenderAnswer::Jobs { jobs, next } => Ok((jobs, next)),
+            other => Err(not_a("jobs", &other)),
+        }
+    }
+
+    /// Cancels a queued or running job.
+    pub async fn render_cancel(&self, job: &str) -> Result<JobView, ClientError> {
+        self.render_job_call(&RenderCall::Cancel { job: job.into() }).await
+    }
+
+    /// Waits until the job is done, failed or cancelled, or `timeout` has
+    /// passed (then returns it as it is). The server holds each call open
+    /// until the job changes state, up to a slice of the request timeout.
+    pub async fn render_wait(&self, job: &str, timeout: Duration) -> Result<JobView, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slice = (self.config().request_timeout / 2).max(Duration::from_millis(500));
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let call = RenderCall::Wait { job: job.into(), timeout_ms: Some(left.min(slice).as_millis() as u64) };
+            let view = self.render_job_call(&call).await?;
+            if view.state.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+        }
+    }
+
+    /// Writes a finished job's PNG to `sink`; returns the job and the bytes
+    /// written.
+    pub async fn render_image<W: AsyncWrite + Unpin>(
+        &self,
+        job: &str,
+        sink: &mut W,
+    ) -> Result<(JobView, u64), ClientError> {
+        let (first, mut recv) = self.render_call(&RenderCall::Image { job: job.into() }).await?;
+        let (view, size) = match decode(&first.answer)? {
+            RenderAnswer::Image { job, size } => (job, size),
+            other => return Err(not_a("image", &other)),
+        };
+        let mut more = first.more;
+        let mut got = 0u64;
+        while more {
+            let frame = match read_frame::<pb::Response, _>(&mut recv, self.max_frame_bytes()).await {
+                Ok(pb::Response { body: Some(Resp::Render(r)), .. }) => r,
+                Ok(pb::Response { body: Some(Resp::Error(err)), .. }) => return Err(ClientError::from_pb(err)),
+                Ok(pb::Response { body: Some(other), .. }) => {
+                    return Err(ClientError::Protocol(format!("unexpected {} frame in an image", body_name(&other))));
+                }
+                Ok(pb::Response { body: None, .. }) => {
+                    return Err(ClientError::Protocol("frame without a body".into()));
+                }
+                Err(e) => return Err(ClientError::Unavailable(format!("image download interrupted: {e}"))),
+            };
+            got += frame.payload.len() as u64;
+            if got > size {
+                return Err(ClientError::Protocol("server sent more image bytes than it announced".into()));
+            }
+            sink.write_all(&frame.payload).await?;
+            more = frame.more;
+        }
+        if got != size {
+            return Err(ClientError::Unavailable(format!("image download ended after {got} of {size} bytes")));
+        }
+        sink.flush().await?;
+        Ok((view, got))
+    }
+}
