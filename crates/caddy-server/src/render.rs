@@ -44,8 +44,6 @@ use crate::service::{Asker, Service};
 const MAX_WAIT: Duration = Duration::from_secs(600);
 /// A wait call's default length.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
-/// How often a wait call looks at the job again.
-const WAIT_POLL: Duration = Duration::from_millis(150);
 /// How often the leader forgets old finished jobs.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Payload bytes per image frame.
@@ -444,19 +442,28 @@ impl Service {
         }
     }
 
-    /// The job once it is final, or as it is when `wait` has passed.
+    /// The job once it is final, or as it is when `wait` has passed. Woken
+    /// by every batch this node applies (no polling interval): the job is
+    /// read again from local state, which the first barrier made current.
     async fn wait_for(&self, tenant: &TenantId, job: JobId, wait: Duration) -> Result<JobView, CaddyError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut shutdown = self.shutdown_signal();
+        let sm = self.node().state_machine();
+        let mut applied = sm.subscribe_applied();
+        self.node().read_barrier().await?;
         loop {
-            self.node().read_barrier().await?;
-            let view = self.node().state_machine().render_job(tenant, job)?;
+            let view = sm.render_job(tenant, job)?;
             if view.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(view);
             }
             tokio::select! {
                 _ = crate::run::stopped(&mut shutdown) => return Ok(view),
-                _ = tokio::time::sleep(WAIT_POLL) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Ok(view);
+                    }
+                }
             }
         }
     }
