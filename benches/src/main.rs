@@ -14,7 +14,10 @@
 //! - `fanout`: document updates committed per second and delivered to N
 //!   subscribers on a cluster, against etcd puts and prefix watches;
 //! - `files`: file upload and download throughput on a cluster, against the
-//!   same bytes copied over a plain TCP + TLS 1.3 stream on this machine.
+//!   same bytes copied over a plain TCP + TLS 1.3 stream on this machine;
+//! - `render`: renders per second of `caddy-render` on the adapter present,
+//!   against tiny-skia (a CPU rasterizer) drawing the same drawing, in
+//!   process, no cluster.
 //!
 //! Two helpers for run.sh: `free-ports` and `wait-healthy`.
 
@@ -22,6 +25,7 @@ mod doc;
 mod failover;
 mod fanout;
 mod files;
+mod render;
 mod report;
 mod systems;
 
@@ -58,6 +62,8 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// File upload and download MB/s on a cluster, against a plain TCP + TLS stream (the practical limit).
     Files(files::FilesArgs),
+    /// Renders/s of caddy-render on the adapter present, against tiny-skia on the same drawings.
+    Render(render::RenderArgs),
     /// Prints N distinct free loopback TCP ports.
     FreePorts {
         /// How many.
@@ -172,10 +178,11 @@ pub fn key_name(i: u64) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // In process and single-threaded: no runtime (its idle threads would
-    // only add to the measured memory).
+    // In process: no runtime (its idle threads would only add to the
+    // measured memory, or to the measured CPU time).
     let cli = match cli.command {
         Cmd::Doc(args) => return doc::run(args),
+        Cmd::Render(args) => return render::run(args),
         command => Cli { command },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -185,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Rss(args) => rss(args),
         Cmd::Report(args) => report::run(args),
         Cmd::Doc(_) => anyhow::bail!("doc runs without a runtime"),
+        Cmd::Render(_) => anyhow::bail!("render runs without a runtime"),
         Cmd::Fanout(args) => runtime.block_on(fanout::run(args)),
         Cmd::Files(args) => runtime.block_on(files::run(args)),
         Cmd::FreePorts { n } => free_ports(n),
