@@ -1,58 +1,70 @@
-//! Small geometry helpers shared by the resolver and the SVG export.
+//! Small 2-D geometry helpers in `f64`, shared by the resolver, the SVG
+//! export and the GPU renderer (`caddy-render`), so that every way of
+//! drawing a document agrees on the same curves: angles in degrees,
+//! counter-clockwise from +x.
 
 use crate::model::Point;
 
-pub(crate) fn rad(deg: f64) -> f64 {
+/// Degrees to radians.
+pub fn rad(deg: f64) -> f64 {
     deg.to_radians()
 }
 
-pub(crate) fn polar(c: Point, r: f64, deg: f64) -> Point {
+/// The point at distance `r` from `c` in direction `deg`.
+pub fn polar(c: Point, r: f64, deg: f64) -> Point {
     let a = rad(deg);
     [c[0] + r * a.cos(), c[1] + r * a.sin()]
 }
 
-pub(crate) fn add(a: Point, b: Point) -> Point {
+/// `a + b`.
+pub fn add(a: Point, b: Point) -> Point {
     [a[0] + b[0], a[1] + b[1]]
 }
 
-pub(crate) fn sub(a: Point, b: Point) -> Point {
+/// `a - b`.
+pub fn sub(a: Point, b: Point) -> Point {
     [a[0] - b[0], a[1] - b[1]]
 }
 
-pub(crate) fn scale(a: Point, k: f64) -> Point {
+/// `a * k`.
+pub fn scale(a: Point, k: f64) -> Point {
     [a[0] * k, a[1] * k]
 }
 
-pub(crate) fn dot(a: Point, b: Point) -> f64 {
+/// Dot product.
+pub fn dot(a: Point, b: Point) -> f64 {
     a[0] * b[0] + a[1] * b[1]
 }
 
-pub(crate) fn len(a: Point) -> f64 {
+/// Euclidean length.
+pub fn len(a: Point) -> f64 {
     a[0].hypot(a[1])
 }
 
-pub(crate) fn lerp(a: Point, b: Point, t: f64) -> Point {
+/// `a + (b - a) * t`.
+pub fn lerp(a: Point, b: Point, t: f64) -> Point {
     [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t]
 }
 
 /// Left normal (the vector rotated 90° counter-clockwise).
-pub(crate) fn perp(a: Point) -> Point {
+pub fn perp(a: Point) -> Point {
     [-a[1], a[0]]
 }
 
-pub(crate) fn normalize(a: Point) -> Point {
+/// `a` scaled to length 1 (`[1, 0]` for the zero vector).
+pub fn normalize(a: Point) -> Point {
     let l = len(a);
     if l > 0.0 { scale(a, 1.0 / l) } else { [1.0, 0.0] }
 }
 
 /// Counter-clockwise sweep from `start` to `end`, in degrees, in (0, 360].
-pub(crate) fn ccw_sweep(start: f64, end: f64) -> f64 {
+pub fn ccw_sweep(start: f64, end: f64) -> f64 {
     let s = (end - start).rem_euclid(360.0);
     if s < 1e-9 { 360.0 } else { s }
 }
 
 /// Point of an ellipse at parameter `param` (degrees).
-pub(crate) fn ellipse_point(center: Point, major: Point, ratio: f64, param: f64) -> Point {
+pub fn ellipse_point(center: Point, major: Point, ratio: f64, param: f64) -> Point {
     let minor = scale(perp(major), ratio);
     let t = rad(param);
     add(center, add(scale(major, t.cos()), scale(minor, t.sin())))
@@ -61,10 +73,10 @@ pub(crate) fn ellipse_point(center: Point, major: Point, ratio: f64, param: f64)
 /// The arc of a polyline segment with a bulge: its centre, radius, start
 /// angle and signed sweep (degrees, positive counter-clockwise). `None` for
 /// a straight or degenerate segment.
-pub(crate) fn bulge_arc(p0: Point, p1: Point, bulge: f64) -> Option<(Point, f64, f64, f64)> {
+pub fn bulge_arc(p0: Point, p1: Point, bulge: f64) -> Option<(Point, f64, f64, f64)> {
     let chord = sub(p1, p0);
     let c = len(chord);
-    if bulge.abs() < 1e-12 || c < 1e-12 {
+    if bulge.abs() < 1e-12 || c < 1e-12 || !bulge.is_finite() {
         return None;
     }
     let theta = 4.0 * bulge.atan();
@@ -79,7 +91,7 @@ pub(crate) fn bulge_arc(p0: Point, p1: Point, bulge: f64) -> Option<(Point, f64,
 
 /// Samples a clamped uniform B-spline (`degree` clamped to
 /// `control_points.len() - 1`) with `per_span` points per knot span.
-pub(crate) fn bspline_samples(cps: &[Point], degree: u32, per_span: usize) -> Vec<Point> {
+pub fn bspline_samples(cps: &[Point], degree: u32, per_span: usize) -> Vec<Point> {
     let n = cps.len();
     if n < 2 {
         return cps.to_vec();
@@ -94,22 +106,19 @@ pub(crate) fn bspline_samples(cps: &[Point], degree: u32, per_span: usize) -> Ve
     knots.extend(std::iter::repeat_n(spans as f64, p + 1));
     let per_span = per_span.max(1);
     let total = spans * per_span;
-    (0..=total)
-        .map(|i| {
-            let t = i as f64 / per_span as f64;
-            de_boor(cps, p, &knots, t)
-        })
-        .collect()
+    let mut scratch = Vec::with_capacity(p + 1);
+    (0..=total).map(|i| de_boor(cps, p, &knots, i as f64 / per_span as f64, &mut scratch)).collect()
 }
 
-fn de_boor(cps: &[Point], p: usize, knots: &[f64], t: f64) -> Point {
+fn de_boor(cps: &[Point], p: usize, knots: &[f64], t: f64, d: &mut Vec<Point>) -> Point {
     let n = cps.len();
     // Knot span k with knots[k] <= t < knots[k+1], k in p..n.
     let mut k = p;
     while k + 1 < n && knots[k + 1] <= t {
         k += 1;
     }
-    let mut d: Vec<Point> = (0..=p).map(|j| cps[j + k - p]).collect();
+    d.clear();
+    d.extend((0..=p).map(|j| cps[j + k - p]));
     for r in 1..=p {
         for j in (r..=p).rev() {
             let i = j + k - p;
@@ -121,10 +130,22 @@ fn de_boor(cps: &[Point], p: usize, knots: &[f64], t: f64) -> Point {
     d[p]
 }
 
+/// Whether both coordinates are finite.
+pub fn finite(p: Point) -> bool {
+    p[0].is_finite() && p[1].is_finite()
+}
+
+/// Keeps labels upright: angles in (90, 270] are turned by 180°.
+pub fn readable(deg: f64) -> f64 {
+    let a = deg.rem_euclid(360.0);
+    if a > 90.0 && a <= 270.0 { a - 180.0 } else { a }
+}
+
 /// A 2-D affine map `x' = a·x + c·y + e`, `y' = b·x + d·y + f` (SVG's
 /// `matrix(a b c d e f)` order).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Affine {
+#[allow(missing_docs)]
+pub struct Affine {
     pub a: f64,
     pub b: f64,
     pub c: f64,
@@ -134,10 +155,11 @@ pub(crate) struct Affine {
 }
 
 impl Affine {
-    pub(crate) const IDENTITY: Affine = Affine { a: 1.0, b: 0.0, c: 0.0, d: 1.0, e: 0.0, f: 0.0 };
+    /// The identity map.
+    pub const IDENTITY: Affine = Affine { a: 1.0, b: 0.0, c: 0.0, d: 1.0, e: 0.0, f: 0.0 };
 
     /// `p ↦ position + R(rotation) · diag(scale) · (p − base)`.
-    pub(crate) fn insert(position: Point, rotation: f64, scale: [f64; 2], base: Point) -> Affine {
+    pub fn insert(position: Point, rotation: f64, scale: [f64; 2], base: Point) -> Affine {
         let (s, c) = rad(rotation).sin_cos();
         let a = c * scale[0];
         let b = s * scale[0];
@@ -153,12 +175,13 @@ impl Affine {
         }
     }
 
-    pub(crate) fn apply(&self, p: Point) -> Point {
+    /// The image of `p`.
+    pub fn apply(&self, p: Point) -> Point {
         [self.a * p[0] + self.c * p[1] + self.e, self.b * p[0] + self.d * p[1] + self.f]
     }
 
-    /// `self ∘ inner`.
-    pub(crate) fn then_inner(&self, inner: &Affine) -> Affine {
+    /// `self ∘ inner` (apply `inner` first).
+    pub fn then_inner(&self, inner: &Affine) -> Affine {
         Affine {
             a: self.a * inner.a + self.c * inner.b,
             b: self.b * inner.a + self.d * inner.b,
@@ -168,26 +191,50 @@ impl Affine {
             f: self.b * inner.e + self.d * inner.f + self.f,
         }
     }
+
+    /// Rotation by `deg` about the origin.
+    pub fn rotation(deg: f64) -> Affine {
+        let (s, c) = rad(deg).sin_cos();
+        Affine { a: c, b: s, c: -s, d: c, e: 0.0, f: 0.0 }
+    }
+
+    /// The largest factor by which the map stretches a length.
+    pub fn max_stretch(&self) -> f64 {
+        let s = self.a * self.a + self.b * self.b + self.c * self.c + self.d * self.d;
+        let det = self.a * self.d - self.b * self.c;
+        let disc = (s * s - 4.0 * det * det).max(0.0).sqrt();
+        ((s + disc) / 2.0).max(0.0).sqrt()
+    }
+
+    /// Whether every coefficient is finite.
+    pub fn is_finite(&self) -> bool {
+        [self.a, self.b, self.c, self.d, self.e, self.f].iter().all(|v| v.is_finite())
+    }
 }
 
 /// An axis-aligned bounding box, empty until a point is added.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Bounds {
+pub struct Bounds {
+    /// Lower left corner.
     pub min: Point,
+    /// Upper right corner.
     pub max: Point,
 }
 
 impl Bounds {
-    pub(crate) fn empty() -> Bounds {
+    /// A box holding nothing.
+    pub fn empty() -> Bounds {
         Bounds { min: [f64::INFINITY, f64::INFINITY], max: [f64::NEG_INFINITY, f64::NEG_INFINITY] }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether no point was added.
+    pub fn is_empty(&self) -> bool {
         self.min[0] > self.max[0]
     }
 
-    pub(crate) fn add(&mut self, p: Point) {
-        if p[0].is_finite() && p[1].is_finite() {
+    /// Grows the box to hold `p` (non-finite points are ignored).
+    pub fn add(&mut self, p: Point) {
+        if finite(p) {
             self.min = [self.min[0].min(p[0]), self.min[1].min(p[1])];
             self.max = [self.max[0].max(p[0]), self.max[1].max(p[1])];
         }
@@ -233,5 +280,7 @@ mod tests {
         assert!(close(t.apply([2.0, 1.0]), [10.0, 7.0]));
         let id = Affine::IDENTITY.then_inner(&t);
         assert!(close(id.apply([2.0, 1.0]), [10.0, 7.0]));
+        let stretched = Affine::insert([0.0, 0.0], 30.0, [2.0, 3.0], [0.0, 0.0]);
+        assert!((stretched.max_stretch() - 3.0).abs() < 1e-9);
     }
 }

@@ -230,7 +230,7 @@
 
 mod doc;
 mod error;
-mod geom;
+pub mod geom;
 mod limits;
 mod model;
 mod ops;

@@ -28,6 +28,27 @@ pub struct ResolvedDoc {
     pub problems: Vec<Problem>,
 }
 
+impl ResolvedDoc {
+    /// Every block definition by id: its base point and the entities it
+    /// owns, in the document's order (what drawing an insert expands).
+    pub fn block_members(&self) -> HashMap<&str, (Point, Vec<&Entity>)> {
+        let mut blocks: HashMap<&str, (Point, Vec<&Entity>)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Block)
+            .map(|n| (n.id.as_str(), (n.base.unwrap_or([0.0, 0.0]), Vec::new())))
+            .collect();
+        for e in &self.entities {
+            if let Some(o) = &e.owner
+                && let Some((_, members)) = blocks.get_mut(o.as_str())
+            {
+                members.push(e);
+            }
+        }
+        blocks
+    }
+}
+
 /// Document metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {

@@ -25,8 +25,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::geom::{self, Affine, Bounds};
-use crate::model::{Color, Fill, Geometry, LineType, NodeKind, Point};
+use crate::geom::{self, Affine, Bounds, readable};
+use crate::model::{Color, Fill, Geometry, LineType, Point};
 use crate::resolve::{Entity, Layer, ResolvedDoc};
 
 /// How to draw a [`ResolvedDoc`] as SVG.
@@ -151,19 +151,7 @@ struct Renderer<'a> {
 impl<'a> Renderer<'a> {
     fn new(doc: &'a ResolvedDoc, opts: &'a SvgOptions, units_per_px: f64) -> Renderer<'a> {
         let layers = doc.layers.iter().map(|l| (l.id.as_str(), l)).collect();
-        let mut blocks: HashMap<&str, (Point, Vec<&Entity>)> = doc
-            .nodes
-            .iter()
-            .filter(|n| n.kind == NodeKind::Block)
-            .map(|n| (n.id.as_str(), (n.base.unwrap_or([0.0, 0.0]), Vec::new())))
-            .collect();
-        for e in &doc.entities {
-            if let Some(o) = &e.owner
-                && let Some((_, members)) = blocks.get_mut(o.as_str())
-            {
-                members.push(e);
-            }
-        }
+        let blocks = doc.block_members();
         Renderer {
             opts,
             layers,
@@ -570,12 +558,6 @@ impl<'a> Renderer<'a> {
         self.text_el(&s.color, &e.id, TextAt { p: label_at, height: th, rotation: ang, middle: true }, &m.text);
         self.out.push_str("</g>\n");
     }
-}
-
-/// Keeps labels upright: angles in (90, 270] are turned by 180°.
-fn readable(deg: f64) -> f64 {
-    let a = deg.rem_euclid(360.0);
-    if a > 90.0 && a <= 270.0 { a - 180.0 } else { a }
 }
 
 impl ResolvedDoc {

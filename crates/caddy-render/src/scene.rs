@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use caddy_doc::{Entity, Fill, Geometry, Layer, LineType, NodeKind, Problem, ResolvedDoc};
+use caddy_doc::{Entity, Fill, Geometry, Layer, LineType, Problem, ResolvedDoc};
 
 use crate::font;
 use crate::geom::{self, Affine, P};
@@ -168,19 +168,7 @@ pub(crate) struct Scene<'a> {
 impl<'a> Scene<'a> {
     pub(crate) fn new(doc: &'a ResolvedDoc, only: Option<&'a [String]>) -> Scene<'a> {
         let layers = doc.layers.iter().map(|l| (l.id.as_str(), l)).collect();
-        let mut blocks: HashMap<&str, (P, Vec<&Entity>)> = doc
-            .nodes
-            .iter()
-            .filter(|n| n.kind == NodeKind::Block)
-            .map(|n| (n.id.as_str(), (n.base.unwrap_or([0.0, 0.0]), Vec::new())))
-            .collect();
-        for e in &doc.entities {
-            if let Some(o) = &e.owner
-                && let Some((_, members)) = blocks.get_mut(o.as_str())
-            {
-                members.push(e);
-            }
-        }
+        let blocks = doc.block_members();
         let only = only.map(|l| l.iter().map(String::as_str).collect());
         Scene { layers, blocks, only, doc }
     }
