@@ -191,10 +191,18 @@ async fn uploads_survive_killed_nodes_and_a_restarted_node_repairs_its_chunks() 
     let roaming = Client::connect(config).await.expect("connect");
     let mut reports: Vec<(u64, u64)> = Vec::new();
     let killed = std::sync::atomic::AtomicBool::new(false);
+    let second_chunks = chunk_hashes(&second);
+    // The victim stores and replicates chunks while it reads the next ones,
+    // so what the client has sent runs ahead of what the survivors hold:
+    // the kill waits until one of the first chunks is on both survivors.
+    let on_survivors = || {
+        second_chunks[..5].iter().any(|h| [leader, follower].iter().all(|n| chunk_path(&dev, *n, "acme", h).exists()))
+    };
     let info2 = roaming
         .file_upload_path(&path, &UploadOptions::default(), |sent, total| {
             reports.push((sent, total));
             if sent >= 5 * MIB as u64 && !killed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                wait_for("a chunk of the upload on both survivors", Duration::from_secs(20), on_survivors);
                 dev.kill9(victim);
             }
         })
