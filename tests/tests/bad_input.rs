@@ -147,14 +147,21 @@ fn identity_request(credential: &str, tenant: &str, seq: u64, call: &str) -> pb:
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_bad_input_and_a_retried_secret_never_answering_with_a_dead_secret() {
-    let dev = Dev::start(1, &[]);
-    let conn = raw_connection(&dev, 1).await;
-    let cred = credential(&dev);
+/// A raw connection to node 1 and the operator credential, after creating
+/// tenant `acme` through it (client 77, sequence 1).
+async fn raw_with_tenant(dev: &Dev) -> (quinn::Connection, String) {
+    let conn = raw_connection(dev, 1).await;
+    let cred = credential(dev);
     let create = r#"{"op":"tenant_create","id":"acme","name":"Acme","plan":"","quotas":null}"#;
     let resp = exchange(&conn, &frame(&identity_request(&cred, "", 1, create))).await;
     assert!(matches!(resp.body, Some(pb::response::Body::Identity(_))), "{resp:?}");
+    (conn, cred)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_bad_input_and_a_retried_secret_never_answering_with_a_dead_secret() {
+    let dev = Dev::start(1, &[]);
+    let (conn, cred) = raw_with_tenant(&dev).await;
 
     // Undecodable, unknown and ill-typed calls.
     for call in ["not json", r#"{"op":"become_root"}"#, r#"{"op":"user_get","user":7}"#] {
@@ -211,11 +218,7 @@ async fn raw_upload(conn: &quinn::Connection, req: &pb::Request, data: &[u8]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_upload_whose_answer_was_lost_gets_the_first_answer_and_commits_once() {
     let dev = Dev::start(1, &[]);
-    let conn = raw_connection(&dev, 1).await;
-    let cred = credential(&dev);
-    let create = r#"{"op":"tenant_create","id":"acme","name":"Acme","plan":"","quotas":null}"#;
-    let resp = exchange(&conn, &frame(&identity_request(&cred, "", 1, create))).await;
-    assert!(matches!(resp.body, Some(pb::response::Body::Identity(_))), "{resp:?}");
+    let (conn, cred) = raw_with_tenant(&dev).await;
 
     let data = b"one upload, sent twice".to_vec();
     let call = serde_json::json!({

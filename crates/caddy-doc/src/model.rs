@@ -199,6 +199,22 @@ string_enum! {
     }
 }
 
+impl LineType {
+    /// The dash pattern (on, off, ... lengths in output pixels) every
+    /// renderer uses, so the SVG export and the GPU path agree; empty for
+    /// a solid line.
+    pub fn dash_px(self) -> &'static [f64] {
+        match self {
+            LineType::Continuous => &[],
+            LineType::Dashed => &[8.0, 4.0],
+            LineType::Dotted => &[1.0, 3.0],
+            LineType::DashDot => &[8.0, 3.0, 1.0, 3.0],
+            LineType::Center => &[12.0, 3.0, 3.0, 3.0],
+            LineType::Hidden => &[4.0, 3.0],
+        }
+    }
+}
+
 string_enum! {
     /// Drawing units.
     Units {

@@ -107,18 +107,6 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// Dash pattern of a line type, in pixels.
-fn dash(t: LineType) -> &'static [f64] {
-    match t {
-        LineType::Continuous => &[],
-        LineType::Dashed => &[8.0, 4.0],
-        LineType::Dotted => &[1.0, 3.0],
-        LineType::DashDot => &[8.0, 3.0, 1.0, 3.0],
-        LineType::Center => &[12.0, 3.0, 3.0, 3.0],
-        LineType::Hidden => &[4.0, 3.0],
-    }
-}
-
 /// Where and how a text is placed.
 struct TextAt {
     p: Point,
@@ -178,7 +166,7 @@ impl<'a> Renderer<'a> {
         Style {
             color: color.as_str().to_owned(),
             width_px: (lw * self.opts.px_per_mm).max(self.opts.min_stroke_px),
-            dash: dash(lt),
+            dash: lt.dash_px(),
         }
     }
 

@@ -87,18 +87,6 @@ impl Sink for BoundsSink {
     }
 }
 
-/// Dash pattern of a line type, pixels (the SVG export's).
-fn dash(t: LineType) -> &'static [f64] {
-    match t {
-        LineType::Continuous => &[],
-        LineType::Dashed => &[8.0, 4.0],
-        LineType::Dotted => &[1.0, 3.0],
-        LineType::DashDot => &[8.0, 3.0, 1.0, 3.0],
-        LineType::Center => &[12.0, 3.0, 3.0, 3.0],
-        LineType::Hidden => &[4.0, 3.0],
-    }
-}
-
 /// A finite number above zero.
 fn positive(v: f64) -> bool {
     v > 0.0 && v.is_finite()
@@ -186,7 +174,7 @@ impl<'a> Scene<'a> {
         let lt = e.line_type.or(layer.map(|l| l.line_type)).unwrap_or(LineType::Continuous);
         let lw = e.line_weight.or(layer.map(|l| l.line_weight)).unwrap_or(DEFAULT_WEIGHT_MM);
         let lw = if lw.is_finite() { lw } else { DEFAULT_WEIGHT_MM };
-        Pen { color, width: (lw * PX_PER_MM).max(MIN_STROKE_PX), dash: dash(lt) }
+        Pen { color, width: (lw * PX_PER_MM).max(MIN_STROKE_PX), dash: lt.dash_px() }
     }
 }
 
