@@ -245,8 +245,12 @@ async fn without_an_adapter_nodes_start_with_workers_off_and_jobs_wait_for_a_cap
     let client = client_as(&dev, None, &tokens[0], "acme").await;
     let doc = new_doc(&client).await;
     let job = client.render_submit(spec(doc, 200)).await.expect("submit");
-    let waited = client.render_wait(&job.id, Duration::from_secs(3)).await.expect("wait");
+    // A wait longer than one attempt's budget (held on the server in slices
+    // shorter than it) ends with the job as it is, not with a timeout.
+    let started = Instant::now();
+    let waited = client.render_wait(&job.id, Duration::from_secs(8)).await.expect("wait");
     assert_eq!((waited.state, waited.attempts), (JobState::Queued, 0), "{waited:?}");
+    assert!(started.elapsed() >= Duration::from_secs(8), "returned after {:?}", started.elapsed());
 
     // Node 3 comes back with a (software) adapter and takes the job.
     dev.kill9(3);
@@ -254,4 +258,22 @@ async fn without_an_adapter_nodes_start_with_workers_off_and_jobs_wait_for_a_cap
     // Any node may answer the wait: the job's state is the cluster's.
     let done = client.render_wait(&job.id, Duration::from_secs(90)).await.expect("wait");
     assert_eq!((done.state, done.node), (JobState::Done, Some(3)), "{done:?}");
+
+    // `cluster status`, whichever node answers, shows every member's render
+    // workers as that member reports them.
+    let status = json(&dev.ctl_ok(&["--json", "cluster", "status"]));
+    let member_render = |id: u64| {
+        status["members"]
+            .as_array()
+            .and_then(|members| members.iter().find(|m| m["id"] == id))
+            .and_then(|m| m["render"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(member_render(3).starts_with("on: "), "{status}");
+    for id in [1, 2] {
+        assert!(member_render(id).starts_with("off: no graphics adapter"), "{status}");
+    }
+    let text = dev.ctl_ok(&["cluster", "status"]);
+    assert!(text.contains("RENDER") && text.contains("off: no graphics adapter"), "{text}");
 }

@@ -169,10 +169,11 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
                 if m.leader { "*".into() } else { String::new() },
                 opt(m.lag),
                 m.health.clone(),
+                if m.render.is_empty() { "-".into() } else { m.render.clone() },
             ]
         })
         .collect();
-    out.push_str(&table(&["ID", "RAFT ADDR", "CLIENT ADDR", "ROLE", "LEADER", "LAG", "HEALTH"], &rows));
+    out.push_str(&table(&["ID", "RAFT ADDR", "CLIENT ADDR", "ROLE", "LEADER", "LAG", "HEALTH", "RENDER"], &rows));
     out
 }
 
@@ -197,6 +198,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "leader": m.leader,
             "lag": m.lag,
             "health": m.health,
+            "render": m.render,
         })).collect::<Vec<_>>(),
     })
 }
@@ -425,6 +427,7 @@ mod tests {
                     leader: false,
                     lag: Some(1),
                     health: "healthy".into(),
+                    render: "on: llvmpipe (Cpu, vulkan), 1 worker".into(),
                 },
                 pb::MemberStatus {
                     id: 2,
@@ -435,20 +438,25 @@ mod tests {
                     leader: true,
                     lag: None,
                     health: "healthy".into(),
+                    render: String::new(),
                 },
             ],
         };
         let text = status_text(&status);
         assert!(text.starts_with("node:           1\nterm:           4\nleader:         2\n"), "{text}");
         assert!(text.contains("snapshot index: -\n"), "{text}");
-        assert!(text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH\n"), "{text}");
-        assert!(text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy\n"), "{text}");
-        assert!(text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy\n"), "{text}");
+        assert!(text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH   RENDER\n"), "{text}");
+        assert!(
+            text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy  on: llvmpipe (Cpu, vulkan), 1 worker\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy  -\n"), "{text}");
         let json = status_json(&status);
         assert_eq!(json["leader"], 2);
         assert!(json["snapshot_index"].is_null());
         assert_eq!(json["members"][1]["leader"], true);
         assert!(json["members"][1]["lag"].is_null());
+        assert_eq!(json["members"][0]["render"], "on: llvmpipe (Cpu, vulkan), 1 worker");
     }
 
     #[test]

@@ -232,6 +232,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
                 leader: true,
                 lag: Some(0),
                 health: "healthy".into(),
+                render: "off: disabled in configuration (render.enabled = false)".into(),
             }],
         }))],
         Some(Req::JoinToken(t)) => vec![resp(Resp::JoinToken(pb::JoinTokenResponse {

@@ -541,11 +541,7 @@ impl Client {
         // A huge configured timeout must not overflow the clock.
         let deadline = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
         let is_kv = matches!(req.body, Some(Req::Put(_) | Req::Get(_) | Req::Delete(_) | Req::List(_)));
-        let attempt_cap = match (n > 1, is_kv) {
-            (false, _) => config.request_timeout,
-            (true, true) => KV_ATTEMPT.min(config.request_timeout),
-            (true, false) => (config.request_timeout / 3).max(MIN_ATTEMPT),
-        };
+        let attempt_cap = self.attempt_cap(is_kv);
         let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
         let mut idx = self.inner.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = MIN_BACKOFF;
@@ -601,6 +597,18 @@ impl Client {
         Err(last_server
             .or(last)
             .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))))
+    }
+
+    /// How long one attempt on one endpoint may take before the next is
+    /// tried. A call the server holds open (a render wait) must ask for
+    /// less than this, or it is abandoned before it is answered.
+    pub(crate) fn attempt_cap(&self, is_kv: bool) -> Duration {
+        let timeout = self.inner.config.request_timeout;
+        match (self.inner.slots.len() > 1, is_kv) {
+            (false, _) => timeout,
+            (true, true) => KV_ATTEMPT.min(timeout),
+            (true, false) => (timeout / 3).max(MIN_ATTEMPT),
+        }
     }
 
     /// Index of the configured endpoint named `hint`, if any.

@@ -79,7 +79,9 @@ impl Client {
     /// until the job changes state, up to a slice of the request timeout.
     pub async fn render_wait(&self, job: &str, timeout: Duration) -> Result<JobView, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let slice = (self.config().request_timeout / 2).max(Duration::from_millis(500));
+        // Each held call must end on the server well before the client gives
+        // up on the attempt and tries another endpoint.
+        let slice = (self.attempt_cap(false) * 3 / 4).max(Duration::from_millis(200));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let call = RenderCall::Wait { job: job.into(), timeout_ms: Some(left.min(slice).as_millis() as u64) };

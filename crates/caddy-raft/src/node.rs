@@ -263,6 +263,21 @@ impl RaftNode {
         }
     }
 
+    /// Asks every other member to describe itself, concurrently, each within
+    /// `timeout`; a member that does not answer is absent from the result.
+    pub async fn describe_members(&self, timeout: Duration) -> BTreeMap<NodeId, pb::NodeDescription> {
+        let Some(peers) = self.inner.peers.clone() else { return Default::default() };
+        let asks = self.other_members().into_iter().map(|(id, addr)| {
+            let peers = peers.clone();
+            async move {
+                let mut client = peers.client(&addr).ok()?;
+                let answer = tokio::time::timeout(timeout, client.describe(pb::Empty {})).await.ok()?.ok()?;
+                Some((id, answer.into_inner()))
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
     /// Every other member (voters and learners) with its peer address.
     pub fn other_members(&self) -> Vec<(NodeId, String)> {
         let m = self.inner.raft.metrics().borrow_watched().clone();

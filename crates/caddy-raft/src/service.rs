@@ -26,17 +26,28 @@ pub trait ChunkService: Send + Sync + 'static {
     fn has(&self, tenant: String, hashes: Vec<Vec<u8>>, touch: bool) -> BoxFuture<'_, Result<Vec<bool>, Status>>;
 }
 
+/// What a node says about its local services when a peer asks (implemented
+/// by the server, which owns them).
+pub type Describer = std::sync::Arc<dyn Fn() -> pb::NodeDescription + Send + Sync>;
+
 /// Serves one node's peer endpoint.
 pub struct PeerService {
     node: RaftNode,
     snapshot_dir: std::path::PathBuf,
     chunks: Option<std::sync::Arc<dyn ChunkService>>,
+    describer: Option<Describer>,
 }
 
 impl PeerService {
     /// A service for `node`; incoming snapshots are staged in `snapshot_dir`.
     pub fn new(node: RaftNode, snapshot_dir: std::path::PathBuf) -> Self {
-        Self { node, snapshot_dir, chunks: None }
+        Self { node, snapshot_dir, chunks: None, describer: None }
+    }
+
+    /// Answers `Describe` with `describer` (without it: an empty description).
+    pub fn with_describer(mut self, describer: Describer) -> Self {
+        self.describer = Some(describer);
+        self
     }
 
     /// Serves chunk calls from `chunks` (without it they are `unimplemented`).
@@ -238,5 +249,10 @@ impl Peer for PeerService {
             admin_addr: node.admin_addr.clone(),
             learner_only: false,
         }))
+    }
+
+    async fn describe(&self, req: Request<pb::Empty>) -> Result<Response<pb::NodeDescription>, Status> {
+        require_peer(&req)?;
+        Ok(Response::new(self.describer.as_ref().map(|d| d()).unwrap_or_default()))
     }
 }

@@ -29,19 +29,6 @@ struct DevState {
     nodes: Vec<DevNode>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    // A port free for both TCP (peer, admin) and UDP (client), so one number
-    // can serve any listener.
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port found")
-}
-
 fn node_dir(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node{id}"))
 }
@@ -81,15 +68,38 @@ fn spawn_node(dir: &Path, node: &DevNode, join_token: Option<&str>) -> anyhow::R
     Ok(child)
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
+/// Waits until `check` holds, failing at once (with the end of its log) when
+/// a node started so far has exited: a node that cannot bind its port or
+/// join would otherwise show only as a timeout.
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    dir: &Path,
+    children: &mut [(u64, Child)],
+    mut check: impl AsyncFnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check().await {
             return Ok(());
         }
+        for (id, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = node_dir(dir, *id).join("caddyd.log");
+                bail!("node {id} exited ({status}) while waiting for {what}; its log ends:\n{}", log_tail(&log));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("timed out waiting for {what}")
+}
+
+fn log_tail(path: &Path) -> String {
+    const TAIL_LINES: usize = 20;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
 fn stop_all(children: &mut [(u64, Child)]) {
@@ -137,9 +147,9 @@ pub async fn run(count: u64, dir: &Path) -> anyhow::Result<()> {
         let id = state.nodes.len() as u64 + 1;
         let node = DevNode {
             id,
-            raft: format!("127.0.0.1:{}", free_port()?),
-            client: format!("127.0.0.1:{}", free_port()?),
-            admin: format!("127.0.0.1:{}", free_port()?),
+            raft: format!("127.0.0.1:{}", caddy_wire::ports::free_loopback_port()?),
+            client: format!("127.0.0.1:{}", caddy_wire::ports::free_loopback_port()?),
+            admin: format!("127.0.0.1:{}", caddy_wire::ports::free_loopback_port()?),
         };
         state.nodes.push(node);
     }
@@ -188,14 +198,20 @@ async fn start_all(
     let seed = &nodes[0];
     children.push((seed.id, spawn_node(dir, seed, None)?));
     let token_path = node_dir(dir, seed.id).join(ADMIN_TOKEN_FILE);
-    wait_for("node 1 to create the admin credential", Duration::from_secs(60), async || token_path.exists()).await?;
+    wait_for("node 1 to create the admin credential", Duration::from_secs(60), dir, children, async || {
+        token_path.exists()
+    })
+    .await?;
     let credential = std::fs::read_to_string(&token_path)?.trim().to_string();
     let ca_path = crate::identity::ca_cert_path(&node_dir(dir, seed.id));
     let ca_pem = std::fs::read_to_string(&ca_path)?;
     let seed_client = Client::connect(ClientConfig::new(vec![seed.client.clone()], ca_pem.clone(), credential.clone()))
         .await
         .context("connecting to node 1")?;
-    wait_for("node 1 to serve clients", Duration::from_secs(60), async || seed_client.status().await.is_ok()).await?;
+    wait_for("node 1 to serve clients", Duration::from_secs(60), dir, children, async || {
+        seed_client.status().await.is_ok()
+    })
+    .await?;
 
     for node in &nodes[1..] {
         let enrolled = node_dir(dir, node.id).join("tls").join("node.pem").exists();
@@ -217,7 +233,7 @@ async fn start_all(
 
     let client = Client::connect(ClientConfig::from_file(dir.join("client.toml"))?).await?;
     let expected = nodes.len();
-    wait_for(&format!("all {expected} nodes to be voters"), Duration::from_secs(120), async || {
+    wait_for(&format!("all {expected} nodes to be voters"), Duration::from_secs(120), dir, children, async || {
         matches!(client.status().await, Ok(s) if s.members.iter().filter(|m| m.role == "voter").count() == expected
             && s.leader.is_some())
     })

@@ -53,9 +53,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = blobs::open_store(&config.files, &config.data_dir)?;
     tracing::info!(backend = store.kind(), "blob store opened");
     let blobs = Arc::new(blobs::Blobs::new(store, node.clone(), &config.files));
-    let peer_task = serve_peers(&config, &tls, node.clone(), blobs.peer_service(), shutdown_rx.clone()).await?;
-    tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
     let render_status = Arc::new(crate::render::RenderStatus::default());
+    let describer: caddy_raft::service::Describer = {
+        let render_status = render_status.clone();
+        Arc::new(move || caddy_raft::pb::NodeDescription { render: render_status.line() })
+    };
+    let peer_task =
+        serve_peers(&config, &tls, node.clone(), blobs.peer_service(), describer, shutdown_rx.clone()).await?;
+    tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
     crate::render::start(
         config.render.clone(),
         node.clone(),
@@ -110,6 +115,7 @@ async fn serve_peers(
     tls: &NodeTls,
     node: RaftNode,
     chunks: Arc<dyn caddy_raft::service::ChunkService>,
+    describer: caddy_raft::service::Describer,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let addr = parse(&config.listen.raft, "raft")?;
@@ -119,7 +125,10 @@ async fn serve_peers(
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
         .client_auth_optional(true);
-    let service = PeerService::new(node, config.data_dir.join("snapshots")).with_chunks(chunks).into_server();
+    let service = PeerService::new(node, config.data_dir.join("snapshots"))
+        .with_chunks(chunks)
+        .with_describer(describer)
+        .into_server();
     let router = tonic::transport::Server::builder()
         .tls_config(server_tls)
         .context("peer TLS configuration")?

@@ -21,6 +21,10 @@ use crate::blobs::Blobs;
 use crate::config::{FilesConfig, Limits};
 use crate::presence::PresenceHub;
 
+/// How long `cluster status` waits for each other member to describe its
+/// local services; a member that takes longer shows an empty render line.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(700);
+
 /// Shared state of the client-facing service.
 pub struct Service {
     node: RaftNode,
@@ -539,6 +543,8 @@ impl Service {
             _ => local.clone(),
         };
         let unreachable_after = 3 * self.node.timing().election_max_ms;
+        let own_render = self.render.line();
+        let mut described = self.node.describe_members(DESCRIBE_TIMEOUT).await;
         let members = leader_view
             .members
             .iter()
@@ -566,6 +572,11 @@ impl Service {
                     leader: is_leader,
                     lag,
                     health: health.into(),
+                    render: if m.id == local.id {
+                        own_render.clone()
+                    } else {
+                        described.remove(&m.id).map(|d| d.render).unwrap_or_default()
+                    },
                 }
             })
             .collect();
@@ -579,7 +590,7 @@ impl Service {
             members,
             last_log_index: local.last_log_index,
             snapshot_index: local.snapshot_index,
-            render: self.render.line(),
+            render: own_render,
         }
     }
 

@@ -6,13 +6,21 @@
 //! - `t/{t}/job/{id}`: the job record;
 //! - `t/{t}/jobd/{dedup hex}`: the live job for an identical request;
 //! - `t/{t}/jobn`: how many of the tenant's jobs are queued or running;
-//! - `Q/{created ms}/{t}/{id}`: the queue, oldest first, across tenants;
+//! - `t/{t}/jobq/{created ms}/{id}`: the tenant's queue, oldest first;
+//! - `Q/{created ms}/{t}/{id}`: every queued job, oldest first, across
+//!   tenants (for "is anything claimable" and the queue-length metric);
+//! - `R/{t}`: tenants with a queued job; `Rc`: the tenant the last claim
+//!   served. Claims go round-robin over `R/` from `Rc`, each taking that
+//!   tenant's oldest job, so one tenant's backlog delays another tenant's
+//!   job by at most one claim per tenant with queued work;
 //! - `W/{lease end ms}/{t}/{id}`: running jobs by lease end;
 //! - `F/{finished ms}/{t}/{id}`: finished jobs by finish time (retention).
 //!
 //! Invariants (all judged with the entry's stamped time):
-//! - A job is in exactly one of the queue or lease indexes while it is
-//!   queued or running, and in the finished index once final.
+//! - A job is in the queues (its tenant's and the global one, both or
+//!   neither) or the lease index while it is queued or running, never both,
+//!   and in the finished index once final; `R/{t}` exists exactly when the
+//!   tenant's queue is not empty.
 //! - Renewals and results name the attempt they belong to; one for an
 //!   attempt that is not the job's current running attempt is refused.
 //! - A finished image's chunks are referenced (and its bytes counted against
@@ -89,6 +97,17 @@ fn k_active(t: &TenantId) -> String {
 fn g_queue(ms: u64, t: &TenantId, j: JobId) -> String {
     format!("Q/{ms:016x}/{t}/{}", j.key_part())
 }
+fn k_tenant_queue(t: &TenantId, ms: u64, j: JobId) -> String {
+    format!("t/{t}/jobq/{ms:016x}/{}", j.key_part())
+}
+fn p_tenant_queue(t: &impl std::fmt::Display) -> String {
+    format!("t/{t}/jobq/")
+}
+fn g_ring(t: &TenantId) -> String {
+    format!("R/{t}")
+}
+/// The tenant the last claim served (absent before the first claim).
+const G_RING_CURSOR: &str = "Rc";
 fn g_lease(ms: u64, t: &TenantId, j: JobId) -> String {
     format!("W/{ms:016x}/{t}/{}", j.key_part())
 }
@@ -133,10 +152,50 @@ fn active_add(files: &mut FTable<'_>, t: &TenantId, delta: i64) -> io::Result<()
     if n == 0 { del(files, &k_active(t)) } else { put(files, &k_active(t), &n) }
 }
 
+/// Puts a job in its tenant's queue and the global one.
+fn enqueue(files: &mut FTable<'_>, t: &TenantId, rec: &JobRec) -> io::Result<()> {
+    let r = JobRef { tenant: t.clone(), job: rec.id };
+    put(files, &g_queue(rec.created_ms, t, rec.id), &r)?;
+    put(files, &k_tenant_queue(t, rec.created_ms, rec.id), &r)?;
+    put(files, &g_ring(t), &())
+}
+
+/// Takes a job out of both queues; the tenant leaves the ring when its
+/// queue is empty.
+fn dequeue(files: &mut FTable<'_>, t: &TenantId, rec: &JobRec) -> io::Result<()> {
+    del(files, &g_queue(rec.created_ms, t, rec.id))?;
+    del(files, &k_tenant_queue(t, rec.created_ms, rec.id))?;
+    if first_under(&*files, &p_tenant_queue(t))?.is_none() {
+        del(files, &g_ring(t))?;
+    }
+    Ok(())
+}
+
+/// The first key under `prefix`, if any.
+fn first_under(files: &impl Tbl, prefix: &str) -> io::Result<Option<String>> {
+    let end = format!("{}\u{10ffff}", prefix);
+    match files.range(prefix..end.as_str()).map_err(io_err)?.next() {
+        Some(item) => Ok(Some(item.map_err(io_err)?.0.value().to_owned())),
+        None => Ok(None),
+    }
+}
+
+/// The ring entry (`R/{t}`) of the tenant whose turn it is: the first after
+/// the one the last claim served, wrapping around.
+fn next_in_ring(files: &impl Tbl) -> io::Result<Option<String>> {
+    if let Some(last) = get::<String>(files, G_RING_CURSOR)? {
+        let after = format!("{last}\u{0}");
+        if let Some(item) = files.range(after.as_str().."R0").map_err(io_err)?.next() {
+            return Ok(Some(item.map_err(io_err)?.0.value().to_owned()));
+        }
+    }
+    first_under(files, "R/")
+}
+
 /// Moves a queued or running job to a final state (indexes, counters).
 fn finish(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec, state: JobState, stamp: u64) -> io::Result<()> {
     match rec.state {
-        JobState::Queued => del(files, &g_queue(rec.created_ms, t, rec.id))?,
+        JobState::Queued => dequeue(files, t, rec)?,
         JobState::Running => del(files, &g_lease(rec.lease_until_ms, t, rec.id))?,
         _ => return Ok(()),
     }
@@ -157,7 +216,7 @@ fn requeue(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec) -> io::Result
     rec.state = JobState::Queued;
     rec.node = None;
     rec.lease_until_ms = 0;
-    put(files, &g_queue(rec.created_ms, t, rec.id), &JobRef { tenant: t.clone(), job: rec.id })?;
+    enqueue(files, t, rec)?;
     put(files, &k_job(t, rec.id), rec)
 }
 
@@ -225,7 +284,7 @@ pub(crate) fn apply(
             };
             put(files, &k_job(t, id), &rec)?;
             put(files, &k_dedup(t, &dedup), &id)?;
-            put(files, &g_queue(ctx.stamp, t, id), &JobRef { tenant: t.clone(), job: id })?;
+            enqueue(files, t, &rec)?;
             active_add(files, t, 1)?;
             Ok(Ok(ReplyBody::RenderSubmitted { job: id.0, deduplicated: false }))
         }
@@ -300,13 +359,22 @@ pub(crate) fn claim(tables: &mut Tables<'_>, stamp: u64, node: u64, lease_ms: u6
             requeue(files, &r.tenant, &mut rec)?;
         }
     }
-    let Some((key, _, r)) = due(&*files, "Q/", u64::MAX, 1)?.into_iter().next() else {
+    let Some(turn) = next_in_ring(&*files)? else {
         return Ok(Ok(ReplyBody::RenderClaimed { claim: None }));
     };
-    del(files, &key)?;
+    put(files, G_RING_CURSOR, &turn)?;
+    let tenant = turn.strip_prefix("R/").unwrap_or_default();
+    let Some(key) = first_under(&*files, &p_tenant_queue(&tenant))? else {
+        // A ring entry without a queue is repaired rather than trusted.
+        del(files, &turn)?;
+        return Ok(Ok(ReplyBody::RenderClaimed { claim: None }));
+    };
+    let r: JobRef = get(&*files, &key)?.ok_or_else(|| io_err(format!("{key} vanished during the claim")))?;
     let Some(mut rec) = get::<JobRec>(&*files, &k_job(&r.tenant, r.job))? else {
+        del(files, &key)?;
         return Ok(Ok(ReplyBody::RenderClaimed { claim: None }));
     };
+    dequeue(files, &r.tenant, &rec)?;
     rec.state = JobState::Running;
     rec.attempts = rec.attempts.saturating_add(1);
     rec.node = Some(node);
@@ -466,6 +534,7 @@ pub(crate) fn delete_tenant_jobs(tables: &mut Tables<'_>, t: &TenantId) -> io::R
             global.push(g_finished(ms, t, rec.id));
         }
     }
+    global.push(g_ring(t));
     for key in global {
         del(files, &key)?;
     }

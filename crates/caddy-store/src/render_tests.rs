@@ -342,3 +342,61 @@ fn deleting_a_tenant_removes_its_queued_jobs() {
     fx.h.now += LEASE + 1;
     assert!(fx.claim(1).is_none(), "neither the queued nor the expired job survives its tenant");
 }
+
+#[test]
+fn claims_take_turns_across_tenants_so_one_backlog_does_not_hold_up_another() {
+    let mut fx = setup(Quotas::default());
+    fx.h.tenant("globex", Quotas::default());
+    let g = fx.h.user("globex", "gina@globex.test", &["editor"]);
+    let gina = fx.h.login("globex", g, 1 << 40);
+    let gdoc = match fx.h.call(&gina, Some("globex"), Op::DocCreate { name: "g".into(), units: None }).unwrap() {
+        ReplyBody::Created { id } => DocId(id),
+        other => panic!("{other:?}"),
+    };
+    let gsubmit = |fx: &mut Fx, width: u32| match fx
+        .h
+        .call(&gina, Some("globex"), Op::Render(RenderOp::Submit { spec: RenderSpec { width, ..spec(gdoc) } }))
+        .unwrap()
+    {
+        ReplyBody::RenderSubmitted { job, .. } => JobId(job),
+        other => panic!("{other:?}"),
+    };
+    // acme queues a backlog of five first; globex's two come after it.
+    let acme: Vec<JobId> =
+        (0..5).map(|i| fx.submit("alice", RenderSpec { width: 300 + i, ..spec(fx.doc) }).unwrap().0).collect();
+    fx.h.now += 1;
+    let globex = [gsubmit(&mut fx, 300), gsubmit(&mut fx, 301)];
+    // A queued job that is cancelled leaves the turn order alone.
+    let cancelled = gsubmit(&mut fx, 302);
+    let cancel = Op::Render(RenderOp::Cancel { job: cancelled });
+    fx.h.call(&gina, Some("globex"), cancel).unwrap();
+
+    let order: Vec<(String, JobId)> = (0..7)
+        .map(|_| {
+            let c = fx.claim(1).expect("a queued job");
+            (c.tenant, c.job)
+        })
+        .collect();
+    let want: Vec<(String, JobId)> = [
+        ("acme", acme[0]),
+        ("globex", globex[0]),
+        ("acme", acme[1]),
+        ("globex", globex[1]),
+        ("acme", acme[2]),
+        ("acme", acme[3]),
+        ("acme", acme[4]),
+    ]
+    .into_iter()
+    .map(|(t, j)| (t.to_owned(), j))
+    .collect();
+    assert_eq!(order, want);
+    assert!(fx.claim(1).is_none(), "every queue is empty");
+
+    // Lost leases put the jobs back in their tenants' queues; the turn
+    // passes on from acme, which the last claim served.
+    fx.h.now += LEASE + 1;
+    let again = fx.claim(2).expect("an expired job back in the queue");
+    assert_eq!((again.tenant.as_str(), again.job, again.attempt), ("globex", globex[0], 2));
+    let next = fx.claim(2).expect("acme's turn");
+    assert_eq!((next.tenant.as_str(), next.job), ("acme", acme[0]));
+}

@@ -10,6 +10,7 @@
 //! - This crate knows nothing of storage or consensus.
 
 pub mod frame;
+pub mod ports;
 pub mod tls;
 
 /// Generated protobuf types of the client protocol.

@@ -90,14 +90,18 @@ impl Dev {
         let dev = self.dev.as_mut().expect("dev");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned();
             if text.contains("client config:") {
                 break;
             }
             if let Ok(Some(status)) = dev.try_wait() {
-                panic!("caddyd dev exited ({status}):\n{text}");
+                panic!("caddyd dev exited ({status}):\n{text}{}", node_logs(&self.dir, self.nodes));
             }
-            assert!(Instant::now() < deadline, "caddyd dev did not come up:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "caddyd dev did not come up:\n{text}{}",
+                node_logs(&self.dir, self.nodes)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -327,15 +331,23 @@ impl Drop for Dev {
     }
 }
 
-/// A loopback port free for both TCP and UDP right now.
+/// A loopback port free for both TCP and UDP right now, outside the
+/// ephemeral range other processes' connections draw from.
 pub fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
+    caddy_wire::ports::free_loopback_port().expect("a free loopback port")
+}
+
+/// The end of each node's log, for a failure message.
+fn node_logs(dir: &Path, nodes: u64) -> String {
+    let mut out = String::new();
+    for id in 1..=nodes {
+        let bytes = std::fs::read(dir.join(format!("node{id}")).join("caddyd.log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- node{id}/caddyd.log (end) ---\n"));
+        out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
     }
+    out
 }
 
 /// GET over HTTPS trusting the cluster CA; returns (status, body).
