@@ -148,6 +148,34 @@ fn render_turns_a_document_into_a_png_through_the_cli() {
     let (_, _, still) = decode(&std::fs::read(&drawn).expect("image"));
     assert!(count_near(&still, [0xaa, 0, 0]) > 500, "the walls are still drawn");
 
+    // Automatic thumbnails: once on, the next committed change gets one.
+    let on = ok(&["render", "thumbnails", "on", "--size", "160x120"]);
+    assert!(on.contains("on, 160x120"), "{on}");
+    let more = tmp.path().join("more.json");
+    std::fs::write(
+        &more,
+        r#"[{"op": "add", "kind": "circle", "layer": "walls", "center": [2000, 2500], "radius": 600}]"#,
+    )
+    .expect("write");
+    let applied = json(&ok(&["--json", "doc", "apply", &doc, more.to_str().expect("path")]));
+    let latest = applied["change"].as_u64().expect("a committed change");
+    let thumb_png = tmp.path().join("thumb.png");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let thumb = loop {
+        let out = acme(&["--json", "render", "thumbnail", &doc, "-o", thumb_png.to_str().expect("path")]);
+        if out.status.success() {
+            break json(&String::from_utf8_lossy(&out.stdout));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no thumbnail yet") && Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((thumb["thumbnail"].as_bool(), thumb["version"].as_u64()), (Some(true), Some(latest)), "{thumb}");
+    let (w, h, thumb_pixels) = decode(&std::fs::read(&thumb_png).expect("the thumbnail"));
+    assert_eq!((w, h), (160, 120));
+    assert!(count_near(&thumb_pixels, [0xaa, 0, 0]) > 50, "the thumbnail shows the walls");
+    assert!(ok(&["render", "thumbnails", "off"]).contains("thumbnails: off"));
+
     // Bad requests: typed errors, one line each.
     for (args, want) in [
         (vec!["render", doc.as_str(), "--size", "0x10"], "zero side"),
@@ -155,6 +183,8 @@ fn render_turns_a_document_into_a_png_through_the_cli() {
         (vec!["render", "doc-999", "--size", "10x10"], "not_found"),
         (vec!["render", doc.as_str(), "--version", "99", "--size", "10x10"], "has no change 99"),
         (vec!["render", "cancel", job["id"].as_str().expect("id")], "already done"),
+        (vec!["render", "thumbnails", "on", "--size", "0x10"], "zero side"),
+        (vec!["render", "thumbnail", "doc-999"], "no thumbnail"),
     ] {
         let out = acme(&args);
         let err = String::from_utf8_lossy(&out.stderr);

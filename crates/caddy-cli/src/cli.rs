@@ -181,6 +181,24 @@ pub enum RenderCommand {
         /// The job (job-N).
         job: String,
     },
+    /// The tenant's automatic thumbnails (every committed document change
+    /// gets one): shows the setting, or turns them on or off (docs:admin).
+    Thumbnails {
+        /// `on` or `off`; without it, shows the setting.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        /// Thumbnail size, WIDTHxHEIGHT (with `on`).
+        #[arg(long, value_name = "WxH", default_value = "256x192", value_parser = parse_size)]
+        size: (u32, u32),
+    },
+    /// A document's newest thumbnail: shows its job, or saves its PNG.
+    Thumbnail {
+        /// The document (doc-N).
+        doc: String,
+        /// Save the PNG here.
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `1024x768` → (1024, 768).

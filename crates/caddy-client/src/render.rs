@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use caddy_core::render::{JobView, RenderAnswer, RenderCall, RenderSpec};
+use caddy_core::render::{JobView, RenderAnswer, RenderCall, RenderSpec, ThumbnailSetting};
 use caddy_wire::read_frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -20,6 +20,7 @@ fn not_a(expected: &str, got: &RenderAnswer) -> ClientError {
         RenderAnswer::Job(_) => "job",
         RenderAnswer::Jobs { .. } => "jobs",
         RenderAnswer::Image { .. } => "image",
+        RenderAnswer::Thumbnails(_) => "thumbnails",
     };
     ClientError::Protocol(format!("unexpected render answer: {kind} instead of {expected}"))
 }
@@ -28,7 +29,10 @@ impl Client {
     /// Sends one render call and returns its first answer (and the stream,
     /// for an image's payload frames).
     async fn render_call(&self, call: &RenderCall) -> Result<(pb::RenderResponse, quinn::RecvStream), ClientError> {
-        let write = matches!(call, RenderCall::Submit { .. } | RenderCall::Cancel { .. });
+        let write = matches!(
+            call,
+            RenderCall::Submit { .. } | RenderCall::Cancel { .. } | RenderCall::Thumbnails { set: Some(_) }
+        );
         let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
         let (first, recv) = self.call_stream(Req::Render(pb::RenderRequest { call: bytes }), write, None).await?;
         let Resp::Render(first) = first else { return Err(unexpected("render", &first)) };
@@ -47,6 +51,24 @@ impl Client {
     /// instead (with `deduplicated` set).
     pub async fn render_submit(&self, spec: RenderSpec) -> Result<JobView, ClientError> {
         self.render_job_call(&RenderCall::Submit { spec }).await
+    }
+
+    /// The tenant's automatic thumbnail setting; with `set`, changes it
+    /// first (needs `docs:admin`). While on, every committed document change
+    /// queues a thumbnail (a newer change takes over a thumbnail job not yet
+    /// started).
+    pub async fn render_thumbnails(&self, set: Option<ThumbnailSetting>) -> Result<ThumbnailSetting, ClientError> {
+        let (first, _) = self.render_call(&RenderCall::Thumbnails { set }).await?;
+        match decode(&first.answer)? {
+            RenderAnswer::Thumbnails(setting) => Ok(setting),
+            other => Err(not_a("thumbnails", &other)),
+        }
+    }
+
+    /// The newest finished thumbnail job of `doc` (`render_image` fetches
+    /// its PNG); `not_found` when there is none yet.
+    pub async fn render_thumbnail(&self, doc: &str) -> Result<JobView, ClientError> {
+        self.render_job_call(&RenderCall::Thumbnail { doc: doc.into() }).await
     }
 
     /// One job.

@@ -262,6 +262,9 @@ pub struct JobView {
     /// This answer names an existing job for an identical request.
     #[serde(default)]
     pub deduplicated: bool,
+    /// Submitted by the cluster for the tenant's automatic thumbnails.
+    #[serde(default)]
+    pub thumbnail: bool,
 }
 
 /// A finished image's description (its bytes come with a download).
@@ -299,8 +302,17 @@ impl From<&RenderImage> for RenderImageView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum RenderOp {
-    Submit { spec: RenderSpec },
-    Cancel { job: JobId },
+    Submit {
+        spec: RenderSpec,
+    },
+    Cancel {
+        job: JobId,
+    },
+    /// Automatic thumbnails of every committed document change, at this
+    /// size (`None`: off). Needs `docs:admin`.
+    Thumbnails {
+        size: Option<[u32; 2]>,
+    },
 }
 
 impl RenderOp {
@@ -309,6 +321,7 @@ impl RenderOp {
         match self {
             RenderOp::Submit { .. } => "render.submit",
             RenderOp::Cancel { .. } => "render.cancel",
+            RenderOp::Thumbnails { .. } => "render.thumbnails",
         }
     }
 
@@ -317,6 +330,8 @@ impl RenderOp {
         match self {
             RenderOp::Submit { spec } => format!("render of {}", spec.doc),
             RenderOp::Cancel { job } => job.to_string(),
+            RenderOp::Thumbnails { size: Some([w, h]) } => format!("thumbnails {w}x{h}"),
+            RenderOp::Thumbnails { size: None } => "thumbnails off".into(),
         }
     }
 }
@@ -360,6 +375,41 @@ pub enum RenderCall {
     /// A finished job's image: answers `image`, then the PNG bytes as
     /// payload frames.
     Image { job: String },
+    /// The tenant's automatic thumbnail setting: with `set`, changes it
+    /// first (`{"size": [w, h]}` on, `{"size": null}` off; `docs:admin`).
+    /// Answers `thumbnails`.
+    Thumbnails {
+        #[serde(default)]
+        set: Option<ThumbnailSetting>,
+    },
+    /// The newest finished thumbnail of a document; answers `job` (its
+    /// image comes with `image`).
+    Thumbnail { doc: String },
+}
+
+/// The tenant's automatic thumbnails: their size, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThumbnailSetting {
+    /// Width and height in pixels; `None` when thumbnails are off.
+    pub size: Option<[u32; 2]>,
+}
+
+impl ThumbnailSetting {
+    /// The render spec of a thumbnail of `doc` at `version` under this
+    /// setting (`None` when off): the whole drawing fitted, every layer, on
+    /// white.
+    pub fn spec(&self, doc: DocId, version: u64) -> Option<RenderSpec> {
+        let [width, height] = self.size?;
+        Some(RenderSpec {
+            doc,
+            version: Some(version),
+            view: RenderView::default(),
+            width,
+            height,
+            background: [255, 255, 255, 255],
+            layers: None,
+        })
+    }
 }
 
 /// A render answer (JSON, tag `kind`).
@@ -377,6 +427,7 @@ pub enum RenderAnswer {
         job: JobView,
         size: u64,
     },
+    Thumbnails(ThumbnailSetting),
 }
 
 /// Bounds a worker's error text to [`MAX_JOB_ERROR_BYTES`] on a character

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caddy_core::docs::{DocAnswer, DocCall};
+use caddy_core::docs::{DocAnswer, DocCall, DocId};
 use caddy_core::files::{CHUNK_BYTES, ChunkRef};
 use caddy_core::identity::api::Op;
 use caddy_core::identity::{Action, Caller, Permission, Resource, ResourceKind, TenantId, authorize};
@@ -420,6 +420,18 @@ impl Service {
                 let wait = timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis).min(MAX_WAIT);
                 let view = self.wait_for(&tenant, job, wait).await?;
                 send(out, &RenderAnswer::Job(view), &[], false, &leader).await
+            }
+            RenderCall::Thumbnails { set } => {
+                if let Some(setting) = set {
+                    node.propose(origin, asker.call(Op::Render(RenderOp::Thumbnails { size: setting.size }))).await?;
+                }
+                node.read_barrier().await?;
+                send(out, &RenderAnswer::Thumbnails(sm.render_thumbnail_setting(&tenant)?), &[], false, &leader).await
+            }
+            RenderCall::Thumbnail { doc } => {
+                let doc = DocId::parse(&doc)?;
+                node.read_barrier().await?;
+                send(out, &RenderAnswer::Job(sm.render_thumbnail(&tenant, doc)?), &[], false, &leader).await
             }
             RenderCall::Image { job } => {
                 node.read_barrier().await?;

@@ -729,6 +729,7 @@ fn remove_doc(tables: &mut Tables<'_>, t: &TenantId, rec: &DocRec) -> io::Result
     tables.docs.remove(k_snap(t, d).as_str()).map_err(io_err)?;
     tables.docs.remove(k_rec(t, d).as_str()).map_err(io_err)?;
     lock(&tables.doc_runtime.cache).docs.remove(&(t.clone(), d));
+    crate::render::forget_thumbnails(&mut tables.files, t, d)?;
     Ok(rec.bytes)
 }
 

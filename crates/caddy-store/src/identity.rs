@@ -559,6 +559,14 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
                 next_id += 1;
                 next_id
             })?);
+            if let (Op::DocUpdate { doc, .. }, ReplyBody::DocUpdated { seq, changed: true, .. }) =
+                (&call.op, &done.body)
+            {
+                crate::render::thumbnail_on_commit(kv.tables, t, *doc, *seq, stamp, || {
+                    next_id += 1;
+                    next_id
+                })?;
+            }
             rec.tenant.usage = usage;
             rec.next_id = next_id;
             put(&mut kv.tables.ident, &k_tenant(t), &rec)?;

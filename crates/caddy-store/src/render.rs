@@ -14,7 +14,12 @@
 //!   tenant's oldest job, so one tenant's backlog delays another tenant's
 //!   job by at most one claim per tenant with queued work;
 //! - `W/{lease end ms}/{t}/{id}`: running jobs by lease end;
-//! - `F/{finished ms}/{t}/{id}`: finished jobs by finish time (retention).
+//! - `F/{finished ms}/{t}/{id}`: finished jobs by finish time (retention);
+//! - `t/{t}/jobtcfg`: the tenant's automatic thumbnail setting;
+//! - `t/{t}/jobt/{doc}`: the document's thumbnail jobs: the one waiting in
+//!   the queue (a newer change retargets it instead of queueing another)
+//!   and the newest done one, which is kept out of `F/` (so retention does
+//!   not take a document's only thumbnail) until a newer one replaces it.
 //!
 //! Invariants (all judged with the entry's stamped time):
 //! - A job is in the queues (its tenant's and the global one, both or
@@ -33,10 +38,11 @@
 
 use std::io;
 
+use caddy_core::docs::DocId;
 use caddy_core::identity::{Action, Actor, Caller, Permission, Resource, ResourceKind, TenantId, authorize};
 use caddy_core::render::{
     JobId, JobState, JobView, RenderClaim, RenderImage, RenderImageView, RenderOp, RenderOutcome, RenderSpec,
-    bounded_error,
+    ThumbnailSetting, bounded_error,
 };
 use caddy_core::{CaddyError, ErrorCode, ReplyBody};
 use serde::{Deserialize, Serialize};
@@ -74,6 +80,16 @@ struct JobRec {
     finished_ms: Option<u64>,
     image: Option<RenderImage>,
     dedup: [u8; 32],
+    thumbnail: bool,
+}
+
+/// A document's automatic thumbnail jobs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ThumbRec {
+    /// Queued (not yet claimed) for the newest change.
+    queued: Option<JobId>,
+    /// The newest done thumbnail.
+    latest: Option<JobId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +106,12 @@ fn p_jobs(t: &TenantId) -> String {
 }
 fn k_dedup(t: &TenantId, key: &[u8; 32]) -> String {
     format!("t/{t}/jobd/{}", hex::encode(key))
+}
+fn k_thumb_setting(t: &TenantId) -> String {
+    format!("t/{t}/jobtcfg")
+}
+fn k_thumb(t: &TenantId, d: DocId) -> String {
+    format!("t/{t}/jobt/{}", d.key_part())
 }
 fn k_active(t: &TenantId) -> String {
     format!("t/{t}/jobn")
@@ -138,6 +160,7 @@ fn view(rec: &JobRec) -> JobView {
         created_by: rec.created_by.clone(),
         finished_ms: rec.finished_ms,
         image: rec.image.as_ref().map(RenderImageView::from),
+        thumbnail: rec.thumbnail,
         deduplicated: false,
     }
 }
@@ -206,7 +229,10 @@ fn finish(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec, state: JobStat
         // A failed or cancelled job is not an answer to the next identical request.
         del(files, &k_dedup(t, &rec.dedup))?;
     }
-    put(files, &g_finished(stamp, t, rec.id), &JobRef { tenant: t.clone(), job: rec.id })?;
+    let kept_as_latest = rec.thumbnail && state == JobState::Done && thumbnail_finished(files, t, rec)?;
+    if !kept_as_latest {
+        put(files, &g_finished(stamp, t, rec.id), &JobRef { tenant: t.clone(), job: rec.id })?;
+    }
     put(files, &k_job(t, rec.id), rec)
 }
 
@@ -218,6 +244,137 @@ fn requeue(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec) -> io::Result
     rec.lease_until_ms = 0;
     enqueue(files, t, rec)?;
     put(files, &k_job(t, rec.id), rec)
+}
+
+/// A thumbnail job reached a final state: it is no longer the queued one;
+/// done, it becomes the document's newest thumbnail (returns true: kept out
+/// of retention) and the one it replaces starts its retention period, from
+/// when it finished.
+fn thumbnail_finished(files: &mut FTable<'_>, t: &TenantId, rec: &JobRec) -> io::Result<bool> {
+    let key = k_thumb(t, rec.spec.doc);
+    let Some(mut thumb) = get::<ThumbRec>(&*files, &key)? else {
+        // The document was purged while its thumbnail rendered.
+        return Ok(false);
+    };
+    if thumb.queued == Some(rec.id) {
+        thumb.queued = None;
+    }
+    let replaced = thumb.latest.filter(|old| *old != rec.id);
+    let newer_kept = match replaced {
+        Some(old) => get::<JobRec>(&*files, &k_job(t, old))?.is_some_and(|o| o.version > rec.version),
+        None => false,
+    };
+    if newer_kept {
+        // An older change's thumbnail finishing late does not replace a newer one.
+        put(files, &key, &thumb)?;
+        return Ok(false);
+    }
+    if let Some(old) = replaced
+        && let Some(old_rec) = get::<JobRec>(&*files, &k_job(t, old))?
+        && let Some(ms) = old_rec.finished_ms
+    {
+        put(files, &g_finished(ms, t, old), &JobRef { tenant: t.clone(), job: old })?;
+    }
+    thumb.latest = Some(rec.id);
+    put(files, &key, &thumb)?;
+    Ok(true)
+}
+
+/// After a committed change to `doc` (now at change `version`): with
+/// thumbnails on, the document's queued thumbnail job is moved to this
+/// change, or a new one is queued. A tenant at its active-job bound gets no
+/// new thumbnail job (the next change tries again).
+pub(crate) fn thumbnail_on_commit(
+    tables: &mut Tables<'_>,
+    t: &TenantId,
+    doc: DocId,
+    version: u64,
+    stamp: u64,
+    allocate: impl FnOnce() -> u64,
+) -> io::Result<()> {
+    let files = &mut tables.files;
+    let Some(setting) = get::<ThumbnailSetting>(&*files, &k_thumb_setting(t))? else {
+        return Ok(());
+    };
+    let Some(spec) = setting.spec(doc, version) else {
+        return Ok(());
+    };
+    let key = k_thumb(t, doc);
+    let mut thumb: ThumbRec = get(&*files, &key)?.unwrap_or_default();
+    // Thumbnail jobs stay out of the dedup index: a queued one is retargeted
+    // to newer changes, which must never change a job a client was given.
+    let dedup = spec.dedup_key(version);
+    if let Some(queued) = thumb.queued
+        && let Some(mut rec) = get::<JobRec>(&*files, &k_job(t, queued))?
+        && rec.state == JobState::Queued
+    {
+        rec.version = version;
+        rec.spec = spec;
+        rec.dedup = dedup;
+        return put(files, &k_job(t, rec.id), &rec);
+    }
+    let active: u64 = get(&*files, &k_active(t))?.unwrap_or(0);
+    if active >= MAX_ACTIVE_JOBS_PER_TENANT {
+        return Ok(());
+    }
+    let rec = JobRec {
+        id: JobId(allocate()),
+        version,
+        spec,
+        state: JobState::Queued,
+        attempts: 0,
+        node: None,
+        lease_until_ms: 0,
+        error: None,
+        created_ms: stamp,
+        created_by: Actor::System.to_string(),
+        creator: None,
+        finished_ms: None,
+        image: None,
+        dedup,
+        thumbnail: true,
+    };
+    put(files, &k_job(t, rec.id), &rec)?;
+    enqueue(files, t, &rec)?;
+    active_add(files, t, 1)?;
+    thumb.queued = Some(rec.id);
+    put(files, &key, &thumb)
+}
+
+/// A purged document's thumbnails: the newest starts its retention period
+/// (a queued one fails when its worker finds the document gone).
+pub(crate) fn forget_thumbnails(files: &mut FTable<'_>, t: &TenantId, doc: DocId) -> io::Result<()> {
+    let key = k_thumb(t, doc);
+    let Some(thumb) = get::<ThumbRec>(&*files, &key)? else {
+        return Ok(());
+    };
+    if let Some(latest) = thumb.latest
+        && let Some(rec) = get::<JobRec>(&*files, &k_job(t, latest))?
+        && let Some(ms) = rec.finished_ms
+    {
+        put(files, &g_finished(ms, t, latest), &JobRef { tenant: t.clone(), job: latest })?;
+    }
+    del(files, &key)
+}
+
+/// The tenant's thumbnail setting (off when never set).
+pub(crate) fn read_thumbnail_setting(files: &impl Tbl, t: &TenantId) -> io::Result<ThumbnailSetting> {
+    Ok(get(files, &k_thumb_setting(t))?.unwrap_or(ThumbnailSetting { size: None }))
+}
+
+/// The newest done thumbnail of `doc`.
+pub(crate) fn read_thumbnail(files: &impl Tbl, t: &TenantId, doc: DocId) -> io::Result<Result<JobView, CaddyError>> {
+    let thumb: Option<ThumbRec> = get(files, &k_thumb(t, doc))?;
+    if let Some(latest) = thumb.as_ref().and_then(|th| th.latest)
+        && let Some(rec) = get::<JobRec>(files, &k_job(t, latest))?
+    {
+        return Ok(Ok(view(&rec)));
+    }
+    let why = match thumb.and_then(|th| th.queued) {
+        Some(queued) => format!("{doc} has no thumbnail yet ({queued} is queued for it)"),
+        None => format!("{doc} has no thumbnail (thumbnails are made for changes committed while they are on)"),
+    };
+    Ok(Err(CaddyError::new(ErrorCode::NotFound, why)))
 }
 
 /// What a client's render op needs from the identity layer.
@@ -281,6 +438,7 @@ pub(crate) fn apply(
                 finished_ms: None,
                 image: None,
                 dedup,
+                thumbnail: false,
             };
             put(files, &k_job(t, id), &rec)?;
             put(files, &k_dedup(t, &dedup), &id)?;
@@ -307,6 +465,23 @@ pub(crate) fn apply(
                 return Ok(Err(CaddyError::precondition(format!("{job} is already {}", state_name(rec.state)))));
             }
             finish(files, t, &mut rec, JobState::Cancelled, ctx.stamp)?;
+            Ok(Ok(ReplyBody::Done))
+        }
+        RenderOp::Thumbnails { size } => {
+            let admin = Permission::new(ResourceKind::Docs, Action::Admin);
+            if let Err(e) = authorize(ctx.caller, Some(t), admin, &Resource::Tenant) {
+                return Ok(Err(e));
+            }
+            let setting = ThumbnailSetting { size: *size };
+            match setting.spec(DocId(0), 0) {
+                Some(spec) => {
+                    if let Err(e) = spec.validate() {
+                        return Ok(Err(e));
+                    }
+                    put(&mut tables.files, &k_thumb_setting(t), &setting)?;
+                }
+                None => del(&mut tables.files, &k_thumb_setting(t))?,
+            }
             Ok(Ok(ReplyBody::Done))
         }
     }

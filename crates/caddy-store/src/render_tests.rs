@@ -3,7 +3,7 @@
 //! workers fenced by attempt numbers, bounded attempts, retries, cancel,
 //! the storage quota for images, retention, and tenant deletion.
 
-use caddy_core::docs::DocId;
+use caddy_core::docs::{DocBounds, DocCall, DocId};
 use caddy_core::files::{CHUNK_BYTES, ChunkRef, FileAnswer, FileCall, StorageUsage};
 use caddy_core::identity::api::Op;
 use caddy_core::identity::{Caller, Quotas};
@@ -11,6 +11,7 @@ use caddy_core::render::{
     JobId, JobState, JobView, RenderClaim, RenderImage, RenderOp, RenderOutcome, RenderSpec, RenderView,
 };
 use caddy_core::{CaddyError, Command, ErrorCode, ReplyBody};
+use caddy_doc::{Document, Limits};
 
 use crate::identity::tests::{ADMIN, H, t};
 
@@ -399,4 +400,99 @@ fn claims_take_turns_across_tenants_so_one_backlog_does_not_hold_up_another() {
     assert_eq!((again.tenant.as_str(), again.job, again.attempt), ("globex", globex[0], 2));
     let next = fx.claim(2).expect("acme's turn");
     assert_eq!((next.tenant.as_str(), next.job), ("acme", acme[0]));
+}
+
+impl Fx {
+    fn thumbnails(&mut self, who: &str, size: Option<[u32; 2]>) -> Result<ReplyBody, CaddyError> {
+        let cred = self.cred(who);
+        self.h.call(&cred, Some("acme"), Op::Render(RenderOp::Thumbnails { size }))
+    }
+
+    /// Commits a change drawing one more line; returns the new change number.
+    fn draw(&mut self, x: f64) -> u64 {
+        let call = DocCall::Fetch { doc: self.doc.to_string(), since: None, at: None };
+        let (_, bytes) = self.h.sm.doc_read(&t("acme"), &call).unwrap();
+        let mut replica = Document::from_snapshot(&bytes, 7, Limits::default()).unwrap();
+        let before = replica.version();
+        replica.add_line("0", [x, 0.0], [x, 10.0]).unwrap();
+        let update = replica.export_updates_since(&before).unwrap();
+        let bounds = DocBounds { max_update_bytes: 64 << 10, max_document_bytes: 1 << 20, max_entities: 50 };
+        let cred = self.alice.clone();
+        match self.h.call(&cred, Some("acme"), Op::DocUpdate { doc: self.doc, update, bounds }).unwrap() {
+            ReplyBody::DocUpdated { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn thumbnail(&self) -> Result<JobView, CaddyError> {
+        self.h.sm.render_thumbnail(&t("acme"), self.doc)
+    }
+
+    fn jobs(&self) -> Vec<JobView> {
+        self.h.sm.render_jobs(&t("acme"), None, 100).unwrap().0
+    }
+}
+
+#[test]
+fn thumbnails_follow_committed_changes_and_the_newest_one_is_kept() {
+    let mut fx = setup(Quotas::default());
+    fx.draw(1.0);
+    // Off by default; only docs:admin turns them on; the size is checked.
+    assert_eq!(fx.h.sm.render_thumbnail_setting(&t("acme")).unwrap().size, None);
+    assert_eq!(code(fx.thumbnails("alice", Some([128, 96]))), ErrorCode::PermissionDenied);
+    assert_eq!(code(fx.thumbnails("admin", Some([0, 96]))), ErrorCode::InvalidArgument);
+    assert_eq!(code(fx.thumbnail()), ErrorCode::NotFound);
+    fx.thumbnails("admin", Some([128, 96])).unwrap();
+    assert_eq!(fx.h.sm.render_thumbnail_setting(&t("acme")).unwrap().size, Some([128, 96]));
+    assert!(fx.jobs().is_empty(), "turning thumbnails on renders nothing by itself");
+
+    // A committed change queues a thumbnail; newer changes take over the
+    // queued job instead of queueing more.
+    let v2 = fx.draw(2.0);
+    let v3 = fx.draw(3.0);
+    let jobs = fx.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let first = &jobs[0];
+    assert!(first.thumbnail && first.state == JobState::Queued, "{first:?}");
+    assert_eq!((first.version, first.spec.width, first.spec.height), (v3, 128, 96));
+    assert!(v3 > v2);
+    // A client's identical request is a job of its own, never the thumbnail
+    // job (which a newer change may still move).
+    let (mine, dup) =
+        fx.submit("alice", RenderSpec { version: Some(v3), width: 128, height: 96, ..spec(fx.doc) }).unwrap();
+    assert!(!dup && mine.to_string() != first.id);
+    assert_eq!(code(fx.thumbnail()), ErrorCode::NotFound, "queued is not done");
+
+    // Done, it is the document's thumbnail, and retention leaves it alone.
+    let c = fx.claim(1).expect("the thumbnail job");
+    assert_eq!((c.job.to_string(), c.version), (first.id.clone(), v3));
+    fx.finish(&c, 1, RenderOutcome::Done(image(4000, 1))).unwrap();
+    assert_eq!(fx.thumbnail().unwrap().id, first.id);
+    let mine_claim = fx.claim(1).expect("the client's job");
+    fx.cancel("alice", mine_claim.job).unwrap();
+
+    // A change while nothing is queued queues a new thumbnail; once done it
+    // replaces the old one, which starts its retention period.
+    let v4 = fx.draw(4.0);
+    let c2 = fx.claim(2).expect("the next thumbnail");
+    assert_eq!(c2.version, v4);
+    // Meanwhile another change queues the one after.
+    let v5 = fx.draw(5.0);
+    fx.finish(&c2, 2, RenderOutcome::Done(image(4000, 2))).unwrap();
+    assert_eq!(fx.thumbnail().unwrap().id, c2.job.to_string());
+    let retention = 1_000;
+    fx.h.now += retention + 1;
+    fx.h.command(Command::RenderSweep { retention_ms: retention }).unwrap();
+    let ids: Vec<String> = fx.jobs().into_iter().map(|j| j.id).collect();
+    assert!(!ids.contains(&first.id), "the replaced thumbnail was forgotten: {ids:?}");
+    assert!(ids.contains(&c2.job.to_string()), "the newest thumbnail is kept: {ids:?}");
+    assert_eq!(fx.thumbnail().unwrap().version, v4);
+    let c3 = fx.claim(3).expect("the thumbnail of the latest change");
+    assert_eq!(c3.version, v5);
+
+    // Off: changes queue nothing more.
+    fx.thumbnails("admin", None).unwrap();
+    let before = fx.jobs().len();
+    fx.draw(6.0);
+    assert_eq!(fx.jobs().len(), before);
 }

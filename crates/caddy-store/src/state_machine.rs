@@ -352,6 +352,23 @@ impl StateMachineStore {
         self.with_files(|files, _| crate::render::list_jobs(files, tenant, after, limit).map(Ok))
     }
 
+    /// The tenant's automatic thumbnail setting.
+    pub fn render_thumbnail_setting(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+    ) -> Result<caddy_core::render::ThumbnailSetting, CaddyError> {
+        self.with_files(|files, _| crate::render::read_thumbnail_setting(files, tenant).map(Ok))
+    }
+
+    /// The newest done thumbnail job of a document.
+    pub fn render_thumbnail(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        doc: caddy_core::docs::DocId,
+    ) -> Result<caddy_core::render::JobView, CaddyError> {
+        self.with_files(|files, _| crate::render::read_thumbnail(files, tenant, doc))
+    }
+
     /// Whether a render worker could claim a job at `now_ms` (local state:
     /// spares the log a claim entry when nothing waits).
     pub fn render_pending(&self, now_ms: u64) -> Result<bool, CaddyError> {

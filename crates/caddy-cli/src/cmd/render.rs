@@ -1,4 +1,5 @@
-//! `caddyctl render DOC ...` and `caddyctl render jobs|show|cancel`: render
+//! `caddyctl render DOC ...` and `caddyctl render
+//! jobs|show|cancel|thumbnails|thumbnail`: render
 //! jobs through the SDK's `render_*` calls. With `-o` (or `--wait`) the
 //! command follows the job to its end; `-o` then saves the PNG (written to a
 //! temporary file beside it and renamed, so a failure leaves no partial
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use caddy_client::doc_api::DocId;
-use caddy_client::render_api::{JobState, JobView, RenderSpec, RenderView};
+use caddy_client::render_api::{JobState, JobView, RenderSpec, RenderView, ThumbnailSetting};
 
 use super::{Ctx, emit_json, emit_text};
 use crate::cli::{RenderArgs, RenderCommand, RenderSubmit};
@@ -58,7 +59,18 @@ pub fn job_text(j: &JobView) -> String {
     if j.deduplicated {
         pairs.push(("note", "an identical request's job (no new render)".into()));
     }
+    if j.thumbnail {
+        pairs.push(("kind", "automatic thumbnail".into()));
+    }
     block(&pairs)
+}
+
+/// The thumbnail setting, for people.
+pub fn thumbnails_text(setting: &ThumbnailSetting) -> String {
+    match setting.size {
+        Some([w, h]) => format!("thumbnails: on, {w}x{h}, for every committed document change"),
+        None => "thumbnails: off".into(),
+    }
 }
 
 fn jobs_table(jobs: &[JobView]) -> String {
@@ -143,6 +155,25 @@ pub async fn run(ctx: &Ctx, args: RenderArgs, out: &mut dyn Write) -> anyhow::Re
         }
         Some(RenderCommand::Show { job }) => show(ctx, out, &ctx.client.render_job(&job).await?),
         Some(RenderCommand::Cancel { job }) => show(ctx, out, &ctx.client.render_cancel(&job).await?),
+        Some(RenderCommand::Thumbnails { state, size }) => {
+            let set = state.map(|s| ThumbnailSetting { size: (s == "on").then_some([size.0, size.1]) });
+            let setting = ctx.client.render_thumbnails(set).await?;
+            if ctx.json {
+                emit_json(out, &serde_json::to_value(setting).context("encoding JSON")?)
+            } else {
+                emit_text(out, &thumbnails_text(&setting))
+            }
+        }
+        Some(RenderCommand::Thumbnail { doc, output }) => {
+            let job = ctx.client.render_thumbnail(&doc).await?;
+            if let Some(path) = &output {
+                let bytes = save(ctx, &job.id, path).await?;
+                if !ctx.json {
+                    eprintln!("saved {bytes} bytes of {} to {}", job.id, path.display());
+                }
+            }
+            show(ctx, out, &job)
+        }
         None => {
             let submit = args.submit;
             let spec = spec_of(&submit)?;
