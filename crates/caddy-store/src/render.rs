@@ -128,7 +128,8 @@ fn p_tenant_queue(t: &impl std::fmt::Display) -> String {
 fn g_ring(t: &TenantId) -> String {
     format!("R/{t}")
 }
-/// The tenant the last claim served (absent before the first claim).
+/// The ring entry (`R/{t}`) of the tenant the last claim served (absent
+/// before the first claim).
 const G_RING_CURSOR: &str = "Rc";
 fn g_lease(ms: u64, t: &TenantId, j: JobId) -> String {
     format!("W/{ms:016x}/{t}/{}", j.key_part())
