@@ -1,7 +1,7 @@
 //! The client wire: protobuf messages of `proto/caddy/v1/client.proto`, the
-//! length-delimited framing used on QUIC streams, and the TLS material
-//! (cluster CA, node certificates, rustls configurations) shared by the
-//! server, the peers and the SDK.
+//! length-delimited framing used on QUIC streams, the TLS material (cluster
+//! CA, node certificates, rustls configurations) shared by the server, the
+//! peers and the SDK, and the loopback port choice of local clusters.
 //!
 //! Invariants:
 //! - A frame is a 4-byte big-endian length followed by that many bytes of
