@@ -247,10 +247,11 @@ fn requeue(files: &mut FTable<'_>, t: &TenantId, rec: &mut JobRec) -> io::Result
     put(files, &k_job(t, rec.id), rec)
 }
 
-/// A thumbnail job reached a final state: it is no longer the queued one;
-/// done, it becomes the document's newest thumbnail (returns true: kept out
-/// of retention) and the one it replaces starts its retention period, from
-/// when it finished.
+/// A thumbnail job is done: it becomes the document's newest thumbnail
+/// (returns true: kept out of retention) unless a newer change's is already
+/// done, and the one it replaces starts its retention period, from when it
+/// finished. (A failed or cancelled one needs nothing here: the next change
+/// sees it is no longer queued and queues a new one.)
 fn thumbnail_finished(files: &mut FTable<'_>, t: &TenantId, rec: &JobRec) -> io::Result<bool> {
     let key = k_thumb(t, rec.spec.doc);
     let Some(mut thumb) = get::<ThumbRec>(&*files, &key)? else {
