@@ -532,19 +532,23 @@ impl Service {
     /// Cluster status, from the leader's point of view when it can be had.
     pub async fn status(&self) -> pb::StatusResponse {
         let local = self.node.status();
-        let leader_view = match local.leader {
-            Some(l) if l != local.id => self
-                .node
-                .membership(MembershipOp::Status)
-                .await
-                .ok()
-                .and_then(|v| v.status)
-                .unwrap_or_else(|| local.clone()),
-            _ => local.clone(),
+        let leader_view = async {
+            match local.leader {
+                Some(l) if l != local.id => self
+                    .node
+                    .membership(MembershipOp::Status)
+                    .await
+                    .ok()
+                    .and_then(|v| v.status)
+                    .unwrap_or_else(|| local.clone()),
+                _ => local.clone(),
+            }
         };
+        // Both ask other nodes; with one of them down, asking one after the
+        // other would add the two waits.
+        let (leader_view, mut described) = tokio::join!(leader_view, self.node.describe_members(DESCRIBE_TIMEOUT));
         let unreachable_after = 3 * self.node.timing().election_max_ms;
         let own_render = self.render.line();
-        let mut described = self.node.describe_members(DESCRIBE_TIMEOUT).await;
         let members = leader_view
             .members
             .iter()
