@@ -659,34 +659,34 @@ impl StateMachineStore {
             }
         };
         let mut writer = SnapshotWriter::create(path)?;
-        writer.push(&SnapshotRecord::Header(meta.clone()))?;
+        writer.push(SnapshotRecord::Header(meta.clone()))?;
         for item in txn.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Kv(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Kv(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(EVENTS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Event(k.value(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Event(k.value(), v.value().to_vec()))?;
         }
         for item in txn.open_table(SESSIONS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Session(k.value(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Session(k.value(), v.value().to_vec()))?;
         }
         for item in txn.open_table(JOIN_TOKENS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
+            writer.push(SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
         }
         for item in txn.open_table(IDENT).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(DOCS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(FILES).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::File(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::File(k.value().to_string(), v.value().to_vec()))?;
         }
         let size = writer.finish()?;
         Ok((meta, size))
@@ -743,6 +743,10 @@ impl StateMachineStore {
                     }
                     SnapshotRecord::File(k, v) => {
                         tables.files.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+                    }
+                    // The reader joins pieces into whole records.
+                    SnapshotRecord::Large { .. } | SnapshotRecord::Piece(_) => {
+                        return Err(SnapshotError::Record("an unjoined piece reached the install".into()));
                     }
                 }
                 first = false;
