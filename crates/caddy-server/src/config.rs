@@ -295,6 +295,38 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Every bound has a ceiling, so a configuration cannot allow what the
+    /// rest of the system cannot carry: one request becomes one Raft entry,
+    /// which must fit in one peer message with room to spare; stored values
+    /// stay within what the state machine accepts; documents within what a
+    /// node can load and snapshot.
+    fn check_ceilings(&self) -> anyhow::Result<()> {
+        const MIB: u64 = 1024 * 1024;
+        let ceilings: [(&str, u64, u64); 10] = [
+            ("max_frame_bytes", self.max_frame_bytes as u64, (caddy_raft::peers::MAX_PEER_MESSAGE / 2) as u64),
+            ("max_value_bytes", self.max_value_bytes as u64, caddy_core::limits::MAX_VALUE_BYTES as u64),
+            ("max_key_bytes", self.max_key_bytes as u64, caddy_core::limits::MAX_KEY_BYTES as u64),
+            ("doc_max_document_bytes", self.doc_max_document_bytes, 1024 * MIB),
+            ("doc_max_entities", self.doc_max_entities, 10_000_000),
+            ("max_connections", self.max_connections as u64, 1_000_000),
+            ("max_watches", self.max_watches as u64, 1_000_000),
+            ("max_list_limit", u64::from(self.max_list_limit), 100_000),
+            ("watch_history", self.watch_history, 100_000_000),
+            ("request_timeout_ms", self.request_timeout_ms, 600_000),
+        ];
+        for (name, value, ceiling) in ceilings {
+            if value > ceiling {
+                bail!("limits.{name} = {value} is over its ceiling of {ceiling}");
+            }
+            if value == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self { level: "info".into(), json: false }
@@ -368,7 +400,7 @@ impl Config {
             addr.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("listen address {addr:?} is not host:port"))?;
         }
-        Ok(())
+        self.limits.check_ceilings()
     }
 
     /// Advertised peer address.
@@ -489,6 +521,14 @@ mod tests {
             ("[raft]\nheartbeat_ms = 500", "raft timing"),
             ("[listen]\nraft = \"nowhere\"", "host:port"),
             ("[cluster]\nbootstrap = true\njoin = [\"a:1\"]", "mutually exclusive"),
+            (
+                "[limits]\ndoc_max_document_bytes = 2000000000",
+                "doc_max_document_bytes = 2000000000 is over its ceiling",
+            ),
+            ("[limits]\ndoc_max_entities = 20000000", "doc_max_entities = 20000000 is over its ceiling"),
+            ("[limits]\nmax_frame_bytes = 67108864\nmax_value_bytes = 1048576", "max_frame_bytes = 67108864 is over"),
+            ("[limits]\nmax_value_bytes = 20971520\nmax_frame_bytes = 33554432", "max_value_bytes = 20971520"),
+            ("[limits]\nmax_watches = 0", "max_watches must be at least 1"),
         ] {
             let err = format!("{:#}", Config::from_parts(text, &[]).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -398,3 +398,38 @@ fn a_record_larger_than_the_old_frame_limit_survives_snapshot_install_and_restor
     restored.restore_backup(&backup).unwrap();
     assert!(stored(&restored) == Some(big), "the restored copy differs");
 }
+
+/// Apply gives the same answer on every replica whatever each has cached:
+/// a document committed under roomier bounds than the entry being applied
+/// carries is refused by a deterministic error, on a node that must load it
+/// from disk as on one that has it loaded (loading used to judge the stored
+/// document against the entry's bounds and stop the node with `InvalidData`).
+#[test]
+fn bounds_are_judged_the_same_with_and_without_the_document_loaded() {
+    let mut d = setup();
+    let id = d.create("Roomy");
+    let editor = d.editor.clone();
+    let mut client = d.replica(id, 61);
+    let roomy = DocBounds { max_entities: 100, ..BOUNDS };
+    for i in 0..5 {
+        let update = edit_line(&mut client, i as f64);
+        d.update_within(&editor, id, update, roomy).unwrap();
+    }
+    let tight = DocBounds { max_entities: 3, ..BOUNDS };
+    let next = edit_line(&mut client, 9.0);
+
+    // The node that has the document loaded refuses with a typed error...
+    let cached = d.update_within(&editor, id, next.clone(), tight).unwrap_err();
+    assert_eq!(cached.code, ErrorCode::ResourceExhausted, "{cached}");
+    // ...and so does a node that has to load it first (after a restart).
+    d.h.sm.forget_loaded_documents();
+    let loaded = d.update_within(&editor, id, next.clone(), tight).unwrap_err();
+    assert_eq!(loaded, cached);
+    // Other document operations load it as well, whatever the bounds.
+    d.h.sm.forget_loaded_documents();
+    d.h.call(&editor, Some("acme"), Op::DocRename { doc: id, name: "Renamed".into() }).unwrap();
+    // With the roomier bounds again, the same update commits.
+    d.h.sm.forget_loaded_documents();
+    d.update_within(&editor, id, next, roomy).unwrap();
+    assert_eq!(d.info(id).entities, 6);
+}

@@ -829,6 +829,12 @@ impl StateMachineStore {
         Ok(replies)
     }
 
+    /// Drops every loaded document, as a restart would.
+    #[cfg(test)]
+    pub(crate) fn forget_loaded_documents(&self) {
+        self.inner.docs.clear();
+    }
+
     /// The database, for tests that damage records on purpose.
     #[cfg(test)]
     pub(crate) fn db(&self) -> &Database {
