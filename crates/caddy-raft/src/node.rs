@@ -500,19 +500,39 @@ impl RaftNode {
         let mut changes = self.metrics_changes();
         let mut last_error = CaddyError::unavailable("no leader elected; the cluster may have lost its quorum");
         loop {
+            let mut retry_at_once = false;
             match self.leader() {
                 Some((id, _)) if id == self.inner.id => match self.propose_local(origin, command.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(ProposeError::Failed(e)) => return Err(e),
                     Err(ProposeError::NotLeader) => {}
                 },
-                Some((_, node)) => {
+                Some((leader, node)) => {
                     let req = ForwardRequest { origin, command: command.clone() };
-                    match self.forward(&node.raft_addr, &req).await {
-                        Ok(Ok(r)) => return Ok(r),
-                        Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => last_error = e,
+                    // A leader cut off from this node does not answer, and
+                    // may never: as soon as this node learns of another
+                    // leader (or stops believing in this one), it stops
+                    // waiting and goes where the writes now go.
+                    tokio::select! {
+                        forwarded = self.forward(&node.raft_addr, &req) => match forwarded {
+                            Ok(Ok(r)) => return Ok(r),
+                            Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
+                            Ok(Err(e)) => return Err(e),
+                            Err(e) => last_error = e,
+                        },
+                        () = self.leader_moved_from(leader) => {
+                            metrics::counter!("caddy_forwards_abandoned_total").increment(1);
+                            if origin.is_none() {
+                                // Without an exactly-once identity, sending it
+                                // again could apply it twice.
+                                return Err(CaddyError::unavailable(format!(
+                                    "node {leader} stopped being the leader while it held this write; \
+                                     the outcome is unknown"
+                                )));
+                            }
+                            last_error = CaddyError::unavailable(format!("node {leader} stopped being the leader"));
+                            retry_at_once = true;
+                        }
                     }
                 }
                 None => {}
@@ -520,7 +540,23 @@ impl RaftNode {
             if tokio::time::Instant::now() >= deadline {
                 return Err(last_error);
             }
-            self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
+            if !retry_at_once {
+                self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `leader`, or none.
+    async fn leader_moved_from(&self, leader: NodeId) {
+        let mut changes = self.metrics_changes();
+        loop {
+            if self.leader().map(|(id, _)| id) != Some(leader) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                // Raft is gone; the request in flight will fail by itself.
+                return std::future::pending().await;
+            }
         }
     }
 
@@ -554,12 +590,15 @@ impl RaftNode {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut changes = self.metrics_changes();
         loop {
+            let asked = self.leader().map(|(id, _)| id);
             match self.batched_read_index().await {
                 Ok(index) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return self.wait_applied(index, remaining.max(Duration::from_secs(1))).await;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                // A new leader is known: ask it at once.
+                Err(_) if self.leader().is_some_and(|(id, _)| Some(id) != asked) => {}
                 Err(_) => {
                     self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
                 }
@@ -599,7 +638,12 @@ impl RaftNode {
             metrics::histogram!("caddy_read_index_batch").record(waiting.len() as f64);
             let result = match self.leader() {
                 Some((id, _)) if id == self.inner.id => self.leader_read_index().await,
-                Some((_, node)) => self.remote_read_index(&node.raft_addr).await,
+                Some((leader, node)) => tokio::select! {
+                    index = self.remote_read_index(&node.raft_addr) => index,
+                    () = self.leader_moved_from(leader) => Err(CaddyError::unavailable(format!(
+                        "node {leader} stopped being the leader before it gave a read index"
+                    ))),
+                },
                 None => Err(CaddyError::unavailable("no leader elected; linearizable reads are unavailable")),
             };
             for waiter in waiting {
