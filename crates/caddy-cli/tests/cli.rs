@@ -47,7 +47,13 @@ fn resp(body: Resp) -> pb::Response {
 }
 
 fn error(code: pb::ErrorCode, message: &str, current_revision: Option<u64>) -> pb::Response {
-    resp(Resp::Error(pb::Error { code: code as i32, message: message.into(), current_revision, leader_hint: None }))
+    resp(Resp::Error(pb::Error {
+        code: code as i32,
+        message: message.into(),
+        current_revision,
+        leader_hint: None,
+        retry_after_ms: None,
+    }))
 }
 
 fn identity_answer(answer: IdentityAnswer) -> Vec<pb::Response> {

@@ -103,8 +103,36 @@ struct Slot {
 enum AttemptError {
     /// The connection or stream failed; another endpoint may do better.
     Transport(String),
+    /// The server closed the connection without serving it (too many
+    /// connections from this address): nothing was sent; another endpoint
+    /// may do better.
+    Refused(ClientError),
     /// Retrying cannot help.
     Fatal(ClientError),
+}
+
+/// The server's refusal of a whole connection, if that is how it closed.
+fn refusal(conn: &quinn::Connection) -> Option<ClientError> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(caddy_wire::close::TOO_MANY_CONNECTIONS) =>
+        {
+            Some(ClientError::Server {
+                code: ErrorCode::ResourceExhausted,
+                message: String::from_utf8_lossy(&close.reason).into_owned(),
+                current_revision: None,
+                leader_hint: None,
+                retry_after: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A little more than `wait`, so that clients told the same wait do not all
+/// come back at the same instant.
+fn jittered(wait: Duration) -> Duration {
+    wait + wait.mul_f64(rand::random::<f64>() * 0.1)
 }
 
 fn frame_error(err: FrameError) -> AttemptError {
@@ -467,9 +495,14 @@ impl Client {
             Err(e) => Err(e),
         };
         if let Some(guard) = guard {
+            // An answer with a retry-after says the server did nothing with
+            // this attempt, but an earlier attempt of the same write may have
+            // been applied: the lane's outcome is not known.
             let definitive = match &result {
                 Ok(_) => true,
-                Err(ClientError::Server { code, .. }) => *code != ErrorCode::Unavailable,
+                Err(ClientError::Server { code, retry_after, .. }) => {
+                    *code != ErrorCode::Unavailable && retry_after.is_none()
+                }
                 Err(_) => false,
             };
             if definitive {
@@ -526,11 +559,16 @@ impl Client {
     }
 
     /// Sends `req` on a new stream, retrying on the next endpoint after a
-    /// transport failure, a timeout or an `UNAVAILABLE` answer, until the
-    /// request timeout; then fails with the last `UNAVAILABLE` answer, or
-    /// else the last transport failure. With `read_first`, the first answer frame is read
-    /// (and a non-retryable `Error` body is returned as it is, for the caller
-    /// to map); the receive side is returned for further frames.
+    /// transport failure, a timeout, a refused connection or an
+    /// `UNAVAILABLE` answer, until the request timeout; then fails with the
+    /// last `UNAVAILABLE` answer, or else the refusal (when no attempt may
+    /// have reached a server), or else the last transport failure. An answer
+    /// with a retry-after (the server did nothing and says when the same
+    /// request may succeed) is retried on the same endpoint after that wait
+    /// when it fits in the request timeout, and returned at once otherwise.
+    /// With `read_first`, the first answer frame is read (and a
+    /// non-retryable `Error` body is returned as it is, for the caller to
+    /// map); the receive side is returned for further frames.
     async fn open(&self, req: &pb::Request, read_first: bool, keep_send: bool) -> Result<Opened, ClientError> {
         let config = &self.inner.config;
         let n = self.inner.slots.len();
@@ -549,6 +587,10 @@ impl Client {
         // transport failure of another endpoint, so it wins when there is one.
         let mut last_server: Option<ClientError> = None;
         let mut last: Option<ClientError> = None;
+        // A refused connection is reported as such only if no attempt may
+        // have reached a server (else the write's outcome is unknown).
+        let mut refused: Option<ClientError> = None;
+        let mut ambiguous = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -559,6 +601,17 @@ impl Client {
             let mut next = (idx + 1) % n;
             match tokio::time::timeout(budget, self.attempt(idx, req, read_first, keep_send, connect_wait)).await {
                 Ok(Ok((Some(Resp::Error(err)), recv, send))) => {
+                    if let Some(wait) = err.retry_after_ms.filter(|ms| *ms > 0).map(Duration::from_millis) {
+                        let wait = jittered(wait);
+                        if Instant::now().checked_add(wait).is_some_and(|at| at < deadline) {
+                            tracing::debug!(endpoint = addr, ?wait, message = %err.message, "server asked to retry later");
+                            tokio::time::sleep(wait).await;
+                            backoff = MIN_BACKOFF;
+                            continue;
+                        }
+                        self.inner.preferred.store(idx, Ordering::Relaxed);
+                        return Ok((Some(Resp::Error(err)), recv, send));
+                    }
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok((Some(Resp::Error(err)), recv, send));
@@ -576,14 +629,21 @@ impl Client {
                     return Ok(opened);
                 }
                 Ok(Err(AttemptError::Fatal(err))) => return Err(err),
+                Ok(Err(AttemptError::Refused(err))) => {
+                    tracing::debug!(endpoint = addr, error = %err, "connection refused, retrying elsewhere");
+                    last = Some(ClientError::Unavailable(format!("{addr}: {err}")));
+                    refused = Some(err);
+                }
                 Ok(Err(AttemptError::Transport(msg))) => {
                     tracing::debug!(endpoint = addr, error = %msg, "transport failure, retrying elsewhere");
                     last = Some(ClientError::Unavailable(format!("{addr}: {msg}")));
+                    ambiguous = true;
                 }
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
                     self.forget(idx, None);
                     last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
+                    ambiguous = true;
                 }
             }
             idx = next;
@@ -595,6 +655,7 @@ impl Client {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         Err(last_server
+            .or(refused.filter(|_| !ambiguous))
             .or(last)
             .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))))
     }
@@ -633,6 +694,10 @@ impl Client {
         let result = self.exchange(&conn, req, read_first, keep_send).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
             self.forget(idx, Some(&conn));
+            // Closed by the server before it served anything: say why.
+            if let Some(refused) = refusal(&conn) {
+                return Err(AttemptError::Refused(refused));
+            }
         }
         result
     }

@@ -1,5 +1,7 @@
 //! The SDK's error type and its mapping from protocol errors.
 
+use std::time::Duration;
+
 use crate::pb;
 
 /// Error categories of the protocol's `ErrorCode` (shared with the server
@@ -20,6 +22,11 @@ pub enum ClientError {
         current_revision: Option<u64>,
         /// For `Unavailable`: the leader's client address, if the server knew it.
         leader_hint: Option<String>,
+        /// The server did nothing, and the same request may succeed once
+        /// this much time has passed (a busy password hasher, a throttled
+        /// login). The SDK already waited and retried where the wait fit in
+        /// the request timeout; this is what was left.
+        retry_after: Option<Duration>,
     },
     /// No endpoint could be reached or answered within the request timeout.
     #[error("unavailable: {0}")]
@@ -65,6 +72,15 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked to wait before sending the same request
+    /// again, when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Converts a protocol error frame. An unknown or unspecified code is
     /// reported as `Internal`, keeping the server's message.
     pub fn from_pb(err: pb::Error) -> Self {
@@ -74,6 +90,7 @@ impl ClientError {
             message: err.message,
             current_revision: err.current_revision,
             leader_hint: err.leader_hint.filter(|h| !h.is_empty()),
+            retry_after: err.retry_after_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
         }
     }
 }
@@ -99,7 +116,13 @@ mod tests {
     use super::*;
 
     fn pb_err(code: pb::ErrorCode) -> pb::Error {
-        pb::Error { code: code as i32, message: "m".into(), current_revision: Some(7), leader_hint: Some("h:1".into()) }
+        pb::Error {
+            code: code as i32,
+            message: "m".into(),
+            current_revision: Some(7),
+            leader_hint: Some("h:1".into()),
+            retry_after_ms: Some(2500),
+        }
     }
 
     #[test]
@@ -120,11 +143,17 @@ mod tests {
             assert_eq!(err.code(), code);
             assert_eq!(err.is_retryable(), code == ErrorCode::Unavailable);
             assert_eq!(err.current_revision(), Some(7));
+            assert_eq!(err.retry_after(), Some(Duration::from_millis(2500)));
             assert!(err.to_string().starts_with(code.as_str()), "{err}");
         }
         assert_eq!(ClientError::from_pb(pb_err(pb::ErrorCode::Unspecified)).code(), ErrorCode::Internal);
-        let unknown =
-            pb::Error { code: 99, message: "?".into(), current_revision: None, leader_hint: Some(String::new()) };
+        let unknown = pb::Error {
+            code: 99,
+            message: "?".into(),
+            current_revision: None,
+            leader_hint: Some(String::new()),
+            retry_after_ms: None,
+        };
         match ClientError::from_pb(unknown) {
             ClientError::Server { code, leader_hint, .. } => {
                 assert_eq!(code, ErrorCode::Internal);
@@ -142,5 +171,6 @@ mod tests {
         assert_eq!(ClientError::Protocol("x".into()).code(), ErrorCode::Internal);
         assert!(!ClientError::Protocol("x".into()).is_retryable());
         assert_eq!(ClientError::from(std::io::Error::other("disk")).code(), ErrorCode::Internal);
+        assert_eq!(ClientError::Unavailable("x".into()).retry_after(), None);
     }
 }

@@ -17,9 +17,16 @@
 //!   same pair, and a lane's sequence only grows. A lane whose last write has
 //!   an unknown outcome (transport failure, timeout, cancellation) is thrown
 //!   away, never reused. Reads carry `client_id = 0, sequence = 0`.
-//! - Only transport failures, timeouts and the server's `UNAVAILABLE` are
-//!   retried (on the next endpoint, with a 50 ms..500 ms backoff, until the
-//!   request timeout); every other typed server error is returned at once.
+//! - Only transport failures, timeouts, refused connections and the
+//!   server's `UNAVAILABLE` are retried (on the next endpoint, with a
+//!   50 ms..500 ms backoff, until the request timeout), and answers carrying
+//!   a retry-after (the server did nothing; the same request may succeed
+//!   later), which are sent again to the same endpoint after that wait when
+//!   it fits in the request timeout; every other typed server error, and a
+//!   retry-after that does not fit, is returned at once. A write refused
+//!   with a retry-after gives up its lane (an earlier attempt of it may have
+//!   been applied). A connection the server closed (idle, credential
+//!   deadline) is replaced on the next request.
 //! - Nothing fed by the network, disk or user input can panic: malformed
 //!   frames become [`ClientError::Protocol`].
 

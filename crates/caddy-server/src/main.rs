@@ -13,6 +13,7 @@ mod blobs;
 mod config;
 mod dev;
 mod docs;
+mod edge;
 mod files;
 mod identity;
 mod presence;

@@ -132,9 +132,13 @@ fn relogin_hint(err: anyhow::Error, saved: &SavedCredentials) -> anyhow::Error {
 }
 
 /// Adds what a person needs to an SDK error: the current revision of a
-/// failed compare-and-set, the leader hint of an unavailable cluster.
+/// failed compare-and-set, the leader hint of an unavailable cluster, how
+/// long to wait before trying again.
 fn describe(err: anyhow::Error) -> anyhow::Error {
     let extra = match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Server { retry_after: Some(wait), .. }) => {
+            Some(format!("retry after {:.1}s", wait.as_secs_f64().max(0.1)))
+        }
         Some(ClientError::Server { current_revision: Some(rev), message, .. })
             if !message.contains(&rev.to_string()) =>
         {
@@ -173,6 +177,7 @@ mod tests {
             message: "revision mismatch".into(),
             current_revision: Some(42),
             leader_hint: None,
+            retry_after: None,
         };
         assert_eq!(describe(cas.into()).to_string(), "failed_precondition: revision mismatch (current revision 42)");
         let unavailable = ClientError::Server {
@@ -180,8 +185,21 @@ mod tests {
             message: "not the leader".into(),
             current_revision: None,
             leader_hint: Some("10.0.0.2:7101".into()),
+            retry_after: None,
         };
         assert_eq!(describe(unavailable.into()).to_string(), "unavailable: not the leader (leader hint 10.0.0.2:7101)");
+        let throttled = ClientError::Server {
+            code: ErrorCode::ResourceExhausted,
+            message: "too many failed logins for a@x.io in tenant acme; wait before trying again".into(),
+            current_revision: None,
+            leader_hint: None,
+            retry_after: Some(std::time::Duration::from_millis(2450)),
+        };
+        assert_eq!(
+            describe(throttled.into()).to_string(),
+            "resource_exhausted: too many failed logins for a@x.io in tenant acme; wait before trying again \
+             (retry after 2.5s)"
+        );
         assert_eq!(describe(anyhow::anyhow!("key not found: k")).to_string(), "key not found: k");
     }
 
@@ -270,6 +288,7 @@ mod tests {
                 message: "session expired".into(),
                 current_revision: None,
                 leader_hint: None,
+                retry_after: None,
             })
         };
         let saved = SavedCredentials { path: PathBuf::from("/c/credentials"), used: true };
