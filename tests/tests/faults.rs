@@ -45,3 +45,55 @@ async fn a_paused_leader_delays_the_other_nodes_clients_by_the_election_only() {
     assert_eq!(got.expect("read while the leader is paused").kv.map(|kv| kv.value), Some(b"after".to_vec()));
     assert!(read_took < Duration::from_secs(3), "the linearizable read took {read_took:?}");
 }
+
+/// A follower paused for a few seconds while the leader keeps sending it
+/// heartbeats and entries: when it resumes it finds every one of those
+/// requests cancelled. Taking that burst of resets for an attack (HTTP/2's
+/// rapid-reset guard) dropped the peer connections and replication to it
+/// failed until they were dialled again; it must simply catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_is_back_in_step_as_soon_as_it_resumes() {
+    let dev = Dev::start(3, &[]);
+    let leader = dev.leader();
+    let paused = others(leader)[0];
+    let client = dev.client_for_with_timeout(leader, Duration::from_secs(10)).await;
+    client.put("p/0", "0").await.expect("put");
+    signal(dev.pid(paused), libc::SIGSTOP);
+    let pause_ends = Instant::now() + Duration::from_secs(5);
+    let mut i = 1u32;
+    while Instant::now() < pause_ends {
+        client.put(&format!("p/{i}"), i.to_string()).await.expect("put while a follower is paused");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(dev.pid(paused), libc::SIGCONT);
+    let resumed = Instant::now();
+    // The resumed node serves the last write from its own state soon.
+    let local = dev.client_for_with_timeout(paused, Duration::from_secs(10)).await;
+    let last = format!("p/{}", i - 1);
+    loop {
+        if let Ok(r) = local.get_serializable(&last).await
+            && r.kv.is_some()
+        {
+            break;
+        }
+        assert!(resumed.elapsed() < Duration::from_secs(10), "node {paused} did not catch up within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caught_up = resumed.elapsed();
+    // And it stays in step: writes go on being replicated to it at once.
+    for j in 0..20 {
+        client.put("p/after", j.to_string()).await.expect("put after the resume");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = local.get_serializable("p/after").await.expect("local read").kv.map(|kv| kv.value);
+    assert_eq!(after, Some(b"19".to_vec()), "node {paused} fell behind again after resuming");
+    for node in [1, 2, 3] {
+        let log = dev.node_log(node);
+        assert!(
+            !log.contains("reached limit") && !log.contains("too_many_resets"),
+            "node {node} dropped a peer connection over the resets a pause leaves behind"
+        );
+    }
+    assert!(caught_up < Duration::from_secs(2), "node {paused} took {caught_up:?} to catch up after the pause");
+}

@@ -19,6 +19,10 @@ use crate::config::Config;
 use crate::service::Service;
 use crate::{admin, blobs, identity, quic, telemetry};
 
+/// Streams a peer may reset before this node accepted them, on one
+/// connection (a minute of cancelled heartbeats and appends from a leader).
+const PEER_PENDING_RESETS: usize = 16 * 1024;
+
 /// File holding the admin credential on the bootstrap node (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -130,6 +134,13 @@ async fn serve_peers(
         .with_describer(describer)
         .into_server();
     let router = tonic::transport::Server::builder()
+        // Every RPC a peer gave up on while this node was paused or cut off
+        // (heartbeats time out every few hundred milliseconds) arrives as a
+        // reset stream when it comes back. h2's guard against rapid-reset
+        // floods (20 by default) took that burst for an attack and dropped
+        // the connection, so replication failed until it was dialled again.
+        // Only members with a cluster certificate reach this listener.
+        .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .tls_config(server_tls)
         .context("peer TLS configuration")?
         .add_service(service);
