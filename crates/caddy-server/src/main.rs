@@ -63,6 +63,9 @@ enum Cmd {
     },
 }
 
+/// How long the process waits at exit for tasks that outlived `run`.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -70,7 +73,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Start { config } => {
             let config = config::Config::load(config.as_deref())?;
             telemetry::init_logging(&config.log.level, config.log.json);
-            runtime.block_on(run::run(config))
+            let result = runtime.block_on(run::run(config));
+            // Dropping the runtime would wait for every task still running:
+            // an apply batch importing large documents holds a worker for
+            // seconds, and blocking tasks (snapshots, renders) longer. Once
+            // `run` returned nothing needs them (see `run`), so give them a
+            // moment and leave.
+            runtime.shutdown_timeout(EXIT_WAIT);
+            result
         }
         Cmd::Dev { nodes, dir } => {
             telemetry::init_logging("warn", false);
