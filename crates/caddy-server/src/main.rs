@@ -67,6 +67,7 @@ enum Cmd {
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn main() -> anyhow::Result<()> {
+    quiet_graphics_probe();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
@@ -87,6 +88,23 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(dev::run(nodes, &dir))
         }
         Cmd::Restore { from, dir } => restore(&from, &dir),
+    }
+}
+
+/// Mesa's Vulkan device-selection layer, loaded with any Mesa driver, asks
+/// the desktop session which GPU drives its display; on a server there is
+/// none, and Wayland's client library says so on stderr ("XDG_RUNTIME_DIR is
+/// invalid or not set") at every start. Without a session the layer has
+/// nothing to choose by (wgpu picks the adapter itself), so it is turned
+/// off, unless the operator set the variable either way.
+fn quiet_graphics_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before the runtime or any
+        // other thread exists, so nothing reads the environment meanwhile.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
     }
 }
 
