@@ -731,8 +731,9 @@ struct Trace {
 }
 
 fn load_trace(path: &std::path::Path) -> anyhow::Result<Trace> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("{}: pass --traces-dir (default crates/caddy-doc/tests/data/editing-traces)", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| {
+        format!("{}: pass --traces-dir (default crates/caddy-doc/tests/data/editing-traces)", path.display())
+    })?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)

@@ -199,7 +199,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             };
             store.kvs.insert(p.key, kv.clone());
             record(&mut store, pb::watch_event::Kind::Put, kv);
-            vec![resp(Resp::Put(pb::PutResponse { revision: rev, previous }))]
+            vec![resp(Resp::Put(pb::PutResponse { revision: rev, previous, previous_value_omitted: false }))]
         }
         Some(Req::Get(g)) => vec![resp(Resp::Get(pb::GetResponse { kv: store.kvs.get(&g.key).cloned(), revision }))],
         Some(Req::Delete(d)) => match store.kvs.remove(&d.key) {

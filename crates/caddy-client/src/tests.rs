@@ -170,7 +170,11 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             }
             vec![pb::Response {
                 leader_client_addr: String::new(),
-                body: Some(Resp::Put(pb::PutResponse { revision: 10 + req.sequence, previous: None })),
+                body: Some(Resp::Put(pb::PutResponse {
+                    revision: 10 + req.sequence,
+                    previous: None,
+                    previous_value_omitted: false,
+                })),
             }]
         }
         Some(Req::Delete(_)) => vec![error(pb::ErrorCode::NotFound, "no such key")],

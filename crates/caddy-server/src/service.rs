@@ -64,6 +64,12 @@ impl Asker {
         }))
     }
 
+    /// The exactly-once session scope of this asker's writes (the same as
+    /// their Raft commands carry, whatever the op, for a credential).
+    pub(crate) fn session_scope(&self) -> [u8; 32] {
+        self.call(Op::ApiKeyTouch { key: caddy_core::identity::ApiKeyId(0) }).session_scope()
+    }
+
     /// The storage prefix of the key-value namespace this request acts on.
     fn namespace(&self) -> String {
         caddy_store::identity::kv_namespace(self.tenant.as_ref())
@@ -449,6 +455,12 @@ impl Service {
                     ReplyBody::Put { revision, previous } => ok(Resp::Put(pb::PutResponse {
                         revision,
                         previous: previous.map(|kv| kv_to_pb(strip_namespace(kv, &ns))),
+                        previous_value_omitted: false,
+                    })),
+                    ReplyBody::PutPreviousOmitted { revision, previous } => ok(Resp::Put(pb::PutResponse {
+                        revision,
+                        previous: Some(kv_to_pb(strip_namespace(previous, &ns))),
+                        previous_value_omitted: true,
                     })),
                     other => Err(CaddyError::internal(format!("unexpected reply to put: {other:?}"))),
                 }

@@ -26,6 +26,7 @@ pub mod files;
 pub mod identity;
 mod log_store;
 mod render;
+pub mod sessions;
 mod snapshot;
 mod state_machine;
 pub mod types;

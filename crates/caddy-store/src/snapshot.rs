@@ -119,7 +119,8 @@ pub enum SnapshotRecord {
     Kv(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A retained watch event.
     Event(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    /// A client session.
+    /// A client session of a build before scoped lanes (not written any
+    /// more; skipped on install).
     Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A join token hash and its expiry.
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
@@ -139,6 +140,9 @@ pub enum SnapshotRecord {
     },
     /// The next part of a [`SnapshotRecord::Large`] value.
     Piece(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A client session lane (see [`crate::sessions`]); [`SnapshotRecord::Session`]
+    /// is what builds before scoped lanes wrote, and is skipped on install.
+    ClientSession(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl SnapshotRecord {
@@ -150,7 +154,8 @@ impl SnapshotRecord {
             | SnapshotRecord::Session(_, v)
             | SnapshotRecord::Ident(_, v)
             | SnapshotRecord::Doc(_, v)
-            | SnapshotRecord::File(_, v) => Some(v),
+            | SnapshotRecord::File(_, v)
+            | SnapshotRecord::ClientSession(_, v) => Some(v),
             SnapshotRecord::Header(_)
             | SnapshotRecord::JoinToken(..)
             | SnapshotRecord::Large { .. }
