@@ -52,12 +52,11 @@ fn tenant_of(asker: &Asker) -> Result<TenantId, CaddyError> {
 }
 
 fn authorize_read(asker: &Asker) -> Result<(), CaddyError> {
-    authorize(
-        &asker.caller,
-        asker.tenant.as_ref(),
-        Permission::new(ResourceKind::Docs, Action::Read),
-        &Resource::Tenant,
-    )
+    docs_read_allowed(&asker.caller, asker.tenant.as_ref())
+}
+
+fn docs_read_allowed(caller: &Caller, tenant: Option<&TenantId>) -> Result<(), CaddyError> {
+    authorize(caller, tenant, Permission::new(ResourceKind::Docs, Action::Read), &Resource::Tenant)
 }
 
 impl Service {
@@ -265,9 +264,12 @@ impl Service {
         }
         metrics::gauge!("caddy_doc_watches_active").increment(1.0);
         let mut shutdown = self.shutdown_signal();
+        let recheck_every = crate::service::WATCH_RECHECK;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + recheck_every, recheck_every);
         let result = async {
             loop {
                 tokio::select! {
+                    _ = recheck.tick() => self.recheck(asker, docs_read_allowed)?,
                     committed = live.recv() => match committed {
                         Ok(c) => {
                             if c.tenant != *tenant || c.doc != doc || (c.seq <= seq && !c.deleted) {

@@ -22,6 +22,11 @@ use crate::config::{FilesConfig, Limits};
 use crate::edge::{Edge, Peer, Source};
 use crate::presence::PresenceHub;
 
+/// How often a watch checks that its credential may still read what it
+/// watches: a revoked key, an ended session, a disabled user or a suspended
+/// tenant ends the stream within this time.
+pub(crate) const WATCH_RECHECK: Duration = Duration::from_secs(1);
+
 /// How long `cluster status` waits for each other member to describe its
 /// local services; a member that takes longer shows an empty render line.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(700);
@@ -50,6 +55,9 @@ pub(crate) struct Asker {
     pub(crate) client_addr: String,
     /// Where the request came from, for per-source limits.
     pub(crate) source: Option<Source>,
+    /// The bearer credential as presented, so that a long-lived stream can
+    /// check it again later ([`Service::recheck`]).
+    credential: String,
 }
 
 impl Asker {
@@ -77,20 +85,21 @@ impl Asker {
 
     /// Authorizes a key-value read (one authorization function for all).
     fn authorize_kv_read(&self) -> Result<(), CaddyError> {
-        match &self.tenant {
-            Some(_) => authorize(
-                &self.caller,
-                self.tenant.as_ref(),
-                Permission::new(ResourceKind::Kv, Action::Read),
-                &Resource::Tenant,
-            ),
-            None => self.authorize_cluster(),
-        }
+        kv_read_allowed(&self.caller, self.tenant.as_ref())
     }
 
     /// Authorizes an operation on the cluster itself.
     fn authorize_cluster(&self) -> Result<(), CaddyError> {
         authorize(&self.caller, None, Permission::new(ResourceKind::Cluster, Action::Admin), &Resource::Cluster)
+    }
+}
+
+/// Whether `caller` may read the key-value namespace of `tenant` (the
+/// cluster's without one).
+fn kv_read_allowed(caller: &Caller, tenant: Option<&TenantId>) -> Result<(), CaddyError> {
+    match tenant {
+        Some(_) => authorize(caller, tenant, Permission::new(ResourceKind::Kv, Action::Read), &Resource::Tenant),
+        None => authorize(caller, None, Permission::new(ResourceKind::Cluster, Action::Admin), &Resource::Cluster),
     }
 }
 
@@ -271,6 +280,19 @@ impl Service {
         })
     }
 
+    /// Checks again, now, that the asker's credential still resolves to a
+    /// usable caller who passes `authorize` (long-lived streams call it
+    /// every [`WATCH_RECHECK`]).
+    pub(crate) fn recheck(
+        &self,
+        asker: &Asker,
+        authorize: impl Fn(&Caller, Option<&TenantId>) -> Result<(), CaddyError>,
+    ) -> Result<(), CaddyError> {
+        let (_, caller) = self.node.state_machine().authenticate(&asker.credential, now_ms())?;
+        usable(&caller)?;
+        authorize(&caller, asker.tenant.as_ref())
+    }
+
     /// The leader's client address when this node is not the leader.
     pub(crate) fn leader_client_addr(&self) -> String {
         match self.node.leader() {
@@ -297,7 +319,15 @@ impl Service {
             };
         }
         let client_addr = peer.addr().map(|p| p.to_string()).unwrap_or_default();
-        Ok(Asker { principal, caller, tenant, request_id, client_addr, source: peer.source() })
+        Ok(Asker {
+            principal,
+            caller,
+            tenant,
+            request_id,
+            client_addr,
+            source: peer.source(),
+            credential: req.credential.clone(),
+        })
     }
 
     fn check_key(&self, key: &str) -> Result<(), CaddyError> {
@@ -675,10 +705,15 @@ impl Service {
         }
         metrics::gauge!("caddy_watches_active").increment(1.0);
         let mut shutdown = self.shutdown.clone();
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + WATCH_RECHECK, WATCH_RECHECK);
         let result = async {
             loop {
                 let message = tokio::select! {
                     m = live.recv() => m,
+                    _ = recheck.tick() => {
+                        self.recheck(asker, |caller, tenant| kv_read_allowed(caller, tenant))?;
+                        continue;
+                    }
                     _ = crate::run::stopped(&mut shutdown) => {
                         return Err(CaddyError::unavailable(format!(
                             "node shutting down; resume the watch elsewhere from revision {next}"
