@@ -255,3 +255,47 @@ async fn a_retried_upload_whose_answer_was_lost_gets_the_first_answer_and_commit
     assert_eq!(listing["files"].as_array().map(Vec::len), Some(1), "{listing}");
     conn.close(0u32.into(), b"done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_share_link_creation_never_answers_with_a_dead_token() {
+    let dev = Dev::start(1, &[]);
+    let (conn, cred) = raw_with_tenant(&dev).await;
+    let data = b"shared".to_vec();
+    let call = serde_json::json!({
+        "op": "upload", "name": "shared.txt", "size": data.len(), "chunks": [blake3::hash(&data).to_hex().to_string()],
+    });
+    let file_request = |client_id: u64, seq: u64, call: String| pb::Request {
+        credential: cred.clone(),
+        client_id,
+        sequence: seq,
+        tenant: "acme".to_owned(),
+        body: Some(pb::request::Body::File(pb::FileRequest { call: call.into_bytes() })),
+        ..Default::default()
+    };
+    let uploaded = raw_upload(&conn, &file_request(79, 1, call.to_string()), &data).await;
+    let Some(pb::response::Body::File(answer)) = uploaded.body else { panic!("{uploaded:?}") };
+    let file: serde_json::Value = serde_json::from_slice(&answer.answer).expect("json");
+    let id = file["id"].as_str().expect("file id").to_owned();
+
+    // The same link creation twice (a retry whose first answer was lost).
+    let link = serde_json::json!({ "op": "link", "file": id, "expires_ms": null }).to_string();
+    let first = exchange(&conn, &frame(&file_request(79, 2, link.clone()))).await;
+    let Some(pb::response::Body::File(answer)) = first.body else { panic!("{first:?}") };
+    let answer: serde_json::Value = serde_json::from_slice(&answer.answer).expect("json");
+    let token = answer["token"].as_str().expect("token").to_owned();
+    let (code, msg) = error_code(&exchange(&conn, &frame(&file_request(79, 2, link))).await);
+    assert_eq!(code, pb::ErrorCode::FailedPrecondition, "{msg}");
+    assert!(msg.contains("earlier attempt") && msg.contains("share link"), "{msg}");
+    // The first answer's token opens the file.
+    let mut config = ClientConfig::from_file(dev.client_toml()).expect("config");
+    config.credential = String::new();
+    let anonymous = caddy_client::Client::connect(config).await.expect("connect");
+    let mut bytes = Vec::new();
+    let options = caddy_client::DownloadOptions::default();
+    anonymous
+        .file_download(None, Some(&token), &options, &mut bytes, |_, _| {})
+        .await
+        .expect("the first answer's token opens the file");
+    assert_eq!(bytes, data);
+    anonymous.close().await;
+}

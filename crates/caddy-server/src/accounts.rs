@@ -427,7 +427,7 @@ async fn key_answer(node: &RaftNode, t: &TenantId, id: ApiKeyId, secret: String)
 /// A retried request that creates a secret was applied by an earlier attempt
 /// (exactly once), whose answer, and so the secret shown only once, was lost;
 /// this attempt's secret was never stored.
-fn lost_secret(what: &str, remedy: &str) -> CaddyError {
+pub(crate) fn lost_secret(what: &str, remedy: &str) -> CaddyError {
     CaddyError::precondition(format!(
         "{what} was created by an earlier attempt of this request whose answer was lost, \
          and its secret cannot be shown again: {remedy}"

@@ -264,6 +264,16 @@ impl Service {
                         .await?,
                     "link",
                 )?;
+                // A retry whose first attempt created the link gets that
+                // attempt's answer from the exactly-once table, and this
+                // attempt's token was never stored: never hand it out.
+                node.read_barrier().await?;
+                if !node.state_machine().file_link_token_is(tenant, f, id, &token_hash)? {
+                    return Err(crate::accounts::lost_secret(
+                        &format!("share link {id} of {f}"),
+                        &format!("remove it (caddyctl file unlink {f} {id}) and create a new one"),
+                    ));
+                }
                 match self.read_files(tenant, asker, &FileCall::Links { file: f.to_string() }).await? {
                     FileAnswer::Links { links } => links
                         .into_iter()

@@ -343,6 +343,17 @@ fn p_links(t: &TenantId, f: FileId) -> String {
 fn k_link(t: &TenantId, f: FileId, link: u64) -> String {
     format!("{}{link:016x}", p_links(t, f))
 }
+
+/// Whether link `link` of file `f` opens with the token hashing to `token_hash`.
+pub(crate) fn link_token_is(
+    files: &impl ReadableTable<&'static str, &'static [u8]>,
+    t: &TenantId,
+    f: FileId,
+    link: u64,
+    token_hash: &[u8; 32],
+) -> io::Result<bool> {
+    Ok(get::<LinkRec>(files, &k_link(t, f, link))?.is_some_and(|l| l.token_hash == *token_hash))
+}
 fn g_link(hash: &[u8; 32]) -> String {
     format!("L/{}", hex::encode(hash))
 }

@@ -323,6 +323,18 @@ impl StateMachineStore {
         })
     }
 
+    /// Whether a share link opens with the token hashing to `token_hash` (a
+    /// retried link creation checks that its token is the one stored).
+    pub fn file_link_token_is(
+        &self,
+        tenant: &caddy_core::identity::TenantId,
+        file: caddy_core::files::FileId,
+        link: u64,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, CaddyError> {
+        self.with_files(|files, _| crate::files::link_token_is(files, tenant, file, link, token_hash).map(Ok))
+    }
+
     /// One render job of `tenant` (authorize `docs:read` first).
     pub fn render_job(
         &self,
