@@ -114,8 +114,7 @@ impl Service {
     ) -> Result<(DocAnswer, Vec<u8>), CaddyError> {
         let node = self.node();
         if call.is_read() {
-            authorize_read(asker)?;
-            node.read_barrier().await?;
+            authorize_read(&self.barrier_then_refresh(asker).await?)?;
             return node.state_machine().doc_read(tenant, &call);
         }
         let info_after = |d: DocId| async move {
@@ -236,14 +235,13 @@ impl Service {
         since: Option<&str>,
         out: &mut W,
     ) -> Result<(), CaddyError> {
-        authorize_read(asker)?;
         let doc = DocId::parse(doc)?;
         if let Some(s) = since {
             parse_version(s)?;
         }
         let _permit = self.watch_permit()?;
         let node = self.node();
-        node.read_barrier().await?;
+        authorize_read(&self.barrier_then_refresh(asker).await?)?;
         let sm = node.state_machine();
         // Subscribe before reading, so nothing committed falls in between.
         let mut live = sm.subscribe_docs();

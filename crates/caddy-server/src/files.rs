@@ -111,6 +111,7 @@ impl Service {
         // A share link is its own credential.
         if let FileCall::Download { link: Some(token), file: None, version, offset, length } = &call {
             let hash = link_hash(token)?;
+            self.node().read_barrier().await?;
             return self.download(None, &Caller::Anonymous, None, Some(hash), *version, *offset, *length, out).await;
         }
         if matches!(asker.caller, Caller::Anonymous) {
@@ -149,9 +150,10 @@ impl Service {
                 }
             }
             FileCall::Download { file, link: None, version, offset, length } => {
-                authorize_files(asker, Action::Read)?;
                 let file = FileId::parse(file.as_deref().unwrap_or_default())?;
-                self.download(Some(&tenant), &asker.caller, Some(file), None, version, offset, length, out).await?;
+                let fresh = self.barrier_then_refresh(asker).await?;
+                authorize_files(&fresh, Action::Read)?;
+                self.download(Some(&tenant), &fresh.caller, Some(file), None, version, offset, length, out).await?;
                 if offset == 0 {
                     // Opening a file puts it in the caller's recent list.
                     let (node, cmd) = (self.node().clone(), asker.call(Op::File(FileOp::Touch { file })));
@@ -185,9 +187,8 @@ impl Service {
     }
 
     async fn read_files(&self, tenant: &TenantId, asker: &Asker, call: &FileCall) -> Result<FileAnswer, CaddyError> {
-        let node = self.node();
-        node.read_barrier().await?;
-        node.state_machine().file_read(tenant, &asker.caller, call, now_ms())
+        let fresh = self.barrier_then_refresh(asker).await?;
+        self.node().state_machine().file_read(tenant, &fresh.caller, call, now_ms())
     }
 
     async fn info_of(&self, tenant: &TenantId, asker: &Asker, id: String) -> Result<FileAnswer, CaddyError> {
@@ -440,7 +441,8 @@ impl Service {
         send(out, &answer, &self.leader_client_addr()).await
     }
 
-    /// Streams `offset..offset+length` of a file version.
+    /// Streams `offset..offset+length` of a file version (after the
+    /// caller's read barrier).
     #[allow(clippy::too_many_arguments)]
     async fn download<W: AsyncWrite + Unpin + Send>(
         &self,
@@ -454,7 +456,6 @@ impl Service {
         out: &mut W,
     ) -> Result<(), CaddyError> {
         let node = self.node();
-        node.read_barrier().await?;
         let (tenant, info, found) =
             node.state_machine().file_download(tenant, caller, file, link, version, now_ms())?;
         if offset > found.size {

@@ -380,7 +380,18 @@ impl Service {
         let tenant = asker.tenant.clone().ok_or_else(|| {
             CaddyError::invalid("render jobs belong to a tenant: name one (--tenant, or the tenant of your credential)")
         })?;
-        authorize(&asker.caller, Some(&tenant), Permission::new(ResourceKind::Docs, Action::Read), &Resource::Tenant)?;
+        let reads = matches!(
+            call,
+            RenderCall::Get { .. }
+                | RenderCall::List { .. }
+                | RenderCall::Thumbnail { .. }
+                | RenderCall::Image { .. }
+                | RenderCall::Thumbnails { set: None }
+        );
+        // A read is authorized on the state after its barrier (see
+        // `barrier_then_refresh`); the other calls are judged again in apply.
+        let caller = if reads { self.barrier_then_refresh(asker).await?.caller } else { asker.caller.clone() };
+        authorize(&caller, Some(&tenant), Permission::new(ResourceKind::Docs, Action::Read), &Resource::Tenant)?;
         let node = self.node();
         let sm = node.state_machine();
         let leader = self.leader_client_addr();
@@ -400,12 +411,10 @@ impl Service {
                 send(out, &RenderAnswer::Job(view), &[], false, &leader).await
             }
             RenderCall::Get { job } => {
-                node.read_barrier().await?;
                 send(out, &RenderAnswer::Job(sm.render_job(&tenant, job_of(&job)?)?), &[], false, &leader).await
             }
             RenderCall::List { after, limit } => {
                 let after = after.as_deref().map(job_of).transpose()?;
-                node.read_barrier().await?;
                 let (jobs, next) = sm.render_jobs(&tenant, after, limit.unwrap_or(100) as usize)?;
                 send(out, &RenderAnswer::Jobs { jobs, next }, &[], false, &leader).await
             }
@@ -424,17 +433,15 @@ impl Service {
             RenderCall::Thumbnails { set } => {
                 if let Some(setting) = set {
                     node.propose(origin, asker.call(Op::Render(RenderOp::Thumbnails { size: setting.size }))).await?;
+                    node.read_barrier().await?;
                 }
-                node.read_barrier().await?;
                 send(out, &RenderAnswer::Thumbnails(sm.render_thumbnail_setting(&tenant)?), &[], false, &leader).await
             }
             RenderCall::Thumbnail { doc } => {
                 let doc = DocId::parse(&doc)?;
-                node.read_barrier().await?;
                 send(out, &RenderAnswer::Job(sm.render_thumbnail(&tenant, doc)?), &[], false, &leader).await
             }
             RenderCall::Image { job } => {
-                node.read_barrier().await?;
                 let (view, image) = sm.render_image(&tenant, job_of(&job)?)?;
                 let answer = RenderAnswer::Image { job: view, size: image.size };
                 send(out, &answer, &[], image.size > 0, &leader).await?;

@@ -293,6 +293,25 @@ impl Service {
         authorize(&caller, asker.tenant.as_ref())
     }
 
+    /// A linearizable read's barrier, then the asker as the state after it
+    /// knows them: authorization judged on the credential as it was before
+    /// the barrier could let a lagging node serve a read to a key revoked
+    /// (or a session ended) an instant before.
+    pub(crate) async fn barrier_then_refresh(&self, asker: &Asker) -> Result<Asker, CaddyError> {
+        self.node.read_barrier().await?;
+        let (principal, caller) = self.node.state_machine().authenticate(&asker.credential, now_ms())?;
+        usable(&caller)?;
+        Ok(Asker {
+            principal,
+            caller,
+            tenant: asker.tenant.clone(),
+            request_id: asker.request_id.clone(),
+            client_addr: asker.client_addr.clone(),
+            source: asker.source,
+            credential: asker.credential.clone(),
+        })
+    }
+
     /// The leader's client address when this node is not the leader.
     pub(crate) fn leader_client_addr(&self) -> String {
         match self.node.leader() {
@@ -451,8 +470,8 @@ impl Service {
             Req::Identity(_) => {
                 let call = identity.ok_or_else(|| CaddyError::internal("identity call not decoded"))?;
                 let answer = if call.is_read() {
-                    node.read_barrier().await?;
-                    node.state_machine().identity_read(&asker.caller, asker.tenant.as_ref(), &call, now_ms())?
+                    let fresh = self.barrier_then_refresh(asker).await?;
+                    node.state_machine().identity_read(&fresh.caller, fresh.tenant.as_ref(), &call, now_ms())?
                 } else {
                     let ctx = WriteCtx {
                         principal: asker.principal.clone(),
@@ -506,9 +525,10 @@ impl Service {
             }
             Req::Get(g) => {
                 self.check_key(&g.key)?;
-                asker.authorize_kv_read()?;
-                if !g.serializable {
-                    node.read_barrier().await?;
+                if g.serializable {
+                    asker.authorize_kv_read()?;
+                } else {
+                    self.barrier_then_refresh(asker).await?.authorize_kv_read()?;
                 }
                 let sm = node.state_machine();
                 let revision = sm.revision();
@@ -516,9 +536,10 @@ impl Service {
                 ok(Resp::Get(pb::GetResponse { kv: kv.map(|kv| kv_to_pb(strip_namespace(kv, &ns))), revision }))
             }
             Req::List(l) => {
-                asker.authorize_kv_read()?;
-                if !l.serializable {
-                    node.read_barrier().await?;
+                if l.serializable {
+                    asker.authorize_kv_read()?;
+                } else {
+                    self.barrier_then_refresh(asker).await?.authorize_kv_read()?;
                 }
                 let limit = if l.limit == 0 { 100 } else { l.limit.min(self.limits.max_list_limit) } as usize;
                 let sm = node.state_machine();

@@ -1,6 +1,8 @@
-//! Long-lived streams check their credential again: a key-value or document
+//! A revoked credential stops working everywhere: a key-value or document
 //! watch ends with the typed error within seconds of its key being revoked,
-//! its session ended, its user disabled or its tenant suspended.
+//! its session ended, its user disabled or its tenant suspended, and a node
+//! that had not yet applied a revocation does not serve the revoked key a
+//! linearizable read.
 
 mod support;
 
@@ -107,4 +109,44 @@ async fn watches_end_when_their_credential_loses_the_right_to_read() {
     })
     .await;
     assert_eq!(code, ErrorCode::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_refuses_a_linearizable_read_to_a_key_revoked_before_it() {
+    let dev = Dev::start(3, &[]);
+    setup(&dev, &[]).await;
+    let admin = operator(&dev, Some("acme")).await;
+    admin.put("k", "v").await.expect("put");
+    let (key_id, secret) = match admin
+        .identity(&IdentityCall::ApiKeyCreate { name: "r".into(), scopes: vec!["kv:read".into()], ttl_seconds: None })
+        .await
+        .expect("key")
+    {
+        IdentityAnswer::ApiKey { key, secret } => (key.id, secret),
+        other => panic!("{other:?}"),
+    };
+    let leader = dev.leader();
+    let lagging = [1, 2, 3].into_iter().find(|n| *n != leader).expect("a follower");
+    let reader = client_as(&dev, Some(lagging), &secret, "acme").await;
+    assert_eq!(reader.get("k").await.expect("read before").kv.map(|kv| kv.value), Some(b"v".to_vec()));
+
+    // The follower misses the revocation while paused; the read reaches it
+    // before the entries that revoke the key do.
+    let pid = dev.pid(lagging);
+    support::signal(pid, libc::SIGSTOP);
+    let on_leader = {
+        let mut config = ClientConfig::from_file(dev.client_toml()).expect("client config");
+        config.endpoints = vec![dev.client_addr(leader)];
+        config.tenant = Some("acme".into());
+        Client::connect(config).await.expect("connect")
+    };
+    on_leader.identity(&IdentityCall::ApiKeyRevoke { key: key_id }).await.expect("revoke");
+    let read = tokio::spawn(async move { reader.get("k").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::signal(pid, libc::SIGCONT);
+    let got = read.await.expect("read task");
+    match got {
+        Err(e) => assert_eq!(e.code(), ErrorCode::Unauthenticated, "{e}"),
+        Ok(r) => panic!("a revoked key read {:?} through a lagging node", r.kv.map(|kv| kv.value)),
+    }
 }
