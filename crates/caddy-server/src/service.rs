@@ -732,7 +732,7 @@ impl Service {
                 let message = tokio::select! {
                     m = live.recv() => m,
                     _ = recheck.tick() => {
-                        self.recheck(asker, |caller, tenant| kv_read_allowed(caller, tenant))?;
+                        self.recheck(asker, kv_read_allowed)?;
                         continue;
                     }
                     _ = crate::run::stopped(&mut shutdown) => {
