@@ -8,8 +8,12 @@
 //! refreshed within its TTL, and tells its watchers it is gone. A member
 //! that was down simply misses presences until their next refresh.
 //!
-//! Bounds: at most [`MAX_PER_DOC`] presences per document and
-//! [`MAX_TOTAL`] per node; past them new presences are dropped.
+//! Bounds: at most [`MAX_PER_DOC`] presences per document (of which
+//! [`MAX_PER_USER_PER_DOC`] for one user), [`MAX_PER_CLIENT`] documents per
+//! client, [`MAX_PER_USER`] presences per user, [`MAX_PER_TENANT`] per tenant
+//! and [`MAX_TOTAL`] per node; past them new presences are dropped (and
+//! counted in `caddy_presence_dropped_total`). So one client, one user or
+//! one tenant cannot take the table, or a document's slots, from the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +27,14 @@ use tokio::sync::broadcast;
 pub const MAX_PER_DOC: usize = 256;
 /// Presences kept per node.
 pub const MAX_TOTAL: usize = 100_000;
+/// Presences one tenant may hold on a node.
+pub const MAX_PER_TENANT: usize = 10_000;
+/// Presences one user may hold on a node (all their clients).
+pub const MAX_PER_USER: usize = 512;
+/// Clients of one user present in one document.
+pub const MAX_PER_USER_PER_DOC: usize = 16;
+/// Documents one client may be present in.
+pub const MAX_PER_CLIENT: usize = 64;
 /// Longest TTL a presence may ask for.
 const MAX_TTL: Duration = Duration::from_secs(300);
 
@@ -61,6 +73,59 @@ type Who = (String, u64);
 struct Table {
     docs: HashMap<DocKey, HashMap<Who, (Presence, Instant)>>,
     total: usize,
+    per_tenant: HashMap<String, usize>,
+    /// By (tenant, user).
+    per_user: HashMap<(String, String), usize>,
+    /// By (tenant, user, client).
+    per_client: HashMap<(String, String, u64), usize>,
+}
+
+fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, up: bool) {
+    if up {
+        *counts.entry(key).or_default() += 1;
+    } else if let std::collections::hash_map::Entry::Occupied(mut e) = counts.entry(key) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
+}
+
+impl Table {
+    /// Keeps the per-tenant, per-user and per-client counts in step with
+    /// one presence added (`up`) or removed.
+    fn count(&mut self, tenant: &str, user: &str, client: u64, up: bool) {
+        if up {
+            self.total += 1;
+        } else {
+            self.total -= 1;
+        }
+        bump(&mut self.per_tenant, tenant.to_owned(), up);
+        bump(&mut self.per_user, (tenant.to_owned(), user.to_owned()), up);
+        bump(&mut self.per_client, (tenant.to_owned(), user.to_owned(), client), up);
+    }
+
+    /// Why a new presence of `p` would break a bound, if it would.
+    fn over_bound(&self, p: &Presence, in_doc: &HashMap<Who, (Presence, Instant)>) -> Option<&'static str> {
+        let user_key = (p.tenant.clone(), p.user.clone());
+        if in_doc.len() >= MAX_PER_DOC {
+            Some("document")
+        } else if in_doc.keys().filter(|(user, _)| *user == p.user).count() >= MAX_PER_USER_PER_DOC {
+            Some("user_in_document")
+        } else if self.per_client.get(&(p.tenant.clone(), p.user.clone(), p.client)).copied().unwrap_or(0)
+            >= MAX_PER_CLIENT
+        {
+            Some("client")
+        } else if self.per_user.get(&user_key).copied().unwrap_or(0) >= MAX_PER_USER {
+            Some("user")
+        } else if self.per_tenant.get(&p.tenant).copied().unwrap_or(0) >= MAX_PER_TENANT {
+            Some("tenant")
+        } else if self.total >= MAX_TOTAL {
+            Some("node")
+        } else {
+            None
+        }
+    }
 }
 
 /// This node's presence table.
@@ -106,23 +171,23 @@ impl PresenceHub {
                     let ttl = Duration::from_millis(p.ttl_ms).min(MAX_TTL);
                     let key = (p.tenant.clone(), p.doc.clone());
                     let who = (p.user.clone(), p.client);
-                    let total = table.total;
-                    let entries = table.docs.entry(key).or_default();
-                    let fresh = !entries.contains_key(&who);
-                    if fresh && (entries.len() >= MAX_PER_DOC || total >= MAX_TOTAL) {
-                        metrics::counter!("caddy_presence_dropped_total").increment(1);
+                    let empty = HashMap::new();
+                    let in_doc = table.docs.get(&key).unwrap_or(&empty);
+                    let fresh = !in_doc.contains_key(&who);
+                    if fresh && let Some(bound) = table.over_bound(p, in_doc) {
+                        metrics::counter!("caddy_presence_dropped_total", "bound" => bound).increment(1);
                         return false;
                     }
-                    entries.insert(who, (p.clone(), Instant::now() + ttl));
+                    table.docs.entry(key).or_default().insert(who, (p.clone(), Instant::now() + ttl));
                     if fresh {
-                        table.total += 1;
+                        table.count(&p.tenant, &p.user, p.client, true);
                     }
                 }
                 PresenceMsg::Gone { tenant, doc, user, client } => {
                     let key = (tenant.clone(), doc.clone());
                     let removed = table.docs.get_mut(&key).and_then(|m| m.remove(&(user.clone(), *client))).is_some();
                     if removed {
-                        table.total -= 1;
+                        table.count(tenant, user, *client, false);
                     }
                     if table.docs.get(&key).is_some_and(HashMap::is_empty) {
                         table.docs.remove(&key);
@@ -140,7 +205,6 @@ impl PresenceHub {
         let mut gone = Vec::new();
         {
             let mut table = lock(&self.table);
-            let mut removed = 0;
             table.docs.retain(|(tenant, doc), entries| {
                 entries.retain(|(user, client), (_, expires)| {
                     let keep = *expires > now;
@@ -151,13 +215,16 @@ impl PresenceHub {
                             user: user.clone(),
                             client: *client,
                         });
-                        removed += 1;
                     }
                     keep
                 });
                 !entries.is_empty()
             });
-            table.total -= removed;
+            for msg in &gone {
+                if let PresenceMsg::Gone { tenant, user, client, .. } = msg {
+                    table.count(tenant, user, *client, false);
+                }
+            }
         }
         for msg in gone {
             let _ = self.tx.send(msg);
@@ -228,15 +295,56 @@ mod tests {
         assert_eq!(lock(&hub.table).total, 0);
     }
 
+    fn at(tenant: &str, doc: &str, user: &str, client: u64) -> PresenceMsg {
+        PresenceMsg::Set(Presence { tenant: tenant.into(), doc: doc.into(), ..presence(user, client, 60_000) })
+    }
+
     #[test]
     fn a_document_holds_a_bounded_number_of_presences() {
         let hub = PresenceHub::default();
         for i in 0..MAX_PER_DOC as u64 {
-            assert!(hub.apply(PresenceMsg::Set(presence("user-1", i, 60_000))));
+            assert!(hub.apply(at("acme", "doc-1", &format!("user-{i}"), i)));
         }
-        assert!(!hub.apply(PresenceMsg::Set(presence("user-1", 9999, 60_000))));
+        assert!(!hub.apply(at("acme", "doc-1", "user-9999", 9999)));
         // Refreshing an existing one still works.
-        assert!(hub.apply(PresenceMsg::Set(presence("user-1", 0, 60_000))));
+        assert!(hub.apply(at("acme", "doc-1", "user-0", 0)));
         assert_eq!(hub.current("acme", "doc-1").len(), MAX_PER_DOC);
+    }
+
+    /// One client, inventing client ids and documents, cannot take a
+    /// document's slots or the node's table from other users and tenants.
+    #[test]
+    fn one_client_or_user_cannot_fill_the_table() {
+        let hub = PresenceHub::default();
+        // Many client ids of one user in one document.
+        let mut held = 0;
+        for client in 0..1000 {
+            held += usize::from(hub.apply(at("acme", "doc-1", "user-1", client)));
+        }
+        assert_eq!(held, MAX_PER_USER_PER_DOC);
+        assert!(hub.apply(at("acme", "doc-1", "user-2", 1)), "another user is kept out of the document");
+        // One client across many documents.
+        let mut held = 0;
+        for d in 0..1000 {
+            held += usize::from(hub.apply(at("acme", &format!("doc-x{d}"), "user-3", 7)));
+        }
+        assert_eq!(held, MAX_PER_CLIENT);
+        // One user with many clients across many documents.
+        let mut held = 0;
+        for i in 0..5000u64 {
+            held += usize::from(hub.apply(at("acme", &format!("doc-y{}", i / 8), "user-4", i)));
+        }
+        assert_eq!(held, MAX_PER_USER);
+        // One tenant, many users.
+        for u in 0..((MAX_PER_TENANT / MAX_PER_USER) + 2) {
+            for i in 0..MAX_PER_USER as u64 {
+                hub.apply(at("acme", &format!("doc-z{u}-{}", i / 8), &format!("spam-{u}"), i));
+            }
+        }
+        assert!(!hub.apply(at("acme", "doc-new", "user-5", 1)), "the tenant went over its bound");
+        assert!(hub.apply(at("globex", "doc-1", "user-1", 1)), "another tenant was kept out");
+        // Counts follow removals: a freed slot can be taken again.
+        hub.apply(PresenceMsg::Gone { tenant: "acme".into(), doc: "doc-1".into(), user: "user-1".into(), client: 0 });
+        assert!(hub.apply(at("acme", "doc-1", "user-1", 5000)));
     }
 }
