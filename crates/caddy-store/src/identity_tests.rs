@@ -1020,3 +1020,15 @@ fn identity_survives_a_snapshot_round_trip() {
     assert!(matches!(answer, IdentityAnswer::Verified { broken: None, entries: 3, .. }), "{answer:?}");
     assert_eq!(copy.get("t/acme/kv/k").unwrap().unwrap().value, vec![1]);
 }
+
+#[test]
+fn compare_and_set_errors_name_the_key_as_the_client_did() {
+    let mut h = H::new();
+    h.tenant("acme", Quotas::default());
+    for (tenant, stored) in [(Some("acme"), "t/acme/kv/"), (None, "c/")] {
+        let op = Op::KvPut { key: "k1".into(), value: b"v".to_vec(), if_revision: Some(99) };
+        let err = h.call(ADMIN, tenant, op).unwrap_err();
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        assert!(err.message.contains("\"k1\"") && !err.message.contains(stored), "{}", err.message);
+    }
+}

@@ -905,7 +905,17 @@ fn check_key(key: &str) -> Result<(), CaddyError> {
     Ok(())
 }
 
+/// A storage key as its client named it: without the namespace prefix
+/// (`c/` for the cluster's, `t/{tenant}/kv/` for a tenant's), which is ours.
+fn client_key(key: &str) -> &str {
+    if let Some(rest) = key.strip_prefix("c/") {
+        return rest;
+    }
+    key.strip_prefix("t/").and_then(|r| r.split_once("/kv/")).map_or(key, |(_, rest)| rest)
+}
+
 fn cas_failed(key: &str, expected: u64, current: u64) -> CaddyError {
+    let key = client_key(key);
     let mut err = CaddyError::precondition(format!(
         "compare-and-set failed for {key:?}: expected revision {expected}, current revision is {current}"
     ));
