@@ -1,7 +1,7 @@
 //! The cluster handle: connection cache, failover and the typed requests.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::error::code_from_pb;
+use crate::error::{Outcome, code_from_pb, settle};
 use crate::lanes::LanePool;
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
 use crate::watch::WatchStream;
-use crate::{ClientConfig, ClientError, ErrorCode};
+use crate::{ClientConfig, ClientError, ErrorCode, human_duration};
 
 /// First pause between two attempts of one request.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -39,6 +39,8 @@ const KV_ATTEMPT: Duration = Duration::from_millis(500);
 /// before trying the next endpoint (the handshake goes on in the background
 /// and its connection is cached for later requests).
 const HEDGE_AFTER: Duration = Duration::from_millis(400);
+/// Longest [`Client::close`] waits for its close frames to go out.
+const CLOSE_FLUSH: Duration = Duration::from_millis(50);
 
 /// A handle on a cluster. Cheap to clone; clones share one QUIC endpoint, the
 /// cached connections (one per configured endpoint) and the write lanes.
@@ -46,6 +48,8 @@ const HEDGE_AFTER: Duration = Duration::from_millis(400);
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Requests through this handle end by then ([`Client::with_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -177,6 +181,7 @@ impl Client {
         quic.transport_config(Arc::new(transport));
         let slots = config.endpoints.iter().map(|addr| Slot { addr: addr.clone(), conn: Mutex::new(None) }).collect();
         Ok(Client {
+            deadline: None,
             inner: Arc::new(Inner {
                 config,
                 quic,
@@ -195,19 +200,66 @@ impl Client {
         &self.inner.config
     }
 
-    /// Closes every connection of this client and its clones, waiting
-    /// briefly (at most 250 ms) for the close to reach the servers. Later
+    /// A handle on the same connections and lanes whose requests all end by
+    /// `deadline` (each still bounded by the request timeout too), as does
+    /// [`Client::render_wait`]: one budget for a task made of several calls.
+    /// A request that would start after it fails at once, unsent.
+    pub fn with_deadline(&self, deadline: Instant) -> Client {
+        Client { inner: Arc::clone(&self.inner), deadline: Some(deadline) }
+    }
+
+    /// The deadline set by [`Client::with_deadline`], if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// How many writes through this client and its clones ended without a
+    /// definitive answer: failed with [`ClientError::OutcomeUnknown`], or
+    /// were cancelled (their future dropped) while they held their lane. A
+    /// caller that cancels several calls at once (a timeout around them)
+    /// reads it to learn whether a write may have been applied.
+    pub fn writes_in_doubt(&self) -> u64 {
+        self.inner.lanes.abandoned()
+    }
+
+    /// Closes every connection of this client and its clones. Waits only
+    /// until each close frame has gone out (at most [`CLOSE_FLUSH`]), not
+    /// for the drain period QUIC allows after it: the servers learn of the
+    /// close at once, and a short-lived process can exit right away. Later
     /// requests on this client fail.
     pub async fn close(&self) {
+        let open: Vec<quinn::Connection> = self
+            .inner
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                let cached = slot.conn.lock().unwrap_or_else(|p| p.into_inner());
+                match cached.as_ref().and_then(|c| c.peek()) {
+                    Some(Ok(conn)) if conn.close_reason().is_none() => Some(conn.clone()),
+                    _ => None,
+                }
+            })
+            .collect();
+        // The close frame leaves in the next datagram each connection sends.
+        let sent_before: Vec<u64> = open.iter().map(|c| c.stats().udp_tx.datagrams).collect();
+        for conn in &open {
+            conn.close(0u32.into(), b"client closed");
+        }
         let sockets: Vec<quinn::Endpoint> = {
             let sockets = self.inner.sockets.lock().unwrap_or_else(|p| p.into_inner());
             [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten().collect()
         };
+        // Also ends handshakes still in progress.
         for socket in &sockets {
             socket.close(0u32.into(), b"client closed");
         }
-        let idle = futures::future::join_all(sockets.iter().map(|s| s.wait_idle()));
-        let _ = tokio::time::timeout(Duration::from_millis(250), idle).await;
+        // The connection tasks send the close frames.
+        let sent = async {
+            while !open.iter().zip(&sent_before).all(|(c, before)| c.stats().udp_tx.datagrams > *before) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH, sent).await;
     }
 
     // ----- key-value -----
@@ -236,7 +288,7 @@ impl Client {
         if_revision: Option<u64>,
     ) -> Result<pb::PutResponse, ClientError> {
         let body = Req::Put(pb::PutRequest { key: key.to_owned(), value, if_revision });
-        expect_body!(self.call(body, true).await?, Put, "put")
+        settle(true, expect_body!(self.call(body, true).await?, Put, "put"))
     }
 
     /// Reads `key` linearizably (through the leader).
@@ -266,7 +318,7 @@ impl Client {
 
     async fn delete_request(&self, key: &str, if_revision: Option<u64>) -> Result<pb::DeleteResponse, ClientError> {
         let body = Req::Delete(pb::DeleteRequest { key: key.to_owned(), if_revision });
-        expect_body!(self.call(body, true).await?, Delete, "delete")
+        settle(true, expect_body!(self.call(body, true).await?, Delete, "delete"))
     }
 
     /// Lists up to `limit` keys starting with `prefix` and strictly after
@@ -307,30 +359,31 @@ impl Client {
     /// learner and is promoted to voter once caught up, unless `learner_only`.
     pub async fn add_node(&self, raft_addr: &str, learner_only: bool) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::AddNode(pb::AddNodeRequest { raft_addr: raft_addr.to_owned(), learner_only });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::RemoveNode(pb::RemoveNodeRequest { id });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Asks the leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::TransferLeader(pb::TransferLeaderRequest { to });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Makes the answering node snapshot its state machine and compact its log.
     pub async fn snapshot(&self) -> Result<pb::SnapshotResponse, ClientError> {
-        expect_body!(self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?, Snapshot, "snapshot")
+        let answer = self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?;
+        settle(true, expect_body!(answer, Snapshot, "snapshot"))
     }
 
     /// Creates a token with which a new node can enroll, valid `ttl_seconds`.
     pub async fn join_token(&self, ttl_seconds: u64) -> Result<pb::JoinTokenResponse, ClientError> {
         let body = Req::JoinToken(pb::JoinTokenRequest { ttl_seconds });
-        expect_body!(self.call(body, true).await?, JoinToken, "join_token")
+        settle(true, expect_body!(self.call(body, true).await?, JoinToken, "join_token"))
     }
 
     /// Streams a consistent backup into `writer`, calling `progress(done,
@@ -368,7 +421,10 @@ impl Client {
             let frame = tokio::time::timeout(timeout, read_frame::<pb::Response, _>(&mut recv, self.max_frame()))
                 .await
                 .map_err(|_| {
-                    ClientError::Unavailable(format!("backup stalled: no data for {timeout:?} after {done} bytes"))
+                    ClientError::Unavailable(format!(
+                        "backup stalled: no data for {} after {done} bytes",
+                        human_duration(timeout)
+                    ))
                 })?;
             body = match frame {
                 Ok(response) => response.body,
@@ -412,9 +468,11 @@ impl Client {
     pub async fn identity(&self, call: &IdentityCall) -> Result<IdentityAnswer, ClientError> {
         let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
         let body = Req::Identity(pb::IdentityRequest { call: bytes });
-        let answer = expect_body!(self.call(body, !call.is_read()).await?, Identity, "identity")?;
-        serde_json::from_slice(&answer.answer)
-            .map_err(|e| ClientError::Protocol(format!("undecodable identity answer: {e}")))
+        let write = !call.is_read();
+        let answer = settle(write, expect_body!(self.call(body, write).await?, Identity, "identity"))?;
+        let decoded = serde_json::from_slice(&answer.answer)
+            .map_err(|e| ClientError::Protocol(format!("undecodable identity answer: {e}")));
+        settle(write, decoded)
     }
 
     /// Logs in to the configured tenant; returns the session token (shown
@@ -463,14 +521,15 @@ impl Client {
         let result = match self.open(&req, true, false).await {
             Ok((Some(Resp::Error(err)), _, _)) => Err(ClientError::from_pb(err)),
             Ok((Some(body), recv, _)) => Ok((body, recv)),
-            Ok((None, _, _)) => Err(ClientError::Protocol("response without a body".into())),
+            Ok((None, _, _)) => settle(write, Err(ClientError::Protocol("response without a body".into()))),
             Err(e) => Err(e),
         };
         if let Some(guard) = guard {
+            // A write known not applied (refused, or never sent) leaves its
+            // lane usable; one in doubt must never be sent again.
             let definitive = match &result {
                 Ok(_) => true,
-                Err(ClientError::Server { code, .. }) => *code != ErrorCode::Unavailable,
-                Err(_) => false,
+                Err(e) => e.outcome() == Outcome::NotApplied,
             };
             if definitive {
                 guard.complete();
@@ -527,10 +586,13 @@ impl Client {
 
     /// Sends `req` on a new stream, retrying on the next endpoint after a
     /// transport failure, a timeout or an `UNAVAILABLE` answer, until the
-    /// request timeout; then fails with the last `UNAVAILABLE` answer, or
-    /// else the last transport failure. With `read_first`, the first answer frame is read
-    /// (and a non-retryable `Error` body is returned as it is, for the caller
-    /// to map); the receive side is returned for further frames.
+    /// request timeout (or the handle's deadline, if sooner); then fails
+    /// with the last `UNAVAILABLE` answer, or else the last transport
+    /// failure. A write (a request with a sequence) that went out on any
+    /// attempt fails as [`ClientError::OutcomeUnknown`]. With `read_first`,
+    /// the first answer frame is read (and a non-retryable `Error` body is
+    /// returned as it is, for the caller to map); the receive side is
+    /// returned for further frames.
     async fn open(&self, req: &pb::Request, read_first: bool, keep_send: bool) -> Result<Opened, ClientError> {
         let config = &self.inner.config;
         let n = self.inner.slots.len();
@@ -539,7 +601,18 @@ impl Client {
         }
         let now = Instant::now();
         // A huge configured timeout must not overflow the clock.
-        let deadline = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
+        let by_timeout = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
+        let deadline = self.deadline.map_or(by_timeout, |d| d.min(by_timeout));
+        if deadline <= now {
+            return Err(ClientError::Unavailable("the deadline passed before the request was sent".into()));
+        }
+        let total = deadline - now;
+        // Reads carry sequence 0; every write carries its lane's (from 1).
+        let write = req.sequence != 0;
+        // Set once a request frame starts out on any attempt: from then on
+        // a server may have the write, whatever happens to this attempt.
+        let sent = AtomicBool::new(false);
+        let in_doubt = |err: ClientError| if write && sent.load(Ordering::Relaxed) { err.in_doubt() } else { err };
         let is_kv = matches!(req.body, Some(Req::Put(_) | Req::Get(_) | Req::Delete(_) | Req::List(_)));
         let attempt_cap = self.attempt_cap(is_kv);
         let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
@@ -557,7 +630,8 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, keep_send, connect_wait)).await {
+            let attempt = self.attempt(idx, req, read_first, keep_send, connect_wait, &sent);
+            match tokio::time::timeout(budget, attempt).await {
                 Ok(Ok((Some(Resp::Error(err)), recv, send))) => {
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
@@ -575,7 +649,7 @@ impl Client {
                     self.inner.preferred.store(if hinted < n { hinted } else { idx }, Ordering::Relaxed);
                     return Ok(opened);
                 }
-                Ok(Err(AttemptError::Fatal(err))) => return Err(err),
+                Ok(Err(AttemptError::Fatal(err))) => return Err(in_doubt(err)),
                 Ok(Err(AttemptError::Transport(msg))) => {
                     tracing::debug!(endpoint = addr, error = %msg, "transport failure, retrying elsewhere");
                     last = Some(ClientError::Unavailable(format!("{addr}: {msg}")));
@@ -583,7 +657,8 @@ impl Client {
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
                     self.forget(idx, None);
-                    last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
+                    last =
+                        Some(ClientError::Unavailable(format!("{addr}: no answer within {}", human_duration(budget))));
                 }
             }
             idx = next;
@@ -594,9 +669,10 @@ impl Client {
             tokio::time::sleep(backoff.min(remaining)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(last_server
+        let err = last_server
             .or(last)
-            .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))))
+            .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {}", human_duration(total))));
+        Err(in_doubt(err))
     }
 
     /// How long one attempt on one endpoint may take before the next is
@@ -623,6 +699,7 @@ impl Client {
         read_first: bool,
         keep_send: bool,
         connect_wait: Duration,
+        sent: &AtomicBool,
     ) -> Result<Opened, AttemptError> {
         let conn = match tokio::time::timeout(connect_wait, self.connection(idx)).await {
             Ok(conn) => conn.map_err(AttemptError::Transport)?,
@@ -630,7 +707,7 @@ impl Client {
                 return Err(AttemptError::Transport("connecting: handshake still in progress".into()));
             }
         };
-        let result = self.exchange(&conn, req, read_first, keep_send).await;
+        let result = self.exchange(&conn, req, read_first, keep_send, sent).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
             self.forget(idx, Some(&conn));
         }
@@ -643,9 +720,11 @@ impl Client {
         req: &pb::Request,
         read_first: bool,
         keep_send: bool,
+        sent: &AtomicBool,
     ) -> Result<Opened, AttemptError> {
         let (mut send, mut recv) =
             conn.open_bi().await.map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
+        sent.store(true, Ordering::Relaxed);
         write_frame(&mut send, req).await.map_err(frame_error)?;
         let send = if keep_send {
             Some(send)
@@ -722,7 +801,7 @@ impl Client {
         async move {
             match tokio::time::timeout(timeout, handshake).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("connecting: no handshake within {timeout:?}")),
+                Err(_) => Err(format!("connecting: no handshake within {}", human_duration(timeout))),
             }
         }
     }

@@ -1,4 +1,10 @@
 //! The SDK's error type and its mapping from protocol errors.
+//!
+//! Every error also says what became of the request ([`ClientError::outcome`]):
+//! a write that was sent and got no definitive answer is
+//! [`ClientError::OutcomeUnknown`], so a caller can tell "refused, nothing
+//! changed" from "may or may not have been applied" without knowing the
+//! transport.
 
 use crate::pb;
 
@@ -36,6 +42,39 @@ pub enum ClientError {
     /// A local document operation failed (bad edit, undecodable bytes).
     #[error("document: {0}")]
     Document(String),
+    /// A write was sent, and no definitive answer came back: the request
+    /// timed out or lost its connection after it went out, the server
+    /// answered `UNAVAILABLE` (which it also does when leadership changes
+    /// before a proposal commits), or its answer could not be understood.
+    /// The write may or may not have been applied; its exactly-once lane is
+    /// thrown away, so sending it again is a new write. `last` is the last
+    /// failure seen.
+    #[error("{last}; outcome unknown: the write may or may not have been applied (check before retrying it)")]
+    OutcomeUnknown {
+        /// The last failure seen (never itself `OutcomeUnknown`).
+        last: Box<ClientError>,
+    },
+}
+
+/// What became of a request that failed ([`ClientError::outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It changed nothing: the server refused it with a typed error, it
+    /// failed before it was sent, or it was a read.
+    NotApplied,
+    /// A write was sent and no definitive answer came back: it may or may
+    /// not have been applied.
+    Unknown,
+}
+
+impl Outcome {
+    /// `not_applied` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "not_applied",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 impl ClientError {
@@ -49,6 +88,39 @@ impl ClientError {
             ClientError::Config(_) => ErrorCode::InvalidArgument,
             ClientError::Protocol(_) | ClientError::Io(_) => ErrorCode::Internal,
             ClientError::Document(_) => ErrorCode::InvalidArgument,
+            ClientError::OutcomeUnknown { last } => last.code(),
+        }
+    }
+
+    /// Whether the failed request may have changed anything: `Unknown` only
+    /// for [`ClientError::OutcomeUnknown`] (a write sent without a definitive
+    /// answer); every other error left the cluster as it was.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ClientError::OutcomeUnknown { .. } => Outcome::Unknown,
+            _ => Outcome::NotApplied,
+        }
+    }
+
+    /// For `Unavailable` answers: the leader's client address, if the
+    /// server knew it.
+    pub fn leader_hint(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { leader_hint, .. } => leader_hint.as_deref(),
+            ClientError::OutcomeUnknown { last } => last.leader_hint(),
+            _ => None,
+        }
+    }
+
+    /// This error as the failure of a write that was sent: a typed refusal
+    /// (any code but `Unavailable`) stays as it is, since the server decided
+    /// and nothing was applied (or, for a retried write, the first answer
+    /// is replayed); anything else becomes [`ClientError::OutcomeUnknown`].
+    pub(crate) fn in_doubt(self) -> ClientError {
+        match self {
+            ClientError::Server { code, .. } if code != ErrorCode::Unavailable => self,
+            ClientError::OutcomeUnknown { .. } => self,
+            other => ClientError::OutcomeUnknown { last: Box::new(other) },
         }
     }
 
@@ -61,6 +133,7 @@ impl ClientError {
     pub fn current_revision(&self) -> Option<u64> {
         match self {
             ClientError::Server { current_revision, .. } => *current_revision,
+            ClientError::OutcomeUnknown { last } => last.current_revision(),
             _ => None,
         }
     }
@@ -76,6 +149,13 @@ impl ClientError {
             leader_hint: err.leader_hint.filter(|h| !h.is_empty()),
         }
     }
+}
+
+/// `result` of decoding a write's answer: a failure there (an answer of the
+/// wrong kind, undecodable bytes) comes after the server took the write, so
+/// its outcome is unknown.
+pub(crate) fn settle<T>(write: bool, result: Result<T, ClientError>) -> Result<T, ClientError> {
+    if write { result.map_err(ClientError::in_doubt) } else { result }
 }
 
 /// Maps a protocol `ErrorCode` value; `None` for unspecified or unknown codes.
@@ -142,5 +222,59 @@ mod tests {
         assert_eq!(ClientError::Protocol("x".into()).code(), ErrorCode::Internal);
         assert!(!ClientError::Protocol("x".into()).is_retryable());
         assert_eq!(ClientError::from(std::io::Error::other("disk")).code(), ErrorCode::Internal);
+        for local in
+            [ClientError::Unavailable("x".into()), ClientError::Config("x".into()), ClientError::Protocol("x".into())]
+        {
+            assert_eq!(local.outcome(), Outcome::NotApplied, "{local}");
+        }
+    }
+
+    fn server(code: ErrorCode) -> ClientError {
+        ClientError::Server {
+            code,
+            message: "m".into(),
+            current_revision: Some(3),
+            leader_hint: Some("10.0.0.2:7101".into()),
+        }
+    }
+
+    #[test]
+    fn a_sent_write_without_a_definitive_answer_is_in_doubt() {
+        // A typed refusal is definitive even for a write that was sent.
+        for code in [ErrorCode::NotFound, ErrorCode::FailedPrecondition, ErrorCode::PermissionDenied] {
+            let err = server(code).in_doubt();
+            assert_eq!((err.code(), err.outcome()), (code, Outcome::NotApplied), "{err}");
+        }
+        // UNAVAILABLE, a lost connection, a timeout or an answer that cannot
+        // be understood, after the write went out: it may have been applied.
+        for err in [
+            server(ErrorCode::Unavailable),
+            ClientError::Unavailable("no answer within 2s".into()),
+            ClientError::Protocol("x".into()),
+        ] {
+            let code = err.code();
+            let err = err.in_doubt();
+            assert_eq!(err.outcome(), Outcome::Unknown, "{err}");
+            assert_eq!(err.code(), code, "the category is kept");
+            assert_eq!(err.is_retryable(), code.is_retryable());
+            let text = err.to_string();
+            assert!(text.contains("the write may or may not have been applied"), "{text}");
+            // Wrapping twice changes nothing.
+            assert_eq!(err.in_doubt().to_string(), text);
+        }
+        let err = server(ErrorCode::Unavailable).in_doubt();
+        assert_eq!((err.current_revision(), err.leader_hint()), (Some(3), Some("10.0.0.2:7101")));
+        assert!(err.to_string().starts_with("unavailable: m; outcome unknown"), "{err}");
+        // Reads are never in doubt; a write's failure is.
+        assert_eq!(
+            settle(false, Err::<(), _>(ClientError::Protocol("x".into()))).unwrap_err().outcome(),
+            Outcome::NotApplied
+        );
+        assert_eq!(
+            settle(true, Err::<(), _>(ClientError::Protocol("x".into()))).unwrap_err().outcome(),
+            Outcome::Unknown
+        );
+        assert_eq!(Outcome::Unknown.as_str(), "unknown");
+        assert_eq!(Outcome::NotApplied.as_str(), "not_applied");
     }
 }

@@ -19,13 +19,22 @@
 //!   away, never reused. Reads carry `client_id = 0, sequence = 0`.
 //! - Only transport failures, timeouts and the server's `UNAVAILABLE` are
 //!   retried (on the next endpoint, with a 50 ms..500 ms backoff, until the
-//!   request timeout); every other typed server error is returned at once.
+//!   request timeout or the handle's deadline); every other typed server
+//!   error is returned at once. A new connection gets a short head start
+//!   (400 ms with several endpoints) before the next endpoint is tried, so
+//!   a dead node costs that, not the request timeout.
+//! - Every error says what became of its request ([`ClientError::outcome`]):
+//!   a write that went out and got no definitive answer (timeout, lost
+//!   connection, `UNAVAILABLE`, an answer that cannot be understood) is
+//!   [`ClientError::OutcomeUnknown`]; a typed refusal, a failure before
+//!   anything was sent, and every read are [`Outcome::NotApplied`].
 //! - Nothing fed by the network, disk or user input can panic: malformed
 //!   frames become [`ClientError::Protocol`].
 
 mod client;
 mod config;
 mod docs;
+mod duration;
 mod error;
 mod files;
 mod lanes;
@@ -45,7 +54,8 @@ pub use caddy_wire::pb;
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
 pub use docs::{DocChange, DocHandle, DocWatch, MAX_DOC_PAYLOAD, SyncReport};
-pub use error::{ClientError, ErrorCode};
+pub use duration::human_duration;
+pub use error::{ClientError, ErrorCode, Outcome};
 pub use files::{DownloadOptions, Downloaded, FolderPage, UploadOptions};
 pub use loadgen::LoadReport;
 pub use watch::WatchStream;

@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caddy_wire::{read_frame, write_frame};
 use futures::StreamExt;
 
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
-use crate::{Client, ClientConfig, ClientError, ErrorCode};
+use crate::{Client, ClientConfig, ClientError, ErrorCode, Outcome};
 
 const CREDENTIAL: &str = "caddy_admin_test";
 
@@ -30,6 +31,8 @@ struct TestServer {
     addr: SocketAddr,
     ca_pem: String,
     log: Arc<Mutex<Log>>,
+    /// Connections accepted and not yet closed.
+    open: Arc<AtomicUsize>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -77,19 +80,28 @@ async fn start_server_hinting(leader: Option<String>, ca: Option<caddy_wire::tls
     let log = Arc::new(Mutex::new(Log::default()));
     let accept = endpoint.clone();
     let server_log = Arc::clone(&log);
+    let open = Arc::new(AtomicUsize::new(0));
+    let server_open = Arc::clone(&open);
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
             let log = Arc::clone(&server_log);
             let leader = leader.clone();
+            let open = Arc::clone(&server_open);
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
+                open.fetch_add(1, Ordering::SeqCst);
+                let closed = conn.clone();
+                tokio::spawn(async move {
+                    closed.closed().await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(handle(send, recv, Arc::clone(&log), leader.clone()));
                 }
             });
         }
     });
-    TestServer { addr, ca_pem: ca.cert_pem, log, _endpoint: endpoint }
+    TestServer { addr, ca_pem: ca.cert_pem, log, open, _endpoint: endpoint }
 }
 
 async fn handle(
@@ -137,6 +149,9 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             if req.client_id != 0 || req.sequence != 0 {
                 return vec![error(pb::ErrorCode::InvalidArgument, "reads carry no lane")];
             }
+            if g.key.starts_with("hang") {
+                std::future::pending::<()>().await;
+            }
             vec![pb::Response {
                 leader_client_addr: String::new(),
                 body: Some(Resp::Get(pb::GetResponse { kv: Some(kv(&g.key, b"canned", 4)), revision: 9 })),
@@ -148,6 +163,13 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             }
             if p.key.starts_with("flaky") && attempt == 1 {
                 return vec![error(pb::ErrorCode::Unavailable, "no leader yet")];
+            }
+            // Taken, never answered (a leader that lost its quorum).
+            if p.key.starts_with("hang") {
+                std::future::pending::<()>().await;
+            }
+            if p.key.starts_with("down") {
+                return vec![error(pb::ErrorCode::Unavailable, "leadership changed before the write committed")];
             }
             if p.key.starts_with("slow") {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -293,6 +315,87 @@ async fn unreachable_cluster_is_unavailable_after_the_timeout() {
     assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(3));
+    // Nothing reached a server: definitely not applied, and the lane is clean.
+    assert_eq!(err.outcome(), Outcome::NotApplied);
+    assert_eq!(client.writes_in_doubt(), 0);
+    // Durations as people write them, not `200.000001ms`.
+    assert!(err.to_string().contains("no handshake within 200ms"), "{err}");
+}
+
+#[tokio::test]
+async fn outcomes_tell_a_refusal_from_a_write_in_doubt() {
+    let server = start_server().await;
+    let mut config = config(vec![server.addr.to_string()], &server.ca_pem);
+    config.request_timeout = Duration::from_millis(600);
+    let client = Client::connect(config).await.unwrap();
+    // The server refused: nothing was applied.
+    let err = client.delete("missing").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::NotFound, Outcome::NotApplied));
+    // Sent and never answered: it may have been applied, and the message says so.
+    let err = client.put("hang/1", "v").await.unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::Unknown));
+    let text = err.to_string();
+    assert!(text.contains("no answer within 600ms"), "{text}");
+    assert!(text.contains("the write may or may not have been applied"), "{text}");
+    // UNAVAILABLE is also what a leader answers when it loses leadership
+    // before the write commits: in doubt too.
+    let err = client.put("down/1", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::Unknown));
+    // A read without an answer changed nothing.
+    let err = client.get("hang/1").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::NotApplied));
+    assert_eq!(client.writes_in_doubt(), 2);
+    // The lanes in doubt were thrown away; the next write takes a new one.
+    client.put("k", "v").await.unwrap();
+    let log = server.log.lock().unwrap();
+    let lanes: std::collections::HashSet<u64> = log.requests.iter().filter(|r| r.0 == "put").map(|r| r.2).collect();
+    assert_eq!(lanes.len(), 3, "{:?}", log.requests);
+}
+
+#[tokio::test]
+async fn a_deadline_bounds_every_request_of_a_handle() {
+    let server = start_server().await;
+    let mut config = config(vec![server.addr.to_string()], &server.ca_pem);
+    config.request_timeout = Duration::from_secs(10);
+    let client = Client::connect(config).await.unwrap();
+    let bounded = client.with_deadline(tokio::time::Instant::now() + Duration::from_millis(400));
+    let started = Instant::now();
+    let err = bounded.get("hang/1").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(2), "{took:?}");
+    // Past the deadline a request fails at once, unsent.
+    let err = bounded.put("k", "v").await.unwrap_err();
+    assert!(err.to_string().contains("deadline passed"), "{err}");
+    assert_eq!(err.outcome(), Outcome::NotApplied);
+    assert!(!server.log.lock().unwrap().requests.iter().any(|r| r.0 == "put"));
+    // The handle it came from keeps its own bound.
+    assert_eq!(client.deadline(), None);
+    client.put("k", "v").await.unwrap();
+}
+
+#[tokio::test]
+async fn close_tells_the_server_without_waiting_for_the_drain() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    for _ in 0..3 {
+        client.get("k").await.unwrap();
+    }
+    assert_eq!(server.open.load(Ordering::SeqCst), 1);
+    let started = Instant::now();
+    client.close().await;
+    // QUIC's drain period after a close is three probe timeouts (about
+    // 80 ms even on loopback); a short-lived process must not sit it out.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(40), "close took {took:?}");
+    // The server hears of it at once, not after its idle timeout.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while server.open.load(Ordering::SeqCst) != 0 {
+        assert!(Instant::now() < deadline, "the server still holds the connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(client.get("k").await.is_err());
 }
 
 #[tokio::test]
@@ -352,6 +455,7 @@ fn futures_are_send(client: &Client) {
     send(&client.status());
     send(&client.backup(tokio::io::sink(), |_, _| {}));
     send(&client.watch("p", 0));
+    send(&client.with_deadline(tokio::time::Instant::now()).put("k", "v"));
 }
 
 #[tokio::test]
