@@ -114,17 +114,18 @@ impl Client {
     /// until the job changes state, up to a slice of the request timeout.
     pub async fn render_wait(&self, job: &str, timeout: Duration) -> Result<JobView, ClientError> {
         let now = tokio::time::Instant::now();
-        let by_timeout = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-        let deadline = self.deadline().map_or(by_timeout, |d| d.min(by_timeout));
+        let wait_end = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        // The handle's deadline cuts the call itself, so a held call must
+        // answer a little before it; `timeout` is only how long to hold.
+        let answer_by = self.deadline().map(|d| d.checked_sub(WAIT_MARGIN).unwrap_or(now));
         // Each held call must end on the server well before the client gives
         // up on the attempt and tries another endpoint.
         let slice = (self.attempt_cap(false) * 3 / 4).max(Duration::from_millis(200));
         let mut last: Option<JobView> = None;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // The answer must come back before the deadline ends the call:
-            // the server holds it for a little less than what is left.
-            let hold = left.saturating_sub(WAIT_MARGIN).min(slice);
+            let now = tokio::time::Instant::now();
+            let end = answer_by.map_or(wait_end, |a| a.min(wait_end));
+            let hold = end.saturating_duration_since(now).min(slice);
             if hold.is_zero()
                 && let Some(view) = last
             {
@@ -132,7 +133,7 @@ impl Client {
             }
             let call = RenderCall::Wait { job: job.into(), timeout_ms: Some(hold.as_millis() as u64) };
             let view = self.render_job_call(&call).await?;
-            if view.state.is_final() || tokio::time::Instant::now() >= deadline {
+            if view.state.is_final() || tokio::time::Instant::now() >= wait_end {
                 return Ok(view);
             }
             last = Some(view);
