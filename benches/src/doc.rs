@@ -43,7 +43,7 @@ pub struct DocArgs {
     #[arg(long, default_value_t = 100_000)]
     entities: usize,
     /// Directory holding automerge-paper.json.gz (relative to the current directory).
-    #[arg(long, default_value = "../shared/data/editing-traces")]
+    #[arg(long, default_value = "crates/caddy-doc/tests/data/editing-traces")]
     traces_dir: PathBuf,
     /// Repetitions of each measured part; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -731,8 +731,9 @@ struct Trace {
 }
 
 fn load_trace(path: &std::path::Path) -> anyhow::Result<Trace> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("{}: pass --traces-dir (default ../shared/data/editing-traces)", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| {
+        format!("{}: pass --traces-dir (default crates/caddy-doc/tests/data/editing-traces)", path.display())
+    })?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)

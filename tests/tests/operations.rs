@@ -62,6 +62,15 @@ async fn cluster_administration_through_the_cli() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+
+    // Node logs are plain text for files and log shippers: no colour codes,
+    // no noise from the graphics probe.
+    for node in 1..=3 {
+        let log = dev.node_log(node);
+        assert!(log.contains("caddyd is serving"), "node {node} log: {log}");
+        assert!(!log.contains('\u{1b}'), "node {node} logs terminal escape codes to a file");
+        assert!(!log.contains("XDG_RUNTIME_DIR"), "node {node} logs the graphics probe's complaint");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

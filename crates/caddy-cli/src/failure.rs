@@ -25,8 +25,12 @@
 //! job that failed, a broken audit chain). `outcome` (`not_applied` or
 //! `unknown`) is what became of the step that failed; steps before it stay
 //! done, and the message (or a field such as `job` or `created`) names
-//! them. `current_revision` and `leader_hint` appear when the server gave
-//! them.
+//! them. `current_revision`, `leader_hint` and `retry_after_ms` (how long
+//! the server asked to wait before the same request may succeed; the
+//! `error:` line says it too, as "retry after 2.5s") appear when the server
+//! gave them.
+
+use std::time::Duration;
 
 use caddy_client::{ClientError, ErrorCode, Outcome};
 use serde_json::{Map, Value, json};
@@ -69,6 +73,8 @@ pub struct CliError {
     pub outcome: Outcome,
     /// Whether running the command again later may succeed.
     pub retryable: bool,
+    /// How long the server asked to wait before trying again.
+    pub retry_after: Option<Duration>,
     /// Command-specific fields of the JSON error object.
     pub extra: Map<String, Value>,
 }
@@ -83,13 +89,15 @@ impl std::error::Error for CliError {}
 
 impl CliError {
     fn new(code: Code, message: impl Into<String>, outcome: Outcome, retryable: bool) -> CliError {
-        CliError { code, message: message.into(), outcome, retryable, extra: Map::new() }
+        CliError { code, message: message.into(), outcome, retryable, retry_after: None, extra: Map::new() }
     }
 
-    /// An SDK error told in the CLI's own words (its category, outcome and
-    /// retryability kept).
+    /// An SDK error told in the CLI's own words (its category, outcome,
+    /// retryability and retry-after kept).
     pub fn client(err: &ClientError, message: impl Into<String>) -> CliError {
-        CliError::new(Code::Server(err.code()), message, err.outcome(), err.is_retryable())
+        let mut cli = CliError::new(Code::Server(err.code()), message, err.outcome(), err.is_retryable());
+        cli.retry_after = err.retry_after();
+        cli
     }
 
     /// Adds a field to the JSON error object.
@@ -129,6 +137,9 @@ pub struct Failure {
     pub current_revision: Option<u64>,
     /// For `unavailable`: the leader's client address, if known.
     pub leader_hint: Option<String>,
+    /// How long the server asked to wait before the same request may
+    /// succeed.
+    pub retry_after: Option<Duration>,
     /// Command-specific fields.
     pub extra: Map<String, Value>,
 }
@@ -146,6 +157,7 @@ impl Failure {
                 retryable: e.retryable,
                 current_revision: None,
                 leader_hint: None,
+                retry_after: e.retry_after,
                 extra: e.extra.clone(),
             };
         }
@@ -157,6 +169,7 @@ impl Failure {
                 retryable: e.is_retryable(),
                 current_revision: e.current_revision(),
                 leader_hint: e.leader_hint().map(str::to_owned),
+                retry_after: e.retry_after(),
                 extra: Map::new(),
             },
             None => Failure {
@@ -166,6 +179,7 @@ impl Failure {
                 retryable: false,
                 current_revision: None,
                 leader_hint: None,
+                retry_after: None,
                 extra: Map::new(),
             },
         }
@@ -193,6 +207,11 @@ impl Failure {
         if let Some(hint) = &self.leader_hint {
             error.insert("leader_hint".into(), json!(hint));
         }
+        if let Some(wait) = self.retry_after {
+            // Whole milliseconds, rounded up: never a shorter wait than asked.
+            let ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            error.insert("retry_after_ms".into(), json!(ms));
+        }
         for (key, value) in &self.extra {
             error.entry(key.clone()).or_insert_with(|| value.clone());
         }
@@ -205,7 +224,13 @@ mod tests {
     use super::*;
 
     fn server(code: ErrorCode, message: &str) -> ClientError {
-        ClientError::Server { code, message: message.into(), current_revision: None, leader_hint: None }
+        ClientError::Server {
+            code,
+            message: message.into(),
+            current_revision: None,
+            leader_hint: None,
+            retry_after: None,
+        }
     }
 
     #[test]
@@ -222,11 +247,13 @@ mod tests {
             message: "revision mismatch".into(),
             current_revision: Some(4),
             leader_hint: None,
+            retry_after: None,
         };
         let failure = Failure::of(&anyhow::Error::from(cas));
         assert_eq!(failure.exit_code(), 1);
         assert_eq!(failure.json()["error"]["code"], "failed_precondition");
         assert_eq!(failure.json()["error"]["current_revision"], 4);
+        assert!(failure.json()["error"].get("retry_after_ms").is_none(), "only when the server gave one");
 
         let usage = Failure::of(&usage("--window takes four numbers"));
         assert_eq!((usage.exit_code(), usage.code.as_str()), (2, "usage"));
@@ -237,6 +264,7 @@ mod tests {
             message: "request not completed within 2s; retry".into(),
             current_revision: None,
             leader_hint: Some("127.0.0.1:7101".into()),
+            retry_after: None,
         };
         let doubt = Failure::of(&anyhow::Error::from(ClientError::OutcomeUnknown { last: Box::new(last) }));
         assert_eq!(doubt.exit_code(), 3);
@@ -265,6 +293,29 @@ mod tests {
         assert_eq!(failure.exit_code(), 1);
         assert_eq!(failure.json()["error"]["created"], json!(["user-1"]));
         assert_eq!(failure.json()["error"]["code"], "invalid_argument");
+
+        // A refusal with a retry-after: not applied, and the wait in the
+        // object (also through the CLI's own words, and under a doubt).
+        let throttled = || ClientError::Server {
+            code: ErrorCode::ResourceExhausted,
+            message: "too many failed logins".into(),
+            current_revision: None,
+            leader_hint: None,
+            retry_after: Some(Duration::from_millis(2450)),
+        };
+        let failure = Failure::of(&anyhow::Error::from(throttled()));
+        assert_eq!((failure.exit_code(), failure.outcome), (1, Outcome::NotApplied));
+        assert_eq!(
+            failure.json(),
+            json!({"error": {"code": "resource_exhausted", "message": "resource_exhausted: too many failed logins",
+                "outcome": "not_applied", "retryable": false, "retry_after_ms": 2450}})
+        );
+        let import = CliError::client(&throttled(), "import stopped at line 3").with("created", json!([]));
+        assert_eq!(Failure::of(&anyhow::Error::from(import)).json()["error"]["retry_after_ms"], 2450);
+        let doubt = Failure::of(&anyhow::Error::from(ClientError::OutcomeUnknown { last: Box::new(throttled()) }));
+        assert_eq!((doubt.exit_code(), doubt.retry_after), (3, Some(Duration::from_millis(2450))));
+        let fraction = Failure { retry_after: Some(Duration::from_micros(2_450_001)), ..doubt };
+        assert_eq!(fraction.json()["error"]["retry_after_ms"], 2451, "never a shorter wait");
 
         let local = Failure::of(&anyhow::anyhow!("reading ops.json: No such file\n  or directory"));
         assert_eq!((local.exit_code(), local.code.as_str()), (1, "failed"));

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
                     retryable: false,
                     current_revision: None,
                     leader_hint: None,
+                    retry_after: None,
                     extra: serde_json::Map::new(),
                 };
                 let _ = writeln!(stdout, "{}", failure.json());

@@ -50,7 +50,13 @@ fn resp(body: Resp) -> pb::Response {
 }
 
 fn error(code: pb::ErrorCode, message: &str, current_revision: Option<u64>) -> pb::Response {
-    resp(Resp::Error(pb::Error { code: code as i32, message: message.into(), current_revision, leader_hint: None }))
+    resp(Resp::Error(pb::Error {
+        code: code as i32,
+        message: message.into(),
+        current_revision,
+        leader_hint: None,
+        retry_after_ms: None,
+    }))
 }
 
 fn identity_answer(answer: IdentityAnswer) -> Vec<pb::Response> {
@@ -196,7 +202,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             };
             store.kvs.insert(p.key, kv.clone());
             record(&mut store, pb::watch_event::Kind::Put, kv);
-            vec![resp(Resp::Put(pb::PutResponse { revision: rev, previous }))]
+            vec![resp(Resp::Put(pb::PutResponse { revision: rev, previous, previous_value_omitted: false }))]
         }
         Some(Req::Get(g)) => vec![resp(Resp::Get(pb::GetResponse { kv: store.kvs.get(&g.key).cloned(), revision }))],
         Some(Req::Delete(d)) => match store.kvs.remove(&d.key) {

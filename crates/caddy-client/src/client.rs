@@ -107,8 +107,36 @@ struct Slot {
 enum AttemptError {
     /// The connection or stream failed; another endpoint may do better.
     Transport(String),
+    /// The server closed the connection without serving it (too many
+    /// connections from this address): nothing was sent; another endpoint
+    /// may do better.
+    Refused(ClientError),
     /// Retrying cannot help.
     Fatal(ClientError),
+}
+
+/// The server's refusal of a whole connection, if that is how it closed.
+fn refusal(conn: &quinn::Connection) -> Option<ClientError> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(caddy_wire::close::TOO_MANY_CONNECTIONS) =>
+        {
+            Some(ClientError::Server {
+                code: ErrorCode::ResourceExhausted,
+                message: String::from_utf8_lossy(&close.reason).into_owned(),
+                current_revision: None,
+                leader_hint: None,
+                retry_after: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A little more than `wait`, so that clients told the same wait do not all
+/// come back at the same instant.
+fn jittered(wait: Duration) -> Duration {
+    wait + wait.mul_f64(rand::random::<f64>() * 0.1)
 }
 
 fn frame_error(err: FrameError) -> AttemptError {
@@ -526,7 +554,9 @@ impl Client {
         };
         if let Some(guard) = guard {
             // A write known not applied (refused, or never sent) leaves its
-            // lane usable; one in doubt must never be sent again.
+            // lane usable; one in doubt must never be sent again. A refusal
+            // with a retry-after is in doubt when an earlier attempt of the
+            // write went unanswered (`open` says so): it may have been applied.
             let definitive = match &result {
                 Ok(_) => true,
                 Err(e) => e.outcome() == Outcome::NotApplied,
@@ -585,14 +615,20 @@ impl Client {
     }
 
     /// Sends `req` on a new stream, retrying on the next endpoint after a
-    /// transport failure, a timeout or an `UNAVAILABLE` answer, until the
-    /// request timeout (or the handle's deadline, if sooner); then fails
-    /// with the last `UNAVAILABLE` answer, or else the last transport
-    /// failure. A write (a request with a sequence) that went out on any
-    /// attempt fails as [`ClientError::OutcomeUnknown`]. With `read_first`,
-    /// the first answer frame is read (and a non-retryable `Error` body is
-    /// returned as it is, for the caller to map); the receive side is
-    /// returned for further frames.
+    /// transport failure, a timeout, a refused connection or an
+    /// `UNAVAILABLE` answer, until the request timeout (or the handle's
+    /// deadline, if sooner); then fails with the last `UNAVAILABLE` answer,
+    /// or else the refusal (when no attempt may have reached a server), or
+    /// else the last transport failure. An answer with a retry-after (the
+    /// server did nothing and says when the same request may succeed) is
+    /// retried on the same endpoint after that wait when it fits in that
+    /// time, and returned at once otherwise. A write (a request with a
+    /// sequence) one attempt of which went out and got no definitive answer
+    /// fails as [`ClientError::OutcomeUnknown`], also when a later attempt
+    /// is refused with a retry-after ([`ClientError::after_doubt`]). With
+    /// `read_first`, the first answer frame is read (and a non-retryable
+    /// `Error` body is returned as it is, for the caller to map); the
+    /// receive side is returned for further frames.
     async fn open(&self, req: &pb::Request, read_first: bool, keep_send: bool) -> Result<Opened, ClientError> {
         let config = &self.inner.config;
         let n = self.inner.slots.len();
@@ -609,10 +645,10 @@ impl Client {
         let total = deadline - now;
         // Reads carry sequence 0; every write carries its lane's (from 1).
         let write = req.sequence != 0;
-        // Set once a request frame starts out on any attempt: from then on
-        // a server may have the write, whatever happens to this attempt.
-        let sent = AtomicBool::new(false);
-        let in_doubt = |err: ClientError| if write && sent.load(Ordering::Relaxed) { err.in_doubt() } else { err };
+        // Set once an attempt of the write went out and ended without a
+        // definitive answer: from then on a server may have applied it,
+        // whatever later attempts are told.
+        let mut doubt = false;
         let is_kv = matches!(req.body, Some(Req::Put(_) | Req::Get(_) | Req::Delete(_) | Req::List(_)));
         let attempt_cap = self.attempt_cap(is_kv);
         let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
@@ -622,6 +658,10 @@ impl Client {
         // transport failure of another endpoint, so it wins when there is one.
         let mut last_server: Option<ClientError> = None;
         let mut last: Option<ClientError> = None;
+        // A refused connection is reported as such only if no attempt may
+        // have reached a server (else the write's outcome is unknown).
+        let mut refused: Option<ClientError> = None;
+        let mut ambiguous = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -630,9 +670,27 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            let attempt = self.attempt(idx, req, read_first, keep_send, connect_wait, &sent);
-            match tokio::time::timeout(budget, attempt).await {
+            // Set once this attempt's request frame starts out.
+            let went_out = AtomicBool::new(false);
+            let attempt = self.attempt(idx, req, read_first, keep_send, connect_wait, &went_out);
+            let result = tokio::time::timeout(budget, attempt).await;
+            let sent = write && went_out.load(Ordering::Relaxed);
+            match result {
                 Ok(Ok((Some(Resp::Error(err)), recv, send))) => {
+                    if let Some(wait) = err.retry_after_ms.filter(|ms| *ms > 0).map(Duration::from_millis) {
+                        let wait = jittered(wait);
+                        if Instant::now().checked_add(wait).is_some_and(|at| at < deadline) {
+                            tracing::debug!(endpoint = addr, ?wait, message = %err.message, "server asked to retry later");
+                            tokio::time::sleep(wait).await;
+                            backoff = MIN_BACKOFF;
+                            continue;
+                        }
+                        self.inner.preferred.store(idx, Ordering::Relaxed);
+                        if doubt {
+                            return Err(ClientError::from_pb(err).after_doubt());
+                        }
+                        return Ok((Some(Resp::Error(err)), recv, send));
+                    }
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
                         self.inner.preferred.store(idx, Ordering::Relaxed);
                         return Ok((Some(Resp::Error(err)), recv, send));
@@ -643,22 +701,39 @@ impl Client {
                     let err = ClientError::from_pb(err);
                     tracing::debug!(endpoint = addr, error = %err, "retrying elsewhere");
                     last_server = Some(err);
+                    // Also what a leader answers when it loses leadership
+                    // before the write commits.
+                    doubt |= sent;
                 }
                 Ok(Ok(opened)) => {
                     let hinted = self.inner.leader_hint.swap(usize::MAX, Ordering::Relaxed);
                     self.inner.preferred.store(if hinted < n { hinted } else { idx }, Ordering::Relaxed);
                     return Ok(opened);
                 }
-                Ok(Err(AttemptError::Fatal(err))) => return Err(in_doubt(err)),
+                Ok(Err(AttemptError::Fatal(err))) => {
+                    doubt |= sent;
+                    return Err(if doubt { err.after_doubt() } else { err });
+                }
+                Ok(Err(AttemptError::Refused(err))) => {
+                    // The server serves nothing on a connection it refuses:
+                    // not a doubt, whatever went out on it.
+                    tracing::debug!(endpoint = addr, error = %err, "connection refused, retrying elsewhere");
+                    last = Some(ClientError::Unavailable(format!("{addr}: {err}")));
+                    refused = Some(err);
+                }
                 Ok(Err(AttemptError::Transport(msg))) => {
                     tracing::debug!(endpoint = addr, error = %msg, "transport failure, retrying elsewhere");
                     last = Some(ClientError::Unavailable(format!("{addr}: {msg}")));
+                    ambiguous = true;
+                    doubt |= sent;
                 }
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
                     self.forget(idx, None);
                     last =
                         Some(ClientError::Unavailable(format!("{addr}: no answer within {}", human_duration(budget))));
+                    ambiguous = true;
+                    doubt |= sent;
                 }
             }
             idx = next;
@@ -670,9 +745,10 @@ impl Client {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let err = last_server
+            .or(refused.filter(|_| !ambiguous))
             .or(last)
             .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {}", human_duration(total))));
-        Err(in_doubt(err))
+        Err(if doubt { err.after_doubt() } else { err })
     }
 
     /// How long one attempt on one endpoint may take before the next is
@@ -710,6 +786,10 @@ impl Client {
         let result = self.exchange(&conn, req, read_first, keep_send, sent).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
             self.forget(idx, Some(&conn));
+            // Closed by the server before it served anything: say why.
+            if let Some(refused) = refusal(&conn) {
+                return Err(AttemptError::Refused(refused));
+            }
         }
         result
     }

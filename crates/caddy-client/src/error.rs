@@ -4,7 +4,13 @@
 //! a write that was sent and got no definitive answer is
 //! [`ClientError::OutcomeUnknown`], so a caller can tell "refused, nothing
 //! changed" from "may or may not have been applied" without knowing the
-//! transport.
+//! transport. A refusal that carries a retry-after
+//! ([`ClientError::retry_after`]) is not applied like any typed refusal,
+//! unless an earlier attempt of the same write went out without a
+//! definitive answer: the refusal says nothing about that one, so the write
+//! is in doubt.
+
+use std::time::Duration;
 
 use crate::pb;
 
@@ -26,6 +32,11 @@ pub enum ClientError {
         current_revision: Option<u64>,
         /// For `Unavailable`: the leader's client address, if the server knew it.
         leader_hint: Option<String>,
+        /// The server did nothing, and the same request may succeed once
+        /// this much time has passed (a busy password hasher, a throttled
+        /// login). The SDK already waited and retried where the wait fit in
+        /// the request timeout; this is what was left.
+        retry_after: Option<Duration>,
     },
     /// No endpoint could be reached or answered within the request timeout.
     #[error("unavailable: {0}")]
@@ -94,7 +105,9 @@ impl ClientError {
 
     /// Whether the failed request may have changed anything: `Unknown` only
     /// for [`ClientError::OutcomeUnknown`] (a write sent without a definitive
-    /// answer); every other error left the cluster as it was.
+    /// answer, including one refused with a retry-after after an earlier
+    /// attempt of it went unanswered); every other error left the cluster as
+    /// it was.
     pub fn outcome(&self) -> Outcome {
         match self {
             ClientError::OutcomeUnknown { .. } => Outcome::Unknown,
@@ -120,6 +133,26 @@ impl ClientError {
         match self {
             ClientError::Server { code, .. } if code != ErrorCode::Unavailable => self,
             ClientError::OutcomeUnknown { .. } => self,
+            other => other.unknown(),
+        }
+    }
+
+    /// This error as the final failure of a write an earlier attempt of
+    /// which went out and got no definitive answer. A typed refusal still
+    /// speaks for that attempt (a retry is answered from the lane's
+    /// remembered reply) unless it carries a retry-after: the server gives
+    /// those before it looks at the write, so the earlier attempt may have
+    /// been applied. Anything else is in doubt as in [`Self::in_doubt`].
+    pub(crate) fn after_doubt(self) -> ClientError {
+        match self {
+            ClientError::Server { retry_after: Some(_), .. } => self.unknown(),
+            other => other.in_doubt(),
+        }
+    }
+
+    fn unknown(self) -> ClientError {
+        match self {
+            ClientError::OutcomeUnknown { .. } => self,
             other => ClientError::OutcomeUnknown { last: Box::new(other) },
         }
     }
@@ -138,6 +171,16 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked to wait before sending the same request
+    /// again, when it did (also under [`ClientError::OutcomeUnknown`]).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Server { retry_after, .. } => *retry_after,
+            ClientError::OutcomeUnknown { last } => last.retry_after(),
+            _ => None,
+        }
+    }
+
     /// Converts a protocol error frame. An unknown or unspecified code is
     /// reported as `Internal`, keeping the server's message.
     pub fn from_pb(err: pb::Error) -> Self {
@@ -147,6 +190,7 @@ impl ClientError {
             message: err.message,
             current_revision: err.current_revision,
             leader_hint: err.leader_hint.filter(|h| !h.is_empty()),
+            retry_after: err.retry_after_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
         }
     }
 }
@@ -179,7 +223,13 @@ mod tests {
     use super::*;
 
     fn pb_err(code: pb::ErrorCode) -> pb::Error {
-        pb::Error { code: code as i32, message: "m".into(), current_revision: Some(7), leader_hint: Some("h:1".into()) }
+        pb::Error {
+            code: code as i32,
+            message: "m".into(),
+            current_revision: Some(7),
+            leader_hint: Some("h:1".into()),
+            retry_after_ms: Some(2500),
+        }
     }
 
     #[test]
@@ -200,11 +250,17 @@ mod tests {
             assert_eq!(err.code(), code);
             assert_eq!(err.is_retryable(), code == ErrorCode::Unavailable);
             assert_eq!(err.current_revision(), Some(7));
+            assert_eq!(err.retry_after(), Some(Duration::from_millis(2500)));
             assert!(err.to_string().starts_with(code.as_str()), "{err}");
         }
         assert_eq!(ClientError::from_pb(pb_err(pb::ErrorCode::Unspecified)).code(), ErrorCode::Internal);
-        let unknown =
-            pb::Error { code: 99, message: "?".into(), current_revision: None, leader_hint: Some(String::new()) };
+        let unknown = pb::Error {
+            code: 99,
+            message: "?".into(),
+            current_revision: None,
+            leader_hint: Some(String::new()),
+            retry_after_ms: None,
+        };
         match ClientError::from_pb(unknown) {
             ClientError::Server { code, leader_hint, .. } => {
                 assert_eq!(code, ErrorCode::Internal);
@@ -222,6 +278,7 @@ mod tests {
         assert_eq!(ClientError::Protocol("x".into()).code(), ErrorCode::Internal);
         assert!(!ClientError::Protocol("x".into()).is_retryable());
         assert_eq!(ClientError::from(std::io::Error::other("disk")).code(), ErrorCode::Internal);
+        assert_eq!(ClientError::Unavailable("x".into()).retry_after(), None);
         for local in
             [ClientError::Unavailable("x".into()), ClientError::Config("x".into()), ClientError::Protocol("x".into())]
         {
@@ -235,6 +292,7 @@ mod tests {
             message: "m".into(),
             current_revision: Some(3),
             leader_hint: Some("10.0.0.2:7101".into()),
+            retry_after: None,
         }
     }
 
@@ -276,5 +334,34 @@ mod tests {
         );
         assert_eq!(Outcome::Unknown.as_str(), "unknown");
         assert_eq!(Outcome::NotApplied.as_str(), "not_applied");
+    }
+
+    #[test]
+    fn a_retry_after_refusal_is_not_applied_unless_an_earlier_attempt_is_in_doubt() {
+        let throttled = || ClientError::Server {
+            code: ErrorCode::ResourceExhausted,
+            message: "too many failed logins".into(),
+            current_revision: None,
+            leader_hint: None,
+            retry_after: Some(Duration::from_millis(2500)),
+        };
+        // The server did nothing with the attempt it refused.
+        let err = throttled().in_doubt();
+        assert_eq!((err.outcome(), err.retry_after()), (Outcome::NotApplied, Some(Duration::from_millis(2500))));
+        // An earlier attempt went unanswered: the refusal says nothing of it.
+        let err = throttled().after_doubt();
+        assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+        assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::Unknown));
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(2500)), "the advice is kept");
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(text.starts_with("resource_exhausted: too many failed logins; outcome unknown"), "{text}");
+        assert_eq!(err.after_doubt().to_string(), text, "wrapping twice changes nothing");
+        // A typed refusal without a retry-after is the lane's remembered
+        // answer, definitive for every attempt; anything else is in doubt.
+        assert_eq!(server(ErrorCode::NotFound).after_doubt().outcome(), Outcome::NotApplied);
+        for err in [server(ErrorCode::Unavailable), ClientError::Protocol("x".into())] {
+            assert_eq!(err.after_doubt().outcome(), Outcome::Unknown);
+        }
     }
 }

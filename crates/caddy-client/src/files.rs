@@ -209,9 +209,10 @@ impl Client {
                     tokio::time::sleep(RESUME_PAUSE).await;
                 }
                 Err(e) if in_doubt => {
-                    let e = e.in_doubt();
-                    // A typed refusal is still definitive; a lane dropped
-                    // unused is in doubt for good.
+                    let e = e.after_doubt();
+                    // A typed refusal is still definitive (but for one with
+                    // a retry-after); a lane dropped unused is in doubt for
+                    // good.
                     if e.outcome() == Outcome::NotApplied {
                         lane.complete();
                     }

@@ -44,8 +44,18 @@ fn error(code: pb::ErrorCode, message: &str) -> pb::Response {
             message: message.into(),
             current_revision: None,
             leader_hint: None,
+            retry_after_ms: None,
         })),
     }
+}
+
+/// A refusal that says when the same request may succeed.
+fn retry_later(message: &str, after_ms: u64) -> pb::Response {
+    let mut response = error(pb::ErrorCode::ResourceExhausted, message);
+    if let Some(Resp::Error(e)) = &mut response.body {
+        e.retry_after_ms = Some(after_ms);
+    }
+    response
 }
 
 fn kv(key: &str, value: &[u8], rev: u64) -> pb::KeyValue {
@@ -171,12 +181,33 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             if p.key.starts_with("down") {
                 return vec![error(pb::ErrorCode::Unavailable, "leadership changed before the write committed")];
             }
+            if p.key.starts_with("busy") && attempt == 1 {
+                return vec![retry_later("busy checking passwords", 300)];
+            }
+            if p.key.starts_with("throttled") {
+                return vec![retry_later("too many failed logins", 60_000)];
+            }
+            // The first attempt is taken and never answered, or answered
+            // UNAVAILABLE; the next ones are refused with a long retry-after.
+            if p.key.starts_with("lost") || p.key.starts_with("deposed") {
+                if attempt > 1 {
+                    return vec![retry_later("too many failed logins", 60_000)];
+                }
+                if p.key.starts_with("lost") {
+                    std::future::pending::<()>().await;
+                }
+                return vec![error(pb::ErrorCode::Unavailable, "leadership changed before the write committed")];
+            }
             if p.key.starts_with("slow") {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             vec![pb::Response {
                 leader_client_addr: String::new(),
-                body: Some(Resp::Put(pb::PutResponse { revision: 10 + req.sequence, previous: None })),
+                body: Some(Resp::Put(pb::PutResponse {
+                    revision: 10 + req.sequence,
+                    previous: None,
+                    previous_value_omitted: false,
+                })),
             }]
         }
         Some(Req::Delete(_)) => vec![error(pb::ErrorCode::NotFound, "no such key")],
@@ -486,4 +517,115 @@ async fn a_follower_naming_the_leader_moves_later_requests_there() {
     let keys = |s: &TestServer| s.log.lock().unwrap().requests.iter().map(|r| r.1.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&follower), vec!["first".to_string()]);
     assert_eq!(keys(&leader), vec!["second".to_string(), "third".to_string()]);
+}
+
+#[tokio::test]
+async fn a_refusal_with_retry_after_is_retried_after_that_wait_on_the_same_lane() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let started = std::time::Instant::now();
+    let put = client.put("busy/1", "v").await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "retried after {waited:?}, before the server's 300 ms");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    let log = server.log.lock().unwrap();
+    let puts: Vec<_> = log.requests.iter().filter(|r| r.0 == "put").collect();
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    assert_eq!((puts[0].2, puts[0].3), (puts[1].2, puts[1].3), "the retry is the same write");
+    assert_eq!(put.revision, 10 + puts[1].3);
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_request_timeout_is_returned_at_once_with_the_wait() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.put("throttled/1", "v").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+    assert!(!err.is_retryable());
+    assert_eq!(server.log.lock().unwrap().requests.iter().filter(|r| r.0 == "put").count(), 1);
+}
+
+/// A server that completes every handshake and then closes the connection
+/// as a node does past its per-source connection limit.
+async fn start_refusing_server() -> (SocketAddr, String, quinn::Endpoint) {
+    let ca = caddy_wire::tls::generate_ca().unwrap();
+    let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+    let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let endpoint =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let accept = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.accept().await {
+            if let Ok(conn) = incoming.await {
+                conn.close(
+                    caddy_wire::close::TOO_MANY_CONNECTIONS.into(),
+                    b"too many connections from 127.0.0.1 (at most 2 per address)",
+                );
+            }
+        }
+    });
+    (addr, ca.cert_pem, endpoint)
+}
+
+#[tokio::test]
+async fn a_connection_refused_for_too_many_from_this_address_is_a_clear_typed_error() {
+    let (addr, ca_pem, _endpoint) = start_refusing_server().await;
+    let mut config = config(vec![addr.to_string()], &ca_pem);
+    config.request_timeout = Duration::from_millis(800);
+    let client = Client::connect(config).await.unwrap();
+    let err = client.put("k", "v").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
+    assert!(err.to_string().contains("too many connections from 127.0.0.1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_retry_after_is_not_applied_unless_an_earlier_attempt_of_the_write_went_unanswered() {
+    let server = start_server().await;
+    let lanes_of = |key: &str| -> Vec<(u64, u64)> {
+        let log = server.log.lock().unwrap();
+        log.requests.iter().filter(|r| r.0 == "put" && r.1 == key).map(|r| (r.2, r.3)).collect()
+    };
+    // Alone, a refusal with a retry-after changed nothing: the lane goes on.
+    let mut one = config(vec![server.addr.to_string()], &server.ca_pem);
+    one.request_timeout = Duration::from_secs(2);
+    let client = Client::connect(one).await.unwrap();
+    let err = client.put("throttled/2", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::NotApplied), "{err}");
+    assert_eq!(client.writes_in_doubt(), 0);
+    client.put("k/1", "v").await.unwrap();
+    let (throttled, next) = (lanes_of("throttled/2"), lanes_of("k/1"));
+    assert_eq!((next[0].0, next[0].1), (throttled[0].0, throttled[0].1 + 1), "the lane is reused");
+
+    // The first attempt was answered UNAVAILABLE (leadership lost before
+    // the commit), the second refused with a retry-after: the first may
+    // have been applied.
+    let err = client.put("deposed/1", "v").await.unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::Unknown));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)), "the advice is kept");
+    assert!(err.to_string().contains("may or may not have been applied"), "{err}");
+    let attempts = lanes_of("deposed/1");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0], attempts[1], "both attempts are the same write");
+    assert_eq!(client.writes_in_doubt(), 1);
+
+    // The first attempt went out and got no answer in its slice of the
+    // request timeout (two endpoints: 500 ms each), the second (to the
+    // other endpoint) was refused with a retry-after.
+    let mut two = config(vec![server.addr.to_string(), server.addr.to_string()], &server.ca_pem);
+    two.request_timeout = Duration::from_secs(3);
+    let client = Client::connect(two).await.unwrap();
+    let err = client.put("lost/1", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::Unknown), "{err}");
+    assert_eq!(lanes_of("lost/1").len(), 2);
+    assert_eq!(client.writes_in_doubt(), 1);
+    // The lane in doubt is never used again.
+    client.put("k/2", "v").await.unwrap();
+    assert_ne!(lanes_of("k/2")[0].0, lanes_of("lost/1")[0].0);
 }

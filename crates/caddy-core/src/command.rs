@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::{CaddyError, KeyValue};
 
 /// Identity of one client request for exactly-once execution (Raft
-/// dissertation §6.3): the state machine remembers, per `client_id`, the last
-/// `sequence` applied and its reply.
+/// dissertation §6.3): the state machine remembers, per session scope (who
+/// asks, for which tenant: [`Command::session_scope`]) and `client_id`, the
+/// last `sequence` applied and its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientSeq {
     /// Random id chosen by the client; at most one write in flight per id.
@@ -195,6 +196,57 @@ pub enum ReplyBody {
         /// The claimed job.
         claim: Option<crate::render::RenderClaim>,
     },
+    /// A put was applied at `revision` (the answer a retried put gets when
+    /// the key's earlier value was too long to remember for retries: the
+    /// previous pair without its value).
+    PutPreviousOmitted {
+        /// New global revision.
+        revision: u64,
+        /// The key before the put, its value left empty.
+        previous: KeyValue,
+    },
+}
+
+impl Command {
+    /// Whose exactly-once session a request's `(client_id, sequence)` lives
+    /// in: a hash of the credential behind the request and the tenant it
+    /// acts on. Client ids and sequences are not secret (they reach request
+    /// ids and audit entries), so a session is found only by the same
+    /// credential for the same tenant: nobody else can read its remembered
+    /// replies or spoil its sequence.
+    pub fn session_scope(&self) -> [u8; 32] {
+        use crate::identity::api::{Op, Principal};
+        let mut scope = blake3::Hasher::new();
+        scope.update(b"caddy-session-scope/1\0");
+        match self {
+            Command::Call(call) => {
+                let who = match &call.principal {
+                    Principal::Operator => "operator".to_string(),
+                    Principal::Session { tenant, id, .. } => format!("session/{tenant}/{id}"),
+                    Principal::ApiKey { tenant, id } => format!("apikey/{tenant}/{id}"),
+                    Principal::Password { tenant, user } => format!("password/{tenant}/{user}"),
+                    // Anonymous but for the invitation it holds.
+                    Principal::Invitee => match &call.op {
+                        Op::InviteAccept { token_hash, .. } => format!("invitee/{}", hex_of(token_hash)),
+                        _ => "invitee".to_string(),
+                    },
+                };
+                scope.update(who.as_bytes());
+                scope.update(b"\0");
+                scope.update(call.tenant.as_ref().map_or("", |t| t.as_str()).as_bytes());
+            }
+            // Commands nodes propose themselves (and direct key-value
+            // commands, used only inside the cluster).
+            _ => {
+                scope.update(b"node");
+            }
+        }
+        *scope.finalize().as_bytes()
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What apply returns: deterministic on every replica, so a failed

@@ -48,6 +48,20 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// No bound at all: for loading state that was accepted already (a
+    /// committed document must load whatever bounds are configured now).
+    pub fn unbounded() -> Self {
+        Limits {
+            max_update_bytes: usize::MAX,
+            max_document_bytes: usize::MAX,
+            max_entities: usize::MAX,
+            max_points: usize::MAX,
+            max_text_chars: usize::MAX,
+            max_string_bytes: usize::MAX,
+            max_ops_per_batch: usize::MAX,
+        }
+    }
+
     pub(crate) fn check(what: &'static str, actual: usize, limit: usize) -> Result<()> {
         if actual > limit { Err(DocError::LimitExceeded { what, actual, limit }) } else { Ok(()) }
     }

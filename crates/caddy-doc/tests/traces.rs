@@ -35,17 +35,13 @@ fn trace_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CADDY_EDITING_TRACES") {
         return PathBuf::from(dir);
     }
-    // crates/caddy-doc -> the workspace's sibling `shared` directory.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/editing-traces")
+    // Kept in the repository (with their credit), so a fresh clone has them.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/editing-traces")
 }
 
 fn load(name: &str) -> Trace {
     let path = trace_dir().join(name);
-    // The traces live outside the repository, in the `shared` directory that
-    // sits beside every checkout (CI included): missing traces fail the test.
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; put the shared directory beside the repository or set CADDY_EDITING_TRACES", path.display())
-    });
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut json = String::new();
     flate2::read::GzDecoder::new(file).read_to_string(&mut json).expect("gunzip");
     serde_json::from_str(&json).expect("trace json")

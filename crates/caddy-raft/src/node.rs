@@ -162,6 +162,9 @@ struct NodeInner {
     /// Ephemeral messages from peers (document presence), for this node's
     /// local subscribers.
     gossip: tokio::sync::broadcast::Sender<Arc<Vec<u8>>>,
+    /// When this process started Raft: votes are withheld for a lease after
+    /// it (see [`RaftNode::vote`]).
+    started: tokio::time::Instant,
 }
 
 /// A running member; cheap to clone.
@@ -174,6 +177,10 @@ pub struct RaftNode {
 const GOSSIP_CHANNEL: usize = 1024;
 /// How long a gossip send may take before it is dropped.
 const GOSSIP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest pause between two attempts to reach the leader when nothing
+/// says it moved.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -209,10 +216,21 @@ impl RaftNode {
     {
         let log = LogStore::open(disk, flush)?;
         let sm = StateMachineStore::open(disk)?;
-        let config = openraft_config(&timing)?;
-        let raft = Raft::new(id, config, network, log.clone(), sm.clone())
+        let mut config = (*openraft_config(&timing)?).clone();
+        // No campaign of its own during the post-start window either (see
+        // `RaftNode::vote`): voting for itself is granting a vote too.
+        config.enable_elect = false;
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        {
+            let raft = raft.clone();
+            let lease = Duration::from_millis(timing.election_max_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(lease).await;
+                raft.runtime_config().elect(true);
+            });
+        }
         Ok(Self {
             inner: Arc::new(NodeInner {
                 id,
@@ -226,8 +244,58 @@ impl RaftNode {
                 tls,
                 timing,
                 gossip: tokio::sync::broadcast::channel(GOSSIP_CHANNEL).0,
+                started: tokio::time::Instant::now(),
             }),
         })
+    }
+
+    /// Handles a vote request from a candidate.
+    ///
+    /// A follower refuses to vote while it honours a leader's lease (it
+    /// heard from that leader less than `election_max_ms` ago), which is what
+    /// lets the leader serve lease reads without asking anyone. openraft
+    /// keeps that lease in memory only: a node restarted a moment ago would
+    /// grant a vote at once, and a new leader could be elected and commit
+    /// writes while the old one, cut off but still within its lease, serves
+    /// reads that miss them. So for one lease after start this node grants
+    /// no vote and no pre-vote, as if it still honoured the lease it may
+    /// have held before the restart; nor does it stand for election itself
+    /// (elections are enabled only once the window has passed). Leadership
+    /// transfers are exempt: the leader itself asked for them.
+    pub async fn vote(
+        &self,
+        req: openraft::raft::VoteRequest<TypeConfig>,
+    ) -> Result<openraft::raft::VoteResponse<TypeConfig>, OpenRaftError<TypeConfig>> {
+        if !req.leadership_transfer
+            && let Some(refusal) = self.refusal_after_restart()
+        {
+            return Ok(refusal);
+        }
+        self.inner.raft.vote(req).await
+    }
+
+    /// Handles a pre-vote request (see [`RaftNode::vote`] for the window
+    /// after start in which none is granted).
+    pub async fn pre_vote(
+        &self,
+        req: openraft::raft::VoteRequest<TypeConfig>,
+    ) -> Result<openraft::raft::VoteResponse<TypeConfig>, OpenRaftError<TypeConfig>> {
+        if let Some(refusal) = self.refusal_after_restart() {
+            return Ok(refusal);
+        }
+        self.inner.raft.pre_vote(req).await
+    }
+
+    /// A refusal carrying this node's current vote (a candidate treats it
+    /// like any other rejection), while the post-start window lasts.
+    fn refusal_after_restart(&self) -> Option<openraft::raft::VoteResponse<TypeConfig>> {
+        let lease = Duration::from_millis(self.inner.timing.election_max_ms);
+        if self.inner.started.elapsed() >= lease {
+            return None;
+        }
+        metrics::counter!("caddy_raft_votes_withheld_after_start_total").increment(1);
+        let vote = self.inner.raft.metrics().borrow_watched().vote;
+        Some(openraft::raft::VoteResponse::new(vote, None, false))
     }
 
     /// Follows ephemeral messages received from peers.
@@ -344,9 +412,45 @@ impl RaftNode {
         Some((leader, node))
     }
 
+    /// A receiver of openraft's metrics that reports only changes made after
+    /// this call. (A clone of openraft's receiver remembers the version its
+    /// source last saw, so its `changed()` would resolve at once, forever:
+    /// a retry loop waiting on it would spin instead of waiting.)
+    fn metrics_changes(
+        &self,
+    ) -> openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>> {
+        let mut rx = self.inner.raft.metrics();
+        rx.borrow_and_update();
+        rx
+    }
+
+    /// Waits up to `pause` for this node to see another leader or term
+    /// (what a retry after "no leader" or "not the leader" waits for).
+    /// Other metric changes do not end the wait: they come at every step
+    /// Raft takes, and a retry loop woken by each would spin.
+    async fn wait_leader_change(
+        &self,
+        changes: &mut openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+        pause: Duration,
+    ) {
+        let seen = {
+            let m = changes.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        let moved = async {
+            while changes.changed().await.is_ok() {
+                let m = changes.borrow_and_update();
+                if (m.current_leader, m.current_term) != seen {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(pause, moved).await;
+    }
+
     /// Waits until a leader is known, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, CaddyNode)> {
-        let mut rx = self.inner.raft.metrics();
+        let mut rx = self.metrics_changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(l) = self.leader() {
@@ -393,21 +497,42 @@ impl RaftNode {
     /// forwarded otherwise. Waits for a leader up to a few seconds.
     pub async fn propose(&self, origin: Option<ClientSeq>, command: Command) -> Result<ReplyBody, CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut changes = self.metrics_changes();
         let mut last_error = CaddyError::unavailable("no leader elected; the cluster may have lost its quorum");
         loop {
+            let mut retry_at_once = false;
             match self.leader() {
                 Some((id, _)) if id == self.inner.id => match self.propose_local(origin, command.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(ProposeError::Failed(e)) => return Err(e),
                     Err(ProposeError::NotLeader) => {}
                 },
-                Some((_, node)) => {
+                Some((leader, node)) => {
                     let req = ForwardRequest { origin, command: command.clone() };
-                    match self.forward(&node.raft_addr, &req).await {
-                        Ok(Ok(r)) => return Ok(r),
-                        Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => last_error = e,
+                    // A leader cut off from this node does not answer, and
+                    // may never: as soon as this node learns of another
+                    // leader (or stops believing in this one), it stops
+                    // waiting and goes where the writes now go.
+                    tokio::select! {
+                        forwarded = self.forward(&node.raft_addr, &req) => match forwarded {
+                            Ok(Ok(r)) => return Ok(r),
+                            Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
+                            Ok(Err(e)) => return Err(e),
+                            Err(e) => last_error = e,
+                        },
+                        () = self.leader_moved_from(leader) => {
+                            metrics::counter!("caddy_forwards_abandoned_total").increment(1);
+                            if origin.is_none() {
+                                // Without an exactly-once identity, sending it
+                                // again could apply it twice.
+                                return Err(CaddyError::unavailable(format!(
+                                    "node {leader} stopped being the leader while it held this write; \
+                                     the outcome is unknown"
+                                )));
+                            }
+                            last_error = CaddyError::unavailable(format!("node {leader} stopped being the leader"));
+                            retry_at_once = true;
+                        }
                     }
                 }
                 None => {}
@@ -415,8 +540,23 @@ impl RaftNode {
             if tokio::time::Instant::now() >= deadline {
                 return Err(last_error);
             }
-            let mut rx = self.inner.raft.metrics();
-            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            if !retry_at_once {
+                self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `leader`, or none.
+    async fn leader_moved_from(&self, leader: NodeId) {
+        let mut changes = self.metrics_changes();
+        loop {
+            if self.leader().map(|(id, _)| id) != Some(leader) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                // Raft is gone; the request in flight will fail by itself.
+                return std::future::pending().await;
+            }
         }
     }
 
@@ -448,16 +588,19 @@ impl RaftNode {
     /// this node has applied up to it.
     pub async fn read_barrier(&self) -> Result<(), CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut changes = self.metrics_changes();
         loop {
+            let asked = self.leader().map(|(id, _)| id);
             match self.batched_read_index().await {
                 Ok(index) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return self.wait_applied(index, remaining.max(Duration::from_secs(1))).await;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                // A new leader is known: ask it at once.
+                Err(_) if self.leader().is_some_and(|(id, _)| Some(id) != asked) => {}
                 Err(_) => {
-                    let mut rx = self.inner.raft.metrics();
-                    let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+                    self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
                 }
             }
         }
@@ -495,7 +638,12 @@ impl RaftNode {
             metrics::histogram!("caddy_read_index_batch").record(waiting.len() as f64);
             let result = match self.leader() {
                 Some((id, _)) if id == self.inner.id => self.leader_read_index().await,
-                Some((_, node)) => self.remote_read_index(&node.raft_addr).await,
+                Some((leader, node)) => tokio::select! {
+                    index = self.remote_read_index(&node.raft_addr) => index,
+                    () = self.leader_moved_from(leader) => Err(CaddyError::unavailable(format!(
+                        "node {leader} stopped being the leader before it gave a read index"
+                    ))),
+                },
                 None => Err(CaddyError::unavailable("no leader elected; linearizable reads are unavailable")),
             };
             for waiter in waiting {
@@ -528,6 +676,7 @@ impl RaftNode {
     /// Runs a membership operation on the leader (forwarding if needed).
     pub async fn membership(&self, op: MembershipOp) -> Result<MembershipView, CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut changes = self.metrics_changes();
         loop {
             match self.leader() {
                 Some((id, _)) if id == self.inner.id => return self.membership_as_leader(op).await,
@@ -547,8 +696,7 @@ impl RaftNode {
                     return Err(CaddyError::unavailable("no leader elected; membership cannot change now"));
                 }
                 None => {
-                    let mut rx = self.inner.raft.metrics();
-                    let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+                    self.wait_leader_change(&mut changes, RETRY_PAUSE).await;
                 }
             }
         }
@@ -717,7 +865,7 @@ impl RaftNode {
         timeout: Duration,
         pred: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool,
     ) -> Option<openraft::RaftMetrics<TypeConfig>> {
-        let mut rx = self.inner.raft.metrics();
+        let mut rx = self.metrics_changes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let current = rx.borrow_watched().clone();

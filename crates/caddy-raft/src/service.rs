@@ -101,13 +101,13 @@ impl Peer for PeerService {
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         require_peer(&req)?;
         let rpc = decode(req.get_ref())?;
-        encode(&self.node.raft().vote(rpc).await.map_err(fatal)?)
+        encode(&self.node.vote(rpc).await.map_err(fatal)?)
     }
 
     async fn pre_vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         require_peer(&req)?;
         let rpc = decode(req.get_ref())?;
-        encode(&self.node.raft().pre_vote(rpc).await.map_err(fatal)?)
+        encode(&self.node.pre_vote(rpc).await.map_err(fatal)?)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Blob>, Status> {

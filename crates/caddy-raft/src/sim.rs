@@ -3,7 +3,10 @@
 //!
 //! Faults are decided per message from the current fault table and a seeded
 //! random source, so a scenario under tokio's paused clock replays the same
-//! way every run.
+//! way every run. Like the gRPC network, it refuses an AppendEntries whose
+//! encoding exceeds the peer message limit, and it hands votes to
+//! [`RaftNode::vote`] (which applies the node's own vote rules), not
+//! straight to openraft.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -11,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use caddy_core::NodeId;
-use caddy_store::{CaddyNode, Raft, Snapshot, SnapshotData, TypeConfig};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use caddy_store::{CaddyNode, Snapshot, SnapshotData, TypeConfig};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
@@ -22,11 +25,14 @@ use openraft::type_config::alias::VoteOf;
 use openraft::{AnyError, OptionalSend};
 use rand::{Rng, SeedableRng};
 
+use crate::node::RaftNode;
+
 struct SimState {
-    nodes: BTreeMap<NodeId, Raft>,
+    nodes: BTreeMap<NodeId, RaftNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     delay: Duration,
     drop_one_in: u32,
+    max_message_bytes: usize,
     rng: rand::rngs::StdRng,
 }
 
@@ -45,6 +51,7 @@ impl SimNetwork {
                 blocked: BTreeSet::new(),
                 delay: Duration::ZERO,
                 drop_one_in: 0,
+                max_message_bytes: crate::peers::MAX_PEER_MESSAGE,
                 rng: rand::rngs::StdRng::seed_from_u64(seed),
             })),
         }
@@ -54,9 +61,9 @@ impl SimNetwork {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `raft` reachable as `id`.
-    pub fn register(&self, id: NodeId, raft: Raft) {
-        self.lock().nodes.insert(id, raft);
+    /// Makes `node` reachable as `id`.
+    pub fn register(&self, id: NodeId, node: RaftNode) {
+        self.lock().nodes.insert(id, node);
     }
 
     /// Makes `id` unreachable (it crashed).
@@ -104,13 +111,19 @@ impl SimNetwork {
         self.lock().drop_one_in = n;
     }
 
+    /// Refuses AppendEntries larger than `bytes` once encoded (default: the
+    /// gRPC network's peer message limit).
+    pub fn set_max_message_bytes(&self, bytes: usize) {
+        self.lock().max_message_bytes = bytes;
+    }
+
     /// The factory node `from` uses.
     pub fn factory(&self, from: NodeId) -> SimFactory {
         SimFactory { from, net: self.clone() }
     }
 
     /// Decides the fate of one message: the target handle, or why not.
-    fn route(&self, from: NodeId, to: NodeId) -> Result<(Raft, Duration), String> {
+    fn route(&self, from: NodeId, to: NodeId) -> Result<(RaftNode, Duration), String> {
         let mut state = self.lock();
         if state.blocked.contains(&(from, to)) {
             return Err(format!("link {from}->{to} is partitioned"));
@@ -123,22 +136,22 @@ impl SimNetwork {
         }
         let delay = state.delay;
         match state.nodes.get(&to) {
-            Some(raft) => Ok((raft.clone(), delay)),
+            Some(node) => Ok((node.clone(), delay)),
             None => Err(format!("node {to} is down")),
         }
     }
 
     async fn deliver<T, E, F, Fut>(&self, from: NodeId, to: NodeId, call: F) -> Result<T, String>
     where
-        F: FnOnce(Raft) -> Fut,
+        F: FnOnce(RaftNode) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        let (raft, delay) = self.route(from, to)?;
+        let (node, delay) = self.route(from, to)?;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let result = call(raft).await.map_err(|e| e.to_string())?;
+        let result = call(node).await.map_err(|e| e.to_string())?;
         // The reply travels back over the reverse link.
         self.route(to, from)?;
         Ok(result)
@@ -178,7 +191,19 @@ impl RaftNetworkV2<TypeConfig> for SimConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.net.deliver(self.from, self.to, |r| async move { r.append_entries(rpc).await }).await.map_err(unreachable)
+        let limit = self.net.lock().max_message_bytes;
+        let size = caddy_core::codec::to_bytes(&rpc).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > limit {
+            // What the receiving gRPC server answers (a status, not a lost
+            // connection), so openraft sees a network error, as in production.
+            return Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                "append entries of {size} bytes exceeds the peer message limit of {limit} bytes"
+            )))));
+        }
+        self.net
+            .deliver(self.from, self.to, |r| async move { r.raft().append_entries(rpc).await })
+            .await
+            .map_err(unreachable)
     }
 
     async fn vote(
@@ -205,7 +230,7 @@ impl RaftNetworkV2<TypeConfig> for SimConnection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         self.net
-            .deliver(self.from, self.to, |r| async move { r.install_full_snapshot(vote, snapshot).await })
+            .deliver(self.from, self.to, |r| async move { r.raft().install_full_snapshot(vote, snapshot).await })
             .await
             .map_err(|m| StreamingError::Unreachable(Unreachable::new(&AnyError::error(m))))
     }
@@ -216,7 +241,7 @@ impl RaftNetworkV2<TypeConfig> for SimConnection {
         _option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.net
-            .deliver(self.from, self.to, |r| async move { r.handle_transfer_leader(req).await })
+            .deliver(self.from, self.to, |r| async move { r.raft().handle_transfer_leader(req).await })
             .await
             .map_err(unreachable)
     }

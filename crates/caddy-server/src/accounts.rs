@@ -2,6 +2,11 @@
 //! (argon2id) and tokens generated here, on the serving node, so that only
 //! hashes are proposed; answers carry a new secret exactly once.
 //!
+//! Every hash and password check runs inside the node's hash gate
+//! (`edge::HashGate`: bounded concurrency on blocking threads, a bounded
+//! queue), and a login is checked against the throttle (`edge::LoginThrottle`)
+//! before anything else is spent on it.
+//!
 //! Authorization is not decided here: apply calls the one authorization
 //! function against the state at the entry's stamped time (and audits
 //! refusals); reads are authorized by the state machine's read path.
@@ -23,6 +28,7 @@ use caddy_raft::RaftNode;
 use caddy_store::identity::{key_view, session_view};
 
 use crate::config::Limits;
+use crate::edge::{Edge, Source};
 
 /// Everything about a request a proposal needs besides the call.
 pub struct WriteCtx<'a> {
@@ -40,6 +46,10 @@ pub struct WriteCtx<'a> {
     pub client_addr: String,
     /// Lifetimes.
     pub limits: &'a Limits,
+    /// The hash bound and the login throttle.
+    pub edge: &'a Edge,
+    /// Where the request came from (login throttling per source).
+    pub source: Option<Source>,
 }
 
 /// Milliseconds since the epoch on this node's clock.
@@ -53,41 +63,41 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// Hashes a password with argon2id (OWASP parameters: 19 MiB, 2 passes) on
-/// a blocking thread.
-pub async fn hash_password(password: String) -> Result<String, CaddyError> {
+/// a blocking thread, within the node's hash bound.
+pub async fn hash_password(edge: &Edge, password: String) -> Result<String, CaddyError> {
     validate::password(&password)?;
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-            .map_err(|e| CaddyError::internal(format!("password salt: {e}")))?;
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| CaddyError::internal(format!("password hashing: {e}")))
-    })
-    .await
-    .map_err(|e| CaddyError::internal(format!("password hashing task: {e}")))?
+    edge.hashes
+        .run(move || {
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+                .map_err(|e| CaddyError::internal(format!("password salt: {e}")))?;
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| CaddyError::internal(format!("password hashing: {e}")))
+        })
+        .await?
 }
 
 /// A valid argon2id hash of a random password, verified against when a login
 /// names an unknown email so that both cases take the same time.
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-async fn verify_password(password: String, phc: Option<String>) -> Result<bool, CaddyError> {
+async fn verify_password(edge: &Edge, password: String, phc: Option<String>) -> Result<bool, CaddyError> {
     let decoy = match DECOY_HASH.get() {
         Some(h) => h.clone(),
         None => {
-            let h = hash_password(random_hex(16)).await?;
+            let h = hash_password(edge, random_hex(16)).await?;
             DECOY_HASH.get_or_init(|| h).clone()
         }
     };
-    tokio::task::spawn_blocking(move || {
-        let real = phc.as_deref().filter(|p| !p.is_empty());
-        let Ok(parsed) = PasswordHash::new(real.unwrap_or(&decoy)) else { return false };
-        let ok = argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-        ok && real.is_some()
-    })
-    .await
-    .map_err(|e| CaddyError::internal(format!("password check task: {e}")))
+    edge.hashes
+        .run(move || {
+            let real = phc.as_deref().filter(|p| !p.is_empty());
+            let Ok(parsed) = PasswordHash::new(real.unwrap_or(&decoy)) else { return false };
+            let ok = argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+            ok && real.is_some()
+        })
+        .await
 }
 
 fn parse_roles(names: &[String]) -> Result<BTreeSet<RoleName>, CaddyError> {
@@ -183,7 +193,7 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
         IdentityCall::UserCreate { email, display_name, password, roles } => Op::UserCreate(NewUser {
             email: email.clone(),
             display_name: display_name.clone(),
-            password_hash: hash_password(password.clone()).await?,
+            password_hash: hash_password(ctx.edge, password.clone()).await?,
             roles: parse_roles(roles)?,
         }),
         IdentityCall::UserImport { users } => {
@@ -196,7 +206,7 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
                 let password_hash = if password.is_empty() {
                     String::new()
                 } else {
-                    hash_password(password.clone()).await.map_err(in_batch)?
+                    hash_password(ctx.edge, password.clone()).await.map_err(in_batch)?
                 };
                 batch.push(NewUser {
                     email: email.clone(),
@@ -210,7 +220,7 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
         IdentityCall::UserUpdate { user, email, display_name, password } => {
             let t = need_tenant(&tenant)?;
             let password_hash = match password {
-                Some(p) => Some(hash_password(p.clone()).await?),
+                Some(p) => Some(hash_password(ctx.edge, p.clone()).await?),
                 None => None,
             };
             Op::UserUpdate {
@@ -228,13 +238,18 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
         IdentityCall::Login { email, password, ttl_seconds } => {
             let t = need_tenant(&tenant)?;
             let email = Email::parse(email)?;
+            // Before any work: a throttled account or source costs nothing.
+            let attempt = ctx.edge.logins.begin(&t, &email, ctx.source)?;
             // The account may have been created through another node a moment ago.
             node.read_barrier().await?;
             let user = sm.user_by_email(&t, &email)?;
-            let ok = verify_password(password.clone(), user.as_ref().map(|u| u.password_hash.clone())).await?;
+            let ok =
+                verify_password(ctx.edge, password.clone(), user.as_ref().map(|u| u.password_hash.clone())).await?;
             let Some(user) = user.filter(|_| ok) else {
+                attempt.failed();
                 return Err(CaddyError::new(ErrorCode::Unauthenticated, "invalid email or password"));
             };
+            attempt.succeeded();
             let token = format!("{SESSION_TOKEN_PREFIX}{}", random_hex(32));
             let expires_ms = now.saturating_add(ttl_ms(*ttl_seconds, ctx.limits.session_ttl_secs)?);
             principal = Principal::Password { tenant: t.clone(), user: user.id };
@@ -288,7 +303,7 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
             Op::InviteAccept {
                 token_hash: hash,
                 display_name: display_name.clone(),
-                password_hash: hash_password(password.clone()).await?,
+                password_hash: hash_password(ctx.edge, password.clone()).await?,
             }
         }
         IdentityCall::RoleCreate { name, description, permissions, inherits } => Op::RoleUpsert {

@@ -128,6 +128,36 @@ pub struct Limits {
     pub doc_max_entities: u64,
     /// A presence not refreshed within this time expires, in milliseconds.
     pub presence_ttl_ms: u64,
+    /// A client connection that has made no authenticated request (nor
+    /// logged in) this long after it began is closed, in milliseconds.
+    pub credential_deadline_ms: u64,
+    /// A client connection with no request in flight for this long is
+    /// closed (an open watch is a request in flight; the SDK reconnects on
+    /// its next request), in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Concurrent QUIC connections from one source (an IPv4 address or an
+    /// IPv6 /64); more are closed with a reason right after the handshake.
+    pub max_connections_per_source: usize,
+    /// Password hashes and checks (argon2id, 19 MiB each) running at once on
+    /// this node; 0: one per CPU core.
+    pub max_concurrent_hashes: usize,
+    /// Password hashes and checks waiting for a slot; past this, requests
+    /// get RESOURCE_EXHAUSTED with a retry-after.
+    pub max_queued_hashes: usize,
+    /// Failed logins for one account (tenant and email) before each further
+    /// attempt must wait (on this node).
+    pub login_failures_per_account: u32,
+    /// Failed logins from one source before each further attempt must wait
+    /// (on this node).
+    pub login_failures_per_source: u32,
+    /// The first such wait, in milliseconds; it doubles with each further failure.
+    pub login_backoff_ms: u64,
+    /// The longest wait, and how long failures are remembered after the
+    /// last one, in milliseconds.
+    pub login_backoff_max_ms: u64,
+    /// Most accounts, and most sources, whose failures this node tracks;
+    /// past it the least restrictive entries are dropped first.
+    pub login_tracked_max: usize,
 }
 
 /// Files and the blob store holding their bytes.
@@ -291,7 +321,71 @@ impl Default for Limits {
             doc_max_document_bytes: 256 * 1024 * 1024,
             doc_max_entities: 1_000_000,
             presence_ttl_ms: 15_000,
+            credential_deadline_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            max_connections_per_source: 64,
+            max_concurrent_hashes: 0,
+            max_queued_hashes: 64,
+            login_failures_per_account: 5,
+            login_failures_per_source: 30,
+            login_backoff_ms: 1_000,
+            login_backoff_max_ms: 300_000,
+            login_tracked_max: 65_536,
         }
+    }
+}
+
+impl Limits {
+    /// Every bound has a ceiling, so a configuration cannot allow what the
+    /// rest of the system cannot carry: one request becomes one Raft entry,
+    /// which must fit in one peer message with room to spare; stored values
+    /// stay within what the state machine accepts; documents within what a
+    /// node can load and snapshot.
+    fn check_ceilings(&self) -> anyhow::Result<()> {
+        const MIB: u64 = 1024 * 1024;
+        let ceilings: [(&str, u64, u64); 10] = [
+            ("max_frame_bytes", self.max_frame_bytes as u64, (caddy_raft::peers::MAX_PEER_MESSAGE / 2) as u64),
+            ("max_value_bytes", self.max_value_bytes as u64, caddy_core::limits::MAX_VALUE_BYTES as u64),
+            ("max_key_bytes", self.max_key_bytes as u64, caddy_core::limits::MAX_KEY_BYTES as u64),
+            ("doc_max_document_bytes", self.doc_max_document_bytes, 1024 * MIB),
+            ("doc_max_entities", self.doc_max_entities, 10_000_000),
+            ("max_connections", self.max_connections as u64, 1_000_000),
+            ("max_watches", self.max_watches as u64, 1_000_000),
+            ("max_list_limit", u64::from(self.max_list_limit), 100_000),
+            ("watch_history", self.watch_history, 100_000_000),
+            ("request_timeout_ms", self.request_timeout_ms, 600_000),
+        ];
+        for (name, value, ceiling) in ceilings {
+            if value > ceiling {
+                bail!("limits.{name} = {value} is over its ceiling of {ceiling}");
+            }
+            if value == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// The bounds on unauthenticated and guessing clients: each within a
+    /// range where it still protects the node and still lets clients work.
+    fn validate_edge(&self) -> anyhow::Result<()> {
+        fn within<T: PartialOrd + std::fmt::Display>(name: &str, value: T, min: T, max: T) -> anyhow::Result<()> {
+            if value < min || value > max {
+                bail!("limits.{name} must be between {min} and {max} (it is {value})");
+            }
+            Ok(())
+        }
+        within("credential_deadline_ms", self.credential_deadline_ms, 500, 600_000)?;
+        within("idle_timeout_ms", self.idle_timeout_ms, 500, 86_400_000)?;
+        within("max_connections_per_source", self.max_connections_per_source, 1, self.max_connections.max(1))?;
+        within("max_concurrent_hashes", self.max_concurrent_hashes, 0, 256)?;
+        within("max_queued_hashes", self.max_queued_hashes, 0, 100_000)?;
+        within("login_failures_per_account", self.login_failures_per_account, 1, 1_000)?;
+        within("login_failures_per_source", self.login_failures_per_source, 1, 100_000)?;
+        within("login_backoff_max_ms", self.login_backoff_max_ms, 1_000, 86_400_000)?;
+        within("login_backoff_ms", self.login_backoff_ms, 1, self.login_backoff_max_ms)?;
+        within("login_tracked_max", self.login_tracked_max, 16, 10_000_000)?;
+        Ok(())
     }
 }
 
@@ -342,6 +436,7 @@ impl Config {
         if self.limits.presence_ttl_ms < 1000 {
             bail!("limits.presence_ttl_ms must be at least 1000");
         }
+        self.limits.validate_edge()?;
         match self.files.backend.as_str() {
             "local" => {}
             "object" if !self.files.object_url.is_empty() => {}
@@ -368,7 +463,7 @@ impl Config {
             addr.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("listen address {addr:?} is not host:port"))?;
         }
-        Ok(())
+        self.limits.check_ceilings()
     }
 
     /// Advertised peer address.
@@ -467,6 +562,7 @@ mod tests {
         let env = vec![
             ("CADDY_LISTEN_CLIENT".to_string(), "127.0.0.1:9101".to_string()),
             ("CADDY_LIMITS_MAX_WATCHES".to_string(), "7".to_string()),
+            ("CADDY_LIMITS_IDLE_TIMEOUT_MS".to_string(), "1500".to_string()),
             ("CADDY_CLUSTER_JOIN".to_string(), "a:1, b:2".to_string()),
             ("CADDY_DATA_DIR".to_string(), "/tmp/y".to_string()),
             ("CADDY_CONFIG".to_string(), "ignored".to_string()),
@@ -477,6 +573,7 @@ mod tests {
         assert_eq!(c.listen.raft, "127.0.0.1:9001");
         assert_eq!(c.listen.client, "127.0.0.1:9101");
         assert_eq!(c.limits.max_watches, 7);
+        assert_eq!(c.limits.idle_timeout_ms, 1500);
         assert_eq!(c.cluster.join, vec!["a:1".to_string(), "b:2".to_string()]);
         assert_eq!(c.advertise_raft(), "127.0.0.1:9001");
     }
@@ -489,6 +586,22 @@ mod tests {
             ("[raft]\nheartbeat_ms = 500", "raft timing"),
             ("[listen]\nraft = \"nowhere\"", "host:port"),
             ("[cluster]\nbootstrap = true\njoin = [\"a:1\"]", "mutually exclusive"),
+            (
+                "[limits]\ndoc_max_document_bytes = 2000000000",
+                "doc_max_document_bytes = 2000000000 is over its ceiling",
+            ),
+            ("[limits]\ndoc_max_entities = 20000000", "doc_max_entities = 20000000 is over its ceiling"),
+            ("[limits]\nmax_frame_bytes = 67108864\nmax_value_bytes = 1048576", "max_frame_bytes = 67108864 is over"),
+            ("[limits]\nmax_value_bytes = 20971520\nmax_frame_bytes = 33554432", "max_value_bytes = 20971520"),
+            ("[limits]\nmax_watches = 0", "max_watches must be at least 1"),
+            ("[limits]\ncredential_deadline_ms = 0", "credential_deadline_ms must be between 500 and 600000"),
+            ("[limits]\nidle_timeout_ms = 100", "idle_timeout_ms"),
+            ("[limits]\nmax_connections_per_source = 0", "max_connections_per_source"),
+            ("[limits]\nmax_connections = 10\nmax_connections_per_source = 11", "between 1 and 10"),
+            ("[limits]\nmax_concurrent_hashes = 100000", "max_concurrent_hashes"),
+            ("[limits]\nlogin_failures_per_account = 0", "login_failures_per_account"),
+            ("[limits]\nlogin_backoff_ms = 600000", "login_backoff_ms must be between 1 and 300000"),
+            ("[limits]\nlogin_tracked_max = 1", "login_tracked_max"),
         ] {
             let err = format!("{:#}", Config::from_parts(text, &[]).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

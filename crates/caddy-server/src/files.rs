@@ -354,7 +354,8 @@ impl Service {
         // lost: answer as the first attempt would have, before the precheck
         // (which would now see the name taken) judges it as new.
         if let Some(origin) = origin
-            && let Some(Reply(applied)) = node.state_machine().applied_reply(origin).map_err(local)?
+            && let Some(Reply(applied)) =
+                node.state_machine().applied_reply(&asker.session_scope(), origin).map_err(local)?
         {
             let id = committed_id(applied?, &target)?;
             let answer = self.info_of(tenant, asker, id.to_string()).await?;

@@ -13,6 +13,7 @@ mod blobs;
 mod config;
 mod dev;
 mod docs;
+mod edge;
 mod files;
 mod identity;
 mod presence;
@@ -62,20 +63,48 @@ enum Cmd {
     },
 }
 
+/// How long the process waits at exit for tasks that outlived `run`.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn main() -> anyhow::Result<()> {
+    quiet_graphics_probe();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Cmd::Start { config } => {
             let config = config::Config::load(config.as_deref())?;
             telemetry::init_logging(&config.log.level, config.log.json);
-            runtime.block_on(run::run(config))
+            let result = runtime.block_on(run::run(config));
+            // Dropping the runtime would wait for every task still running:
+            // an apply batch importing large documents holds a worker for
+            // seconds, and blocking tasks (snapshots, renders) longer. Once
+            // `run` returned nothing needs them (see `run`), so give them a
+            // moment and leave.
+            runtime.shutdown_timeout(EXIT_WAIT);
+            result
         }
         Cmd::Dev { nodes, dir } => {
             telemetry::init_logging("warn", false);
             runtime.block_on(dev::run(nodes, &dir))
         }
         Cmd::Restore { from, dir } => restore(&from, &dir),
+    }
+}
+
+/// Mesa's Vulkan device-selection layer, loaded with any Mesa driver, asks
+/// the desktop session which GPU drives its display; on a server there is
+/// none, and Wayland's client library says so on stderr ("XDG_RUNTIME_DIR is
+/// invalid or not set") at every start. Without a session the layer has
+/// nothing to choose by (wgpu picks the adapter itself), so it is turned
+/// off, unless the operator set the variable either way.
+fn quiet_graphics_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before the runtime or any
+        // other thread exists, so nothing reads the environment meanwhile.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
     }
 }
 

@@ -19,6 +19,14 @@ use crate::config::Config;
 use crate::service::Service;
 use crate::{admin, blobs, identity, quic, telemetry};
 
+/// Streams a peer may reset before this node accepted them, on one
+/// connection (a minute of cancelled heartbeats and appends from a leader).
+const PEER_PENDING_RESETS: usize = 16 * 1024;
+
+/// Longest a stop may take after SIGTERM or Ctrl-C: the client drain (10 s)
+/// and a few seconds for Raft and the peer listener.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// File holding the admin credential on the bootstrap node (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -101,12 +109,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: no new requests, draining in-flight ones");
     let _ = shutdown_tx.send(true);
-    let _ = quic_task.await;
-    let _ = admin_task.await;
-    node.shutdown().await;
-    let _ = peer_task.await;
+    let graceful = async {
+        let _ = quic_task.await;
+        let _ = admin_task.await;
+        node.shutdown().await;
+        let _ = peer_task.await;
+    };
+    // Nothing acknowledged depends on a clean stop (the Raft log was fsynced
+    // before every acknowledgement and apply resumes from it), so a stop
+    // that takes too long, or a second signal, ends the process as kill -9
+    // would, only sooner than whoever sent the signal would.
+    tokio::select! {
+        () = graceful => tracing::info!("stopped"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "still stopping after the grace period; exiting now");
+        }
+        () = wait_for_signal() => tracing::warn!("second signal; exiting now"),
+    }
     let _ = std::fs::remove_file(config.data_dir.join("caddyd.pid"));
-    tracing::info!("stopped");
     Ok(())
 }
 
@@ -130,6 +150,13 @@ async fn serve_peers(
         .with_describer(describer)
         .into_server();
     let router = tonic::transport::Server::builder()
+        // Every RPC a peer gave up on while this node was paused or cut off
+        // (heartbeats time out every few hundred milliseconds) arrives as a
+        // reset stream when it comes back. h2's guard against rapid-reset
+        // floods (20 by default) took that burst for an attack and dropped
+        // the connection, so replication failed until it was dialled again.
+        // Only members with a cluster certificate reach this listener.
+        .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .tls_config(server_tls)
         .context("peer TLS configuration")?
         .add_service(service);

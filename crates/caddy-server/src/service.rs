@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, broadcast};
 use crate::accounts::{KeyTouches, WriteCtx, now_ms};
 use crate::blobs::Blobs;
 use crate::config::{FilesConfig, Limits};
+use crate::edge::{Edge, Peer, Source};
 use crate::presence::PresenceHub;
 
 /// How long `cluster status` waits for each other member to describe its
@@ -37,6 +38,7 @@ pub struct Service {
     files: FilesConfig,
     blobs: Arc<Blobs>,
     render: Arc<crate::render::RenderStatus>,
+    edge: Edge,
 }
 
 /// Who is asking, for which tenant, from where.
@@ -46,6 +48,8 @@ pub(crate) struct Asker {
     pub(crate) tenant: Option<TenantId>,
     pub(crate) request_id: String,
     pub(crate) client_addr: String,
+    /// Where the request came from, for per-source limits.
+    pub(crate) source: Option<Source>,
 }
 
 impl Asker {
@@ -58,6 +62,12 @@ impl Asker {
             client_addr: self.client_addr.clone(),
             op,
         }))
+    }
+
+    /// The exactly-once session scope of this asker's writes (the same as
+    /// their Raft commands carry, whatever the op, for a credential).
+    pub(crate) fn session_scope(&self) -> [u8; 32] {
+        self.call(Op::ApiKeyTouch { key: caddy_core::identity::ApiKeyId(0) }).session_scope()
     }
 
     /// The storage prefix of the key-value namespace this request acts on.
@@ -138,6 +148,7 @@ pub fn error_response(e: &CaddyError) -> pb::Response {
             message: e.message.clone(),
             current_revision: e.current_revision,
             leader_hint: e.leader_hint.clone(),
+            retry_after_ms: e.retry_after_ms,
         })),
     }
 }
@@ -207,6 +218,7 @@ impl Service {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let watches = Arc::new(Semaphore::new(limits.max_watches));
+        let edge = Edge::new(&limits);
         Self {
             node,
             limits,
@@ -218,6 +230,7 @@ impl Service {
             files,
             blobs,
             render,
+            edge,
         }
     }
 
@@ -266,7 +279,7 @@ impl Service {
         }
     }
 
-    fn authenticate(&self, req: &pb::Request, peer: Option<std::net::SocketAddr>) -> Result<Asker, CaddyError> {
+    fn authenticate(&self, req: &pb::Request, peer: &Peer) -> Result<Asker, CaddyError> {
         let sm = self.node.state_machine();
         if sm.admin_credential_hash().is_none() {
             return Err(CaddyError::unavailable(
@@ -283,8 +296,8 @@ impl Service {
                 format!("{:016x}", rand::random::<u64>())
             };
         }
-        let client_addr = peer.map(|p| p.to_string()).unwrap_or_default();
-        Ok(Asker { principal, caller, tenant, request_id, client_addr })
+        let client_addr = peer.addr().map(|p| p.to_string()).unwrap_or_default();
+        Ok(Asker { principal, caller, tenant, request_id, client_addr, source: peer.source() })
     }
 
     fn check_key(&self, key: &str) -> Result<(), CaddyError> {
@@ -303,13 +316,15 @@ impl Service {
 
     /// Handles one request, writing its answer frame(s) to `out`. Returns
     /// the status label for metrics.
-    /// `input` is the rest of the request stream (an upload's chunks).
+    /// `input` is the rest of the request stream (an upload's chunks);
+    /// `peer` is the connection it came on, marked authenticated once a
+    /// request on it presents a working credential or logs in.
     pub async fn handle<W: AsyncWrite + Unpin + Send, R: AsyncRead + Unpin + Send>(
         &self,
         req: pb::Request,
         out: &mut W,
         input: &mut R,
-        peer: Option<std::net::SocketAddr>,
+        peer: &Peer,
     ) -> &'static str {
         let started = Instant::now();
         let name = request_name(&req.body);
@@ -337,7 +352,7 @@ impl Service {
         mut req: pb::Request,
         out: &mut W,
         input: &mut R,
-        peer: Option<std::net::SocketAddr>,
+        peer: &Peer,
     ) -> Result<Option<pb::Response>, CaddyError> {
         let Some(body) = req.body.take() else {
             return Err(CaddyError::invalid(
@@ -346,6 +361,10 @@ impl Service {
         };
         let asker = self.authenticate(&req, peer)?;
         usable(&asker.caller)?;
+        let anonymous = matches!(asker.caller, Caller::Anonymous);
+        if !anonymous {
+            peer.mark_authenticated();
+        }
         self.touches.touch(&self.node, &asker.principal);
         let origin = (req.client_id != 0).then_some(ClientSeq { client_id: req.client_id, sequence: req.sequence });
         let timeout = Duration::from_millis(self.limits.request_timeout_ms);
@@ -359,7 +378,14 @@ impl Service {
                 return self.backup(out).await.map(|()| None);
             }
             other => match tokio::time::timeout(timeout, self.unary(other, origin, &asker)).await {
-                Ok(r) => r.map(Some),
+                Ok(r) => {
+                    // The only unary calls an anonymous caller may make
+                    // successfully are a login and an invitation acceptance.
+                    if anonymous && r.is_ok() {
+                        peer.mark_authenticated();
+                    }
+                    r.map(Some)
+                }
                 Err(_) => Err(CaddyError::unavailable(format!("request not completed within {timeout:?}; retry"))),
             },
         }
@@ -406,6 +432,8 @@ impl Service {
                         request_id: asker.request_id.clone(),
                         client_addr: asker.client_addr.clone(),
                         limits: &self.limits,
+                        edge: &self.edge,
+                        source: asker.source,
                     };
                     crate::accounts::write_call(node, ctx, call).await?
                 };
@@ -427,6 +455,12 @@ impl Service {
                     ReplyBody::Put { revision, previous } => ok(Resp::Put(pb::PutResponse {
                         revision,
                         previous: previous.map(|kv| kv_to_pb(strip_namespace(kv, &ns))),
+                        previous_value_omitted: false,
+                    })),
+                    ReplyBody::PutPreviousOmitted { revision, previous } => ok(Resp::Put(pb::PutResponse {
+                        revision,
+                        previous: Some(kv_to_pb(strip_namespace(previous, &ns))),
+                        previous_value_omitted: true,
                     })),
                     other => Err(CaddyError::internal(format!("unexpected reply to put: {other:?}"))),
                 }

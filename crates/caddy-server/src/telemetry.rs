@@ -11,7 +11,10 @@ pub fn init_logging(level: &str, json: bool) {
     let filter =
         std::env::var("RUST_LOG").ok().unwrap_or_else(|| format!("openraft=warn,loro_internal=warn,h2=warn,{level}"));
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a log file or a pipe gets
+    // plain text (escape codes made grep and log shippers see garbage).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 

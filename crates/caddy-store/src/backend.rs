@@ -57,6 +57,10 @@ impl Disk {
 struct Image {
     written: Vec<u8>,
     synced: Vec<u8>,
+    /// Byte ranges written since the last sync, merged when they overlap or
+    /// touch: a sync copies only these (copying the whole image made every
+    /// fsync cost the file's size, quadratic over a test's run).
+    dirty: BTreeMap<usize, usize>,
     /// Bumped by a crash: handles opened before it belong to a "dead"
     /// process, so whatever they still do (such as redb's clean shutdown on
     /// drop) never reaches the disk.
@@ -93,6 +97,7 @@ impl CrashableDisk {
         for image in lock(&self.files).values() {
             let mut image = lock(image);
             image.written = image.synced.clone();
+            image.dirty.clear();
             image.generation += 1;
         }
     }
@@ -102,6 +107,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another test thread panicked mid-write; the
     // image is still bytes, so keep going rather than cascade the panic.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds `[start, end)` to the set of dirty ranges, merging neighbours.
+fn mark_dirty(dirty: &mut BTreeMap<usize, usize>, mut start: usize, mut end: usize) {
+    // The range starting at or before `start` may reach into the new one.
+    if let Some((&s, &e)) = dirty.range(..=start).next_back()
+        && e >= start
+    {
+        start = s;
+        end = end.max(e);
+        dirty.remove(&s);
+    }
+    // Ranges starting inside the new one are absorbed.
+    while let Some((&s, &e)) = dirty.range(start..=end).next() {
+        end = end.max(e);
+        dirty.remove(&s);
+    }
+    dirty.insert(start, end);
 }
 
 #[derive(Debug)]
@@ -128,7 +151,13 @@ impl StorageBackend for CrashableFile {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let mut image = lock(&self.image);
         if image.generation == self.generation {
+            let old = image.written.len();
             image.written.resize(len, 0);
+            // Bytes cut off and later grown back read as zeros, whatever the
+            // synced image held there.
+            if len < old {
+                mark_dirty(&mut image.dirty, len, old);
+            }
         }
         Ok(())
     }
@@ -136,7 +165,14 @@ impl StorageBackend for CrashableFile {
     fn sync_data(&self) -> Result<(), io::Error> {
         let mut image = lock(&self.image);
         if image.generation == self.generation {
-            image.synced = image.written.clone();
+            let image = &mut *image;
+            image.synced.resize(image.written.len(), 0);
+            for (start, end) in std::mem::take(&mut image.dirty) {
+                let end = end.min(image.written.len());
+                if start < end {
+                    image.synced[start..end].copy_from_slice(&image.written[start..end]);
+                }
+            }
         }
         Ok(())
     }
@@ -152,6 +188,7 @@ impl StorageBackend for CrashableFile {
             image.written.resize(end, 0);
         }
         image.written[start..end].copy_from_slice(data);
+        mark_dirty(&mut image.dirty, start, end);
         Ok(())
     }
 }

@@ -325,7 +325,16 @@ impl DocRuntime {
     }
 }
 
-/// Loads a document from its snapshot and later updates.
+/// Loads a document from its snapshot and later updates, then sets `limits`
+/// for what comes next.
+///
+/// What is stored was accepted when it was committed, so loading judges no
+/// bound: a bound checked here would depend on whether this node happened to
+/// have the document cached (a cached copy is never reloaded) and on the
+/// bounds of the entry being applied, and a replica that refused to load
+/// would stop (and stop again after every restart) while the others went on.
+/// A snapshot or update that does not decode is a different matter: the
+/// records are checksummed, so that is a bug or damage, and it stays fatal.
 fn load(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     t: &TenantId,
@@ -335,22 +344,18 @@ fn load(
     let Some(snap) = get::<SnapRec>(table, &k_snap(t, d))? else {
         return Ok(Err(CaddyError::internal(format!("document {d} has no snapshot"))));
     };
-    let mut doc = match Document::from_snapshot(&snap.bytes, server_peer(t, d), limits.clone()) {
+    let mut doc = match Document::from_snapshot(&snap.bytes, server_peer(t, d), Limits::unbounded()) {
         Ok(doc) => doc,
         Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("snapshot of {d}: {e}"))),
     };
     let (updates, _) = scan::<UpdateRec>(table, &p_updates(t, d), None, usize::MAX)?;
     if !updates.is_empty() {
         let blobs: Vec<Vec<u8>> = updates.into_iter().map(|(_, u)| u.bytes).collect();
-        let mut batch_limits = doc.limits().clone();
-        batch_limits.max_update_bytes = usize::MAX;
-        batch_limits.max_entities = usize::MAX;
-        doc.set_limits(batch_limits);
         if let Err(e) = doc.import_batch(&blobs) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("updates of {d}: {e}")));
         }
-        doc.set_limits(limits);
     }
+    doc.set_limits(limits);
     Ok(Ok(doc))
 }
 

@@ -364,3 +364,72 @@ fn tenant_delete_removes_its_documents() {
     let table = txn.open_table(crate::docs::DOCS).unwrap();
     assert_eq!(table.range("t/acme/".."t/acme0").unwrap().count(), 0, "{id} left records behind");
 }
+
+/// A compacted document is one record, and documents may be far larger than
+/// the 64 MiB the snapshot reader used to accept per record: a state-machine
+/// snapshot holding one must install (new or restarted nodes) and restore.
+#[test]
+fn a_record_larger_than_the_old_frame_limit_survives_snapshot_install_and_restore() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let d = setup();
+    let key = "t/acme/s/00000000000000ff";
+    let big: Vec<u8> = (0..65 * 1024 * 1024 + 17).map(|i| (i % 241) as u8).collect();
+    {
+        let txn = d.h.sm.db().begin_write().unwrap();
+        txn.open_table(crate::docs::DOCS).unwrap().insert(key, big.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let stored = |sm: &StateMachineStore| {
+        let txn = sm.db().begin_read().unwrap();
+        txn.open_table(crate::docs::DOCS).unwrap().get(key).unwrap().map(|v| v.value().to_vec())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut sm = d.h.sm.clone();
+    let snapshot = runtime.block_on(async { sm.get_snapshot_builder().await.build_snapshot().await }).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut joining = StateMachineStore::open(&Disk::Dir(dir.path().join("joining"))).unwrap();
+    runtime.block_on(joining.install_snapshot(&snapshot.meta, snapshot.snapshot)).unwrap();
+    assert!(stored(&joining) == Some(big.clone()), "the installed copy differs");
+
+    let backup = dir.path().join("backup.snap");
+    d.h.sm.export(&backup).unwrap();
+    let restored = StateMachineStore::open(&Disk::Dir(dir.path().join("restored"))).unwrap();
+    restored.restore_backup(&backup).unwrap();
+    assert!(stored(&restored) == Some(big), "the restored copy differs");
+}
+
+/// Apply gives the same answer on every replica whatever each has cached:
+/// a document committed under roomier bounds than the entry being applied
+/// carries is refused by a deterministic error, on a node that must load it
+/// from disk as on one that has it loaded (loading used to judge the stored
+/// document against the entry's bounds and stop the node with `InvalidData`).
+#[test]
+fn bounds_are_judged_the_same_with_and_without_the_document_loaded() {
+    let mut d = setup();
+    let id = d.create("Roomy");
+    let editor = d.editor.clone();
+    let mut client = d.replica(id, 61);
+    let roomy = DocBounds { max_entities: 100, ..BOUNDS };
+    for i in 0..5 {
+        let update = edit_line(&mut client, i as f64);
+        d.update_within(&editor, id, update, roomy).unwrap();
+    }
+    let tight = DocBounds { max_entities: 3, ..BOUNDS };
+    let next = edit_line(&mut client, 9.0);
+
+    // The node that has the document loaded refuses with a typed error...
+    let cached = d.update_within(&editor, id, next.clone(), tight).unwrap_err();
+    assert_eq!(cached.code, ErrorCode::ResourceExhausted, "{cached}");
+    // ...and so does a node that has to load it first (after a restart).
+    d.h.sm.forget_loaded_documents();
+    let loaded = d.update_within(&editor, id, next.clone(), tight).unwrap_err();
+    assert_eq!(loaded, cached);
+    // Other document operations load it as well, whatever the bounds.
+    d.h.sm.forget_loaded_documents();
+    d.h.call(&editor, Some("acme"), Op::DocRename { doc: id, name: "Renamed".into() }).unwrap();
+    // With the roomier bounds again, the same update commits.
+    d.h.sm.forget_loaded_documents();
+    d.update_within(&editor, id, next, roomy).unwrap();
+    assert_eq!(d.info(id).entities, 6);
+}

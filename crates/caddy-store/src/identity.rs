@@ -359,6 +359,15 @@ pub(crate) fn apply_call(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io:
     Ok(outcome.map(|d| d.body))
 }
 
+/// Whether `call`'s principal may still make it, at `stamp` (the check a
+/// remembered reply must pass before it is handed out again).
+pub(crate) fn permits(tables: &crate::state_machine::Tables<'_>, call: &Call, stamp: u64) -> io::Result<bool> {
+    Ok(match resolve(&tables.ident, &call.principal, stamp)? {
+        Ok(caller) => decide(&tables.ident, call, &caller)?.is_ok(),
+        Err(_) => false,
+    })
+}
+
 fn decide(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     call: &Call,

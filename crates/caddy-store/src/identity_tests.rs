@@ -49,13 +49,41 @@ impl H {
     }
 
     pub(crate) fn command(&mut self, command: Command) -> Result<ReplyBody, CaddyError> {
+        self.command_from(None, command)
+    }
+
+    /// Applies `command` as a client lane's request `origin`.
+    pub(crate) fn command_from(
+        &mut self,
+        origin: Option<caddy_core::ClientSeq>,
+        command: Command,
+    ) -> Result<ReplyBody, CaddyError> {
         self.index += 1;
         self.now += 1;
         let entry = Entry::new(
             openraft::testing::log_id::<crate::TypeConfig>(1, 1, self.index),
-            EntryPayload::Normal(Proposal { origin: None, stamp_ms: self.now, command }),
+            EntryPayload::Normal(Proposal { origin, stamp_ms: self.now, command }),
         );
         self.sm.apply_entries(vec![entry]).unwrap().remove(0).0
+    }
+
+    /// Proposes `op` as the holder of `credential`, on the lane `origin`.
+    pub(crate) fn call_from(
+        &mut self,
+        credential: &str,
+        tenant: Option<&str>,
+        origin: caddy_core::ClientSeq,
+        op: Op,
+    ) -> Result<ReplyBody, CaddyError> {
+        let principal = self.sm.authenticate(credential, self.now)?.0;
+        let call = Call {
+            principal,
+            tenant: tenant.map(t),
+            request_id: format!("{:016x}-{}", origin.client_id, origin.sequence),
+            client_addr: "127.0.0.1:4433".into(),
+            op,
+        };
+        self.command_from(Some(origin), Command::Call(Box::new(call)))
     }
 
     fn as_principal(&mut self, principal: Principal, tenant: Option<&str>, op: Op) -> Result<ReplyBody, CaddyError> {

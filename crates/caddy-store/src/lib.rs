@@ -26,13 +26,14 @@ pub mod files;
 pub mod identity;
 mod log_store;
 mod render;
+pub mod sessions;
 mod snapshot;
 mod state_machine;
 pub mod types;
 
 pub use docs::DocCommitted;
 pub use files::VersionRecordView;
-pub use log_store::{FlushMode, LogStore};
+pub use log_store::{FlushMode, LogStore, REPLICATION_BATCH_BYTES};
 pub use snapshot::{SnapshotError, SnapshotInfo, read_snapshot_meta, verify_snapshot_file};
 pub use state_machine::{ApplyEvent, StateMachineStore, WatchMessage};
 pub use types::*;

@@ -6,6 +6,10 @@
 //! - The vote is durable before `save_vote` returns.
 //! - An append is acknowledged (its `IOFlushed` completed) only after a
 //!   durable redb commit that follows it.
+//! - Replication reads ([`RaftLogReader::limited_get_log_entries`]) return
+//!   at most [`REPLICATION_BATCH_BYTES`] of stored entries (but always at
+//!   least one), so an AppendEntries built from them stays far below the
+//!   peer message limit however far behind a follower is.
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -26,6 +30,11 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
+
+/// Stored bytes of log entries one replication read returns at most (one
+/// entry is always returned, whatever its size; entries are bounded by the
+/// client frame limit, itself capped well below the peer message limit).
+pub const REPLICATION_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// How appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +168,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
         self.read_meta(KEY_VOTE)
     }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        read_limited(&self.db, start, end, REPLICATION_BATCH_BYTES)
+    }
+}
+
+/// Entries `[start, end)` in order, stopping before the one that would take
+/// the stored bytes read past `budget` (the first entry is always read).
+fn read_limited(db: &Database, start: u64, end: u64, budget: usize) -> io::Result<Vec<Entry>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(LOG).map_err(io_err)?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for item in table.range(start..end).map_err(io_err)? {
+        let (k, v) = item.map_err(io_err)?;
+        let size = v.value().len();
+        if !out.is_empty() && bytes.saturating_add(size) > budget {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.push(decode_entry(k.value(), v.value())?);
+    }
+    Ok(out)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -9,6 +9,17 @@
 //! the magic, the format, the length and the whole-payload hash before it
 //! decodes a single record, so a truncated or corrupted file is rejected
 //! before anything is installed; each record is also individually sealed.
+//!
+//! Invariant: every record the writer produces, the reader accepts. A table
+//! value longer than [`PIECE_BYTES`] (a compacted document can be hundreds
+//! of MiB) is written as a [`SnapshotRecord::Large`] record holding the
+//! record with its value left empty, followed by [`SnapshotRecord::Piece`]s
+//! of at most [`PIECE_BYTES`] that the reader joins back; so no frame is
+//! ever longer than a piece plus its key, and the reader's frame bound
+//! ([`MAX_FRAME`]) is above that by construction. The joined value grows as
+//! pieces arrive: a header cannot make the reader allocate ahead of data.
+//!
+//! Format 1 (before pieces) is read as it is: it is format 2 without them.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,10 +33,20 @@ use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
 const MAGIC: &[u8; 8] = b"CADDYSNP";
 /// Snapshot container format written by this build.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Oldest format this build still reads.
+const OLDEST_FORMAT: u32 = 1;
 const HEADER_LEN: u64 = 8 + 4 + 8 + 32;
-/// Largest single record accepted when reading (a value is at most 16 MiB).
-const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Values longer than this are written in pieces of this size.
+pub const PIECE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest single frame accepted when reading: a piece, or a value up to a
+/// piece, plus a key (at most a few KiB) and the record's envelope.
+const MAX_FRAME: usize = PIECE_BYTES + 1024 * 1024;
+/// Largest value joined from pieces: what a redb value can hold.
+const MAX_JOINED: u64 = u32::MAX as u64;
+
+// Frames are bounded by construction, not by luck.
+const _: () = assert!(MAX_FRAME > PIECE_BYTES + caddy_core::limits::MAX_KEY_BYTES + 64);
 
 /// Why a snapshot file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +55,7 @@ pub enum SnapshotError {
     #[error("not a CADDY snapshot (bad magic)")]
     BadMagic,
     /// Written by a newer format.
-    #[error("snapshot format {0} is not supported (this build reads {SNAPSHOT_FORMAT})")]
+    #[error("snapshot format {0} is not supported (this build reads {OLDEST_FORMAT} to {SNAPSHOT_FORMAT})")]
     Format(u32),
     /// The file is shorter or longer than its header says.
     #[error("snapshot truncated or padded: header says {expected} payload bytes, file has {actual}")]
@@ -98,7 +119,8 @@ pub enum SnapshotRecord {
     Kv(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A retained watch event.
     Event(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    /// A client session.
+    /// A client session of a build before scoped lanes (not written any
+    /// more; skipped on install).
     Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A join token hash and its expiry.
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
@@ -108,6 +130,38 @@ pub enum SnapshotRecord {
     Doc(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A file-system record (see [`crate::files`]).
     File(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// A record whose value is too long for one frame: the record with an
+    /// empty value, then `len` bytes of [`SnapshotRecord::Piece`]s.
+    Large {
+        /// The record, its value left empty.
+        record: Box<SnapshotRecord>,
+        /// Length of the value the pieces add up to.
+        len: u64,
+    },
+    /// The next part of a [`SnapshotRecord::Large`] value.
+    Piece(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A client session lane (see [`crate::sessions`]); [`SnapshotRecord::Session`]
+    /// is what builds before scoped lanes wrote, and is skipped on install.
+    ClientSession(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl SnapshotRecord {
+    /// The stored value a table record carries.
+    fn value_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            SnapshotRecord::Kv(_, v)
+            | SnapshotRecord::Event(_, v)
+            | SnapshotRecord::Session(_, v)
+            | SnapshotRecord::Ident(_, v)
+            | SnapshotRecord::Doc(_, v)
+            | SnapshotRecord::File(_, v)
+            | SnapshotRecord::ClientSession(_, v) => Some(v),
+            SnapshotRecord::Header(_)
+            | SnapshotRecord::JoinToken(..)
+            | SnapshotRecord::Large { .. }
+            | SnapshotRecord::Piece(_) => None,
+        }
+    }
 }
 
 /// A snapshot file on disk with its metadata.
@@ -126,16 +180,46 @@ pub(crate) struct SnapshotWriter {
     out: BufWriter<File>,
     hasher: blake3::Hasher,
     len: u64,
+    piece_bytes: usize,
 }
 
 impl SnapshotWriter {
     pub(crate) fn create(path: &Path) -> io::Result<Self> {
         let mut file = File::create(path)?;
         file.write_all(&[0u8; HEADER_LEN as usize])?;
-        Ok(Self { out: BufWriter::new(file), hasher: blake3::Hasher::new(), len: 0 })
+        Ok(Self { out: BufWriter::new(file), hasher: blake3::Hasher::new(), len: 0, piece_bytes: PIECE_BYTES })
     }
 
-    pub(crate) fn push(&mut self, record: &SnapshotRecord) -> io::Result<()> {
+    /// Splits values at `bytes` instead of [`PIECE_BYTES`] (tests of the
+    /// piece boundaries, without writing megabytes).
+    #[cfg(test)]
+    pub(crate) fn with_piece_bytes(mut self, bytes: usize) -> Self {
+        self.piece_bytes = bytes.clamp(1, PIECE_BYTES);
+        self
+    }
+
+    /// Appends a record, in pieces if its value is longer than a piece.
+    pub(crate) fn push(&mut self, record: SnapshotRecord) -> io::Result<()> {
+        let mut record = record;
+        let value = match record.value_mut() {
+            Some(v) if v.len() > self.piece_bytes => std::mem::take(v),
+            _ => return self.push_frame(&record),
+        };
+        let len = value.len() as u64;
+        if len > MAX_JOINED {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a stored value of {len} bytes is over the snapshot limit of {MAX_JOINED} bytes"),
+            ));
+        }
+        self.push_frame(&SnapshotRecord::Large { record: Box::new(record), len })?;
+        for piece in value.chunks(self.piece_bytes) {
+            self.push_frame(&SnapshotRecord::Piece(piece.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    fn push_frame(&mut self, record: &SnapshotRecord) -> io::Result<()> {
         let bytes = codec::seal(RECORD_VERSION, record).map_err(io::Error::other)?;
         let len = u32::try_from(bytes.len()).map_err(io::Error::other)?.to_le_bytes();
         self.hasher.update(&len);
@@ -171,7 +255,7 @@ pub fn verify_snapshot_file(file: &mut File) -> Result<SmMeta, SnapshotError> {
     let mut u32b = [0u8; 4];
     u32b.copy_from_slice(&header[8..12]);
     let format = u32::from_le_bytes(u32b);
-    if format != SNAPSHOT_FORMAT {
+    if !(OLDEST_FORMAT..=SNAPSHOT_FORMAT).contains(&format) {
         return Err(SnapshotError::Format(format));
     }
     let mut u64b = [0u8; 8];
@@ -212,7 +296,37 @@ impl<'f> SnapshotReader<'f> {
         Ok(Self { input: BufReader::new(file) })
     }
 
+    /// The next whole record (pieces already joined), or `None` at the end.
     pub(crate) fn next_record(&mut self) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        let Some(record) = self.next_frame()? else { return Ok(None) };
+        let (mut record, len) = match record {
+            SnapshotRecord::Large { record, len } => (*record, len),
+            SnapshotRecord::Piece(_) => return Err(SnapshotError::Record("a piece outside a large record".into())),
+            other => return Ok(Some(other)),
+        };
+        if len > MAX_JOINED {
+            return Err(SnapshotError::Record(format!("a value of {len} bytes is over the limit of {MAX_JOINED}")));
+        }
+        let mut joined = Vec::new();
+        while (joined.len() as u64) < len {
+            match self.next_frame()? {
+                Some(SnapshotRecord::Piece(piece)) if joined.len() as u64 + piece.len() as u64 <= len => {
+                    joined.extend_from_slice(&piece);
+                }
+                Some(SnapshotRecord::Piece(_)) => {
+                    return Err(SnapshotError::Record(format!("pieces add up to more than the {len} bytes announced")));
+                }
+                _ => return Err(SnapshotError::Record(format!("a large record ends before its {len} bytes"))),
+            }
+        }
+        match record.value_mut() {
+            Some(value) if value.is_empty() => *value = joined,
+            _ => return Err(SnapshotError::Record("a large record that holds no empty table value".into())),
+        }
+        Ok(Some(record))
+    }
+
+    fn next_frame(&mut self) -> Result<Option<SnapshotRecord>, SnapshotError> {
         let mut len = [0u8; 4];
         match self.input.read_exact(&mut len) {
             Ok(()) => {}
@@ -233,4 +347,116 @@ impl<'f> SnapshotReader<'f> {
 /// fsyncs a directory so a rename inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn write(path: &Path, piece: usize, records: &[SnapshotRecord]) {
+        let mut writer = SnapshotWriter::create(path).unwrap().with_piece_bytes(piece);
+        writer.push(SnapshotRecord::Header(SmMeta::default())).unwrap();
+        for r in records {
+            writer.push(r.clone()).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+
+    fn read_all(path: &Path) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+        let mut file = File::open(path)?;
+        verify_snapshot_file(&mut file)?;
+        let mut reader = SnapshotReader::open(&mut file)?;
+        let mut out = Vec::new();
+        while let Some(r) = reader.next_record()? {
+            if !matches!(r, SnapshotRecord::Header(_)) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whatever the writer writes, the reader gives back, for value sizes
+    /// around every piece boundary and in every kind of table record.
+    #[test]
+    fn every_value_size_around_the_piece_bounds_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for piece in [1usize, 7, 64] {
+            let mut sizes = vec![0usize, 1, 2];
+            for k in 1..=3 {
+                sizes.extend([k * piece - 1, k * piece, k * piece + 1]);
+            }
+            sizes.extend((0..20).map(|_| rng.random_range(0..5 * piece + 3)));
+            let mut records = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let value: Vec<u8> = (0..*size).map(|_| rng.random()).collect();
+                records.push(match i % 6 {
+                    0 => SnapshotRecord::Kv(format!("k{i}"), value),
+                    1 => SnapshotRecord::Event(i as u64, value),
+                    2 => SnapshotRecord::Session(i as u64, value),
+                    3 => SnapshotRecord::Ident(format!("i{i}"), value),
+                    4 => SnapshotRecord::Doc(format!("d{i}"), value),
+                    _ => SnapshotRecord::File(format!("f{i}"), value),
+                });
+                records.push(SnapshotRecord::JoinToken(vec![i as u8; 32], i as u64));
+            }
+            let path = dir.path().join(format!("p{piece}.snap"));
+            write(&path, piece, &records);
+            assert_eq!(read_all(&path).unwrap(), records, "piece size {piece}");
+        }
+    }
+
+    /// The production piece size: a value over the old 64 MiB frame limit
+    /// (a large compacted document) is written and read back.
+    #[test]
+    fn a_value_larger_than_any_frame_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.snap");
+        let value: Vec<u8> = (0..65 * 1024 * 1024 + 3).map(|i| (i % 253) as u8).collect();
+        let mut writer = SnapshotWriter::create(&path).unwrap();
+        writer.push(SnapshotRecord::Header(SmMeta::default())).unwrap();
+        writer.push(SnapshotRecord::Doc("t/acme/s/0000000000000001".into(), value.clone())).unwrap();
+        writer.finish().unwrap();
+        let back = read_all(&path).unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(matches!(&back[0], SnapshotRecord::Doc(k, v) if k == "t/acme/s/0000000000000001" && *v == value));
+    }
+
+    /// Piece sequences the writer never makes are refused, not misread.
+    #[test]
+    fn malformed_piece_sequences_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let large = |len| SnapshotRecord::Large { record: Box::new(SnapshotRecord::Kv("k".into(), Vec::new())), len };
+        let cases: Vec<(&str, Vec<SnapshotRecord>)> = vec![
+            ("a piece alone", vec![SnapshotRecord::Piece(vec![1])]),
+            ("too few pieces", vec![large(4), SnapshotRecord::Piece(vec![1, 2])]),
+            ("too many bytes", vec![large(2), SnapshotRecord::Piece(vec![1, 2, 3])]),
+            (
+                "another record inside",
+                vec![large(2), SnapshotRecord::Kv("x".into(), vec![1]), SnapshotRecord::Piece(vec![1])],
+            ),
+            (
+                "no table value",
+                vec![
+                    SnapshotRecord::Large { record: Box::new(SnapshotRecord::Piece(vec![])), len: 1 },
+                    SnapshotRecord::Piece(vec![1]),
+                ],
+            ),
+            ("over the bound", vec![large(MAX_JOINED + 1)]),
+        ];
+        for (i, (what, frames)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("bad{i}.snap"));
+            let mut writer = SnapshotWriter::create(&path).unwrap();
+            writer.push_frame(&SnapshotRecord::Header(SmMeta::default())).unwrap();
+            for f in &frames {
+                writer.push_frame(f).unwrap();
+            }
+            writer.finish().unwrap();
+            assert!(matches!(read_all(&path), Err(SnapshotError::Record(_))), "{what} was accepted");
+        }
+    }
 }

@@ -43,8 +43,6 @@ use crate::{RECORD_VERSION, StoreError, corrupt, io_err};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
-const SESSION_AGE: TableDefinition<(u64, u64), ()> = TableDefinition::new("session_age");
 const JOIN_TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("join_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Identity records, tenant-scoped (`t/{tenant}/…`) and global (`g/…`); see
@@ -64,13 +62,6 @@ struct StoredKv {
     create_revision: u64,
     mod_revision: u64,
     version: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Session {
-    sequence: u64,
-    stamp_ms: u64,
-    reply: Reply,
 }
 
 /// What live watchers receive.
@@ -143,8 +134,7 @@ fn to_kv(key: &str, stored: StoredKv) -> KeyValue {
 pub(crate) struct Tables<'t> {
     pub(crate) kv: Table<'t, &'static str, &'static [u8]>,
     events: Table<'t, u64, &'static [u8]>,
-    sessions: Table<'t, u64, &'static [u8]>,
-    session_age: Table<'t, (u64, u64), ()>,
+    sessions: crate::sessions::SessionTables<'t>,
     join_tokens: Table<'t, &'static [u8], u64>,
     pub(crate) ident: Table<'t, &'static str, &'static [u8]>,
     /// The cluster audit chain's head as this batch moved it, stored once at
@@ -170,8 +160,7 @@ impl<'t> Tables<'t> {
             doc_compactions: Vec::new(),
             kv: txn.open_table(KV).map_err(io_err)?,
             events: txn.open_table(EVENTS).map_err(io_err)?,
-            sessions: txn.open_table(SESSIONS).map_err(io_err)?,
-            session_age: txn.open_table(SESSION_AGE).map_err(io_err)?,
+            sessions: crate::sessions::SessionTables::open(txn)?,
             join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
             ident: txn.open_table(IDENT).map_err(io_err)?,
             cluster_audit_head: None,
@@ -193,6 +182,7 @@ impl StateMachineStore {
             let _ = Tables::open(&txn, &doc_runtime)?;
             txn.open_table(META).map_err(|e| StoreError::Storage(e.to_string()))?;
         }
+        crate::sessions::SessionTables::delete_legacy(&txn)?;
         txn.commit().map_err(|e| StoreError::Storage(e.to_string()))?;
         let meta = {
             let txn = db.begin_read().map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -476,17 +466,14 @@ impl StateMachineStore {
         lock(&self.inner.current_snapshot).clone()
     }
 
-    /// The reply of the client's request `origin` if it has been applied
-    /// (the exactly-once table), so a retried request whose first attempt
-    /// committed can be answered before any precheck judges it anew.
-    pub fn applied_reply(&self, origin: ClientSeq) -> io::Result<Option<Reply>> {
+    /// The reply of the client's request `origin` (in the session `scope`,
+    /// see [`Command::session_scope`]) if it has been applied, so a retried
+    /// request whose first attempt committed can be answered before any
+    /// precheck judges it anew.
+    pub fn applied_reply(&self, scope: &[u8; 32], origin: ClientSeq) -> io::Result<Option<Reply>> {
         let txn = self.inner.db.begin_read().map_err(io_err)?;
-        let sessions = txn.open_table(SESSIONS).map_err(io_err)?;
-        let Some(raw) = sessions.get(origin.client_id).map_err(io_err)? else {
-            return Ok(None);
-        };
-        let session: Session = open_record("session", raw.value())?;
-        Ok((session.sequence == origin.sequence).then_some(session.reply))
+        let sessions = txn.open_table(crate::sessions::CLIENT_SESSIONS).map_err(io_err)?;
+        crate::sessions::applied_reply(&sessions, scope, origin)
     }
 
     /// Reads one key from local state.
@@ -659,34 +646,34 @@ impl StateMachineStore {
             }
         };
         let mut writer = SnapshotWriter::create(path)?;
-        writer.push(&SnapshotRecord::Header(meta.clone()))?;
+        writer.push(SnapshotRecord::Header(meta.clone()))?;
         for item in txn.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Kv(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Kv(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(EVENTS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Event(k.value(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Event(k.value(), v.value().to_vec()))?;
         }
-        for item in txn.open_table(SESSIONS).map_err(io_err)?.iter().map_err(io_err)? {
+        for item in txn.open_table(crate::sessions::CLIENT_SESSIONS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Session(k.value(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::ClientSession(k.value().to_vec(), v.value().to_vec()))?;
         }
         for item in txn.open_table(JOIN_TOKENS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
+            writer.push(SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
         }
         for item in txn.open_table(IDENT).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Ident(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(DOCS).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::Doc(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(FILES).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(&SnapshotRecord::File(k.value().to_string(), v.value().to_vec()))?;
+            writer.push(SnapshotRecord::File(k.value().to_string(), v.value().to_vec()))?;
         }
         let size = writer.finish()?;
         Ok((meta, size))
@@ -708,8 +695,7 @@ impl StateMachineStore {
             // A missing table is Ok(false); any other failure aborts the install.
             txn.delete_table(KV).map_err(io_err)?;
             txn.delete_table(EVENTS).map_err(io_err)?;
-            txn.delete_table(SESSIONS).map_err(io_err)?;
-            txn.delete_table(SESSION_AGE).map_err(io_err)?;
+            crate::sessions::SessionTables::delete_all(&txn)?;
             txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
             txn.delete_table(IDENT).map_err(io_err)?;
             txn.delete_table(DOCS).map_err(io_err)?;
@@ -727,11 +713,9 @@ impl StateMachineStore {
                     SnapshotRecord::Event(rev, v) => {
                         tables.events.insert(rev, v.as_slice()).map_err(io_err)?;
                     }
-                    SnapshotRecord::Session(id, v) => {
-                        let session: Session = open_record("session", &v)?;
-                        tables.session_age.insert((session.stamp_ms, id), ()).map_err(io_err)?;
-                        tables.sessions.insert(id, v.as_slice()).map_err(io_err)?;
-                    }
+                    // Lanes of a build before scoped sessions: not carried over.
+                    SnapshotRecord::Session(..) => {}
+                    SnapshotRecord::ClientSession(k, v) => tables.sessions.restore(&k, &v)?,
                     SnapshotRecord::JoinToken(hash, exp) => {
                         tables.join_tokens.insert(hash.as_slice(), exp).map_err(io_err)?;
                     }
@@ -743,6 +727,10 @@ impl StateMachineStore {
                     }
                     SnapshotRecord::File(k, v) => {
                         tables.files.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
+                    }
+                    // The reader joins pieces into whole records.
+                    SnapshotRecord::Large { .. } | SnapshotRecord::Piece(_) => {
+                        return Err(SnapshotError::Record("an unjoined piece reached the install".into()));
                     }
                 }
                 first = false;
@@ -823,6 +811,12 @@ impl StateMachineStore {
         metrics::histogram!("caddy_apply_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("caddy_applied_commands_total").increment(applied as u64);
         Ok(replies)
+    }
+
+    /// Drops every loaded document, as a restart would.
+    #[cfg(test)]
+    pub(crate) fn forget_loaded_documents(&self) {
+        self.inner.docs.clear();
     }
 
     /// The database, for tests that damage records on purpose.
@@ -915,68 +909,27 @@ fn apply_proposal(
     history: u64,
     events: &mut Vec<KvEvent>,
 ) -> io::Result<Reply> {
-    if let Some(origin) = proposal.origin
-        && let Some(previous) = session_lookup(tables, origin)?
-    {
-        return Ok(previous);
+    let scope = proposal.origin.map(|_| proposal.command.session_scope());
+    if let (Some(origin), Some(scope)) = (proposal.origin, &scope) {
+        match tables.sessions.lookup(scope, origin)? {
+            crate::sessions::Lookup::Refused(reply) => return Ok(reply),
+            // A remembered reply goes only to a caller still allowed to make
+            // the request; one that lost the right gets the refusal (and
+            // its audit entry) from applying it anew.
+            crate::sessions::Lookup::Applied(reply) => match &proposal.command {
+                Command::Call(call) if !crate::identity::permits(tables, call, proposal.stamp_ms)? => {}
+                _ => return Ok(reply),
+            },
+            crate::sessions::Lookup::New => {}
+        }
     }
     let result = apply_command(tables, meta, proposal, history, events)?;
     let reply = Reply(result);
-    if let Some(origin) = proposal.origin {
-        session_store(tables, origin, proposal.stamp_ms, &reply)?;
+    if let (Some(origin), Some(scope)) = (proposal.origin, &scope) {
+        tables.sessions.store(scope, origin, proposal.stamp_ms, &reply)?;
     }
-    sweep_sessions(tables, proposal.stamp_ms)?;
+    tables.sessions.sweep(proposal.stamp_ms)?;
     Ok(reply)
-}
-
-/// `Some(reply)` if this request was already applied (or is older than the
-/// last one applied for the client).
-fn session_lookup(tables: &Tables<'_>, origin: ClientSeq) -> io::Result<Option<Reply>> {
-    let Some(raw) = tables.sessions.get(origin.client_id).map_err(io_err)? else {
-        return Ok(None);
-    };
-    let session: Session = open_record("session", raw.value())?;
-    if origin.sequence == session.sequence {
-        return Ok(Some(session.reply));
-    }
-    if origin.sequence < session.sequence {
-        return Ok(Some(Reply(Err(CaddyError::precondition(format!(
-            "request {} of client {:x} is older than its last applied request {}; it was not applied again",
-            origin.sequence, origin.client_id, session.sequence
-        ))))));
-    }
-    Ok(None)
-}
-
-fn session_store(tables: &mut Tables<'_>, origin: ClientSeq, stamp_ms: u64, reply: &Reply) -> io::Result<()> {
-    let old_stamp = match tables.sessions.get(origin.client_id).map_err(io_err)? {
-        Some(raw) => Some(open_record::<Session>("session", raw.value())?.stamp_ms),
-        None => None,
-    };
-    if let Some(old) = old_stamp {
-        tables.session_age.remove((old, origin.client_id)).map_err(io_err)?;
-    }
-    let session = Session { sequence: origin.sequence, stamp_ms, reply: reply.clone() };
-    tables.sessions.insert(origin.client_id, seal(&session)?.as_slice()).map_err(io_err)?;
-    tables.session_age.insert((stamp_ms, origin.client_id), ()).map_err(io_err)?;
-    Ok(())
-}
-
-fn sweep_sessions(tables: &mut Tables<'_>, now_ms: u64) -> io::Result<()> {
-    let cutoff = now_ms.saturating_sub(limits::SESSION_TTL_MS);
-    let mut expired = Vec::new();
-    for item in tables.session_age.range(..(cutoff, 0)).map_err(io_err)? {
-        let (k, _) = item.map_err(io_err)?;
-        expired.push(k.value());
-        if expired.len() >= limits::SESSION_SWEEP_PER_APPLY {
-            break;
-        }
-    }
-    for (stamp, client) in expired {
-        tables.session_age.remove((stamp, client)).map_err(io_err)?;
-        tables.sessions.remove(client).map_err(io_err)?;
-    }
-    Ok(())
 }
 
 fn record_event(

@@ -26,4 +26,18 @@ pub const ALPN: &[u8] = b"caddy/1";
 /// verifies, so that certificates do not depend on addresses.
 pub const CLUSTER_SERVER_NAME: &str = "caddy-node";
 
+/// Application close codes of client connections (see the header of
+/// `proto/caddy/v1/client.proto`); the close reason explains them to people.
+pub mod close {
+    /// A normal close: the server is shutting down, or a side is done.
+    pub const NORMAL: u32 = 0;
+    /// No authenticated request (or login) within the credential deadline.
+    pub const CREDENTIAL_DEADLINE: u32 = 1;
+    /// No request in flight for longer than the idle timeout; a client
+    /// simply reconnects for its next request.
+    pub const IDLE: u32 = 2;
+    /// Too many connections from the client's source address.
+    pub const TOO_MANY_CONNECTIONS: u32 = 3;
+}
+
 pub use frame::{FrameError, read_frame, write_frame};

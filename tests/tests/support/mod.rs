@@ -194,6 +194,19 @@ impl Dev {
         self.dir.join(format!("node{node}")).join(name)
     }
 
+    /// Everything a node has logged so far (lossily decoded).
+    pub fn node_log(&self, node: u64) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.node_file(node, "caddyd.log")).unwrap_or_default()).into_owned()
+    }
+
+    /// A client that talks to `node` only, with a `timeout` per request.
+    pub async fn client_for_with_timeout(&self, node: u64, timeout: Duration) -> Client {
+        let mut config = ClientConfig::from_file(self.client_toml()).expect("client config");
+        config.endpoints = vec![self.client_addr(node)];
+        config.request_timeout = timeout;
+        Client::connect(config).await.expect("connect")
+    }
+
     /// The pid `caddyd dev` recorded for a node.
     pub fn pid(&self, node: u64) -> u32 {
         let text = std::fs::read_to_string(self.node_file(node, "caddyd.pid")).expect("pid file");

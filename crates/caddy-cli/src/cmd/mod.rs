@@ -132,12 +132,13 @@ async fn dispatch(ctx: &Ctx, command: Command, saved: &SavedCredentials, out: &m
     }
 }
 
-/// `err` as `main` reports it, with what a person needs added: the current
-/// revision of a failed compare-and-set, the leader hint of an unavailable
-/// cluster, and `caddyctl login` when a saved session is refused.
+/// `err` as `main` reports it, with what a person needs added: how long to
+/// wait before trying again, the current revision of a failed
+/// compare-and-set, the leader hint of an unavailable cluster, and
+/// `caddyctl login` when a saved session is refused.
 fn failure(err: &anyhow::Error, saved: &SavedCredentials) -> Failure {
     let mut failure = Failure::of(err);
-    if let Some(extra) = describe(err) {
+    if let Some(extra) = describe(err, failure.retry_after) {
         failure.message = format!("{} ({extra})", failure.message);
     }
     if refused_saved_session(err, saved) {
@@ -215,9 +216,14 @@ fn client_error(err: &anyhow::Error) -> Option<&ClientError> {
     err.chain().find_map(|e| e.downcast_ref::<ClientError>())
 }
 
-/// What a person needs beyond an SDK error's message: the current revision
-/// of a failed compare-and-set, the leader hint of an unavailable cluster.
-fn describe(err: &anyhow::Error) -> Option<String> {
+/// What a person needs beyond an SDK error's message: how long the server
+/// asked to wait before trying again (`retry_after`, which the failure
+/// found), else the current revision of a failed compare-and-set or the
+/// leader hint of an unavailable cluster.
+fn describe(err: &anyhow::Error, retry_after: Option<Duration>) -> Option<String> {
+    if let Some(wait) = retry_after {
+        return Some(format!("retry after {}", human_duration(wait)));
+    }
     let err = client_error(err)?;
     match (err.current_revision(), err.leader_hint()) {
         (Some(rev), _) if !err.to_string().contains(&rev.to_string()) => Some(format!("current revision {rev}")),
@@ -251,6 +257,7 @@ mod tests {
             message: "revision mismatch".into(),
             current_revision: Some(42),
             leader_hint: None,
+            retry_after: None,
         };
         let cas = failure(&cas.into(), &unused);
         assert_eq!(cas.message, "failed_precondition: revision mismatch (current revision 42)");
@@ -260,9 +267,36 @@ mod tests {
             message: "not the leader".into(),
             current_revision: None,
             leader_hint: Some("10.0.0.2:7101".into()),
+            retry_after: None,
         };
         let unavailable = failure(&unavailable.into(), &unused);
         assert_eq!(unavailable.message, "unavailable: not the leader (leader hint 10.0.0.2:7101)");
+        let throttled = ClientError::Server {
+            code: ErrorCode::ResourceExhausted,
+            message: "too many failed logins for a@x.io in tenant acme; wait before trying again".into(),
+            current_revision: None,
+            leader_hint: None,
+            retry_after: Some(std::time::Duration::from_millis(2450)),
+        };
+        let throttled = failure(&throttled.into(), &unused);
+        assert_eq!(
+            throttled.message,
+            "resource_exhausted: too many failed logins for a@x.io in tenant acme; wait before trying again \
+             (retry after 2.5s)"
+        );
+        assert_eq!(throttled.retry_after, Some(std::time::Duration::from_millis(2450)));
+        // Also when the CLI tells the SDK error in its own words.
+        let import = crate::failure::CliError::client(
+            &ClientError::Server {
+                code: ErrorCode::ResourceExhausted,
+                message: "busy checking passwords".into(),
+                current_revision: None,
+                leader_hint: None,
+                retry_after: Some(std::time::Duration::from_millis(300)),
+            },
+            "import stopped at line 3",
+        );
+        assert_eq!(failure(&import.into(), &unused).message, "import stopped at line 3 (retry after 300ms)");
         assert_eq!(failure(&anyhow::anyhow!("key not found: k"), &unused).message, "key not found: k");
     }
 
@@ -351,6 +385,7 @@ mod tests {
                 message: "session expired".into(),
                 current_revision: None,
                 leader_hint: None,
+                retry_after: None,
             })
         };
         let saved = SavedCredentials { path: PathBuf::from("/c/credentials"), used: true };

@@ -226,6 +226,7 @@ mod tests {
             message: "user #2: invalid email".into(),
             current_revision: None,
             leader_hint: None,
+            retry_after: None,
         };
         assert_eq!(
             batch_error(&batch, 100, &err),
