@@ -18,11 +18,26 @@ pub struct Cli {
     /// Client configuration file [env: CADDY_CONFIG; default: ./.caddy-dev/client.toml].
     #[arg(long, global = true, value_name = "FILE", env = "CADDY_CONFIG", hide_env = true)]
     pub config: Option<PathBuf>,
-    /// Machine-readable JSON output.
+    /// Talk to this node (host:port of its client listener) instead of the config file's endpoints;
+    /// repeat it for several. The CA and the credential still come from the config file [env:
+    /// CADDY_ENDPOINTS=host:port,host:port].
+    #[arg(
+        long = "endpoint",
+        global = true,
+        value_name = "HOST:PORT",
+        env = "CADDY_ENDPOINTS",
+        hide_env = true,
+        value_delimiter = ',',
+        value_parser = parse_endpoint
+    )]
+    pub endpoints: Vec<String>,
+    /// Machine-readable JSON output; a failure is written to stdout too, as {"error": {...}}.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Bound on each request, retries included (e.g. "10s", "500ms").
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    /// Bound on the whole command, retries and waits included (e.g. "10s", "500ms"); a watch ends
+    /// (successfully) when it runs out. Default: each request is bounded by the config file's
+    /// request timeout, a render wait by --wait-timeout, a watch not at all.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// Tenant to act on [env: CADDY_TENANT; default: the credential's own, or `tenant` of the config file].
     #[arg(long, global = true, value_name = "TENANT", env = "CADDY_TENANT", hide_env = true)]
@@ -157,7 +172,7 @@ pub struct RenderSubmit {
     /// Wait until the job is done (or failed).
     #[arg(long)]
     pub wait: bool,
-    /// Longest wait.
+    /// Longest wait (a shorter --timeout, which bounds the whole command, ends it first).
     #[arg(long = "wait-timeout", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub wait_timeout: Duration,
 }
@@ -199,6 +214,23 @@ pub enum RenderCommand {
         #[arg(short = 'o', long = "output", value_name = "PATH")]
         output: Option<PathBuf>,
     },
+}
+
+/// A positive duration for `--timeout`.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("--timeout must be positive".into()),
+        d => Ok(d),
+    }
+}
+
+/// `host:port` of a client listener, as the config file's `endpoints` hold.
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_owned()),
+        _ => Err(format!("{text:?} is not HOST:PORT")),
+    }
 }
 
 /// `1024x768` → (1024, 768).
@@ -341,7 +373,7 @@ pub enum DocCommand {
         /// Document id.
         id: String,
     },
-    /// Prints committed updates and presence as they arrive (Ctrl-C stops).
+    /// Prints committed updates and presence as they arrive (Ctrl-C stops; so does --timeout, successfully).
     Watch {
         /// Start from this hex version (default: the whole document first).
         #[arg(long)]
@@ -1153,7 +1185,7 @@ pub enum KvCommand {
         #[arg(long)]
         serializable: bool,
     },
-    /// Prints changes to keys starting with PREFIX until interrupted.
+    /// Prints changes to keys starting with PREFIX until interrupted (or, successfully, until --timeout).
     Watch {
         /// Key prefix (empty: every key).
         #[arg(default_value = "", allow_hyphen_values = true)]
@@ -1218,6 +1250,20 @@ mod tests {
         assert!(cli.json);
         assert!(matches!(cli.command, Command::Cluster(ClusterCommand::Status)));
         assert!(parse(&["--timeout", "soon", "cluster", "status"]).is_err());
+        assert!(parse(&["--timeout", "0s", "cluster", "status"]).is_err());
+    }
+
+    #[test]
+    fn endpoints_from_flags_or_the_environment() {
+        let cli = parse(&["kv", "get", "k", "--endpoint", "127.0.0.1:7101", "--endpoint", "[::1]:7102"]).unwrap();
+        assert_eq!(cli.endpoints, ["127.0.0.1:7101", "[::1]:7102"]);
+        let cli = parse(&["--endpoint", "a:1,b:2", "cluster", "status"]).unwrap();
+        assert_eq!(cli.endpoints, ["a:1", "b:2"]);
+        for bad in ["nohost", ":7101", "h:0", "h:99999", "h:x"] {
+            let err = parse(&["--endpoint", bad, "cluster", "status"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+        assert!(parse(&["cluster", "status"]).unwrap().endpoints.is_empty());
     }
 
     #[test]

@@ -213,7 +213,9 @@ pub fn read_password(source: PasswordSource<'_>, allow_env: bool) -> anyhow::Res
 pub fn require_password(source: PasswordSource<'_>) -> anyhow::Result<String> {
     match read_password(source, true)? {
         Some(password) => Ok(password),
-        None => bail!("no password given: pipe it into --password-stdin (or set {PASSWORD_ENV})"),
+        None => Err(crate::failure::usage(format!(
+            "no password given: pipe it into --password-stdin (or set {PASSWORD_ENV})"
+        ))),
     }
 }
 

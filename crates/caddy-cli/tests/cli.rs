@@ -1,6 +1,9 @@
-//! Drives the `caddyctl` binary against an in-process fake server that
-//! speaks the client protocol with a tiny in-memory key-value map: exit
-//! codes, output formats and error lines, without a real cluster.
+//! Drives the `caddyctl` binary: mostly against an in-process fake server
+//! that speaks the client protocol with a tiny in-memory key-value map (exit
+//! codes, output formats and error lines, without a real cluster), and at
+//! the end against a real `caddyd dev` cluster (exit codes and JSON errors
+//! from the real server, `--endpoint`, `--timeout`, failover from a killed
+//! node, a write without a quorum; `cargo build --bins` first).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -536,7 +539,12 @@ fn ok(o: Output) -> String {
 }
 
 fn fails(o: Output) -> String {
-    assert_eq!(o.status.code(), Some(1), "stdout: {} stderr: {}", stdout(&o), stderr(&o));
+    fails_with(o, 1)
+}
+
+/// Exit code `code` and exactly one `error:` line on stderr; returns it.
+fn fails_with(o: Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "stdout: {} stderr: {}", stdout(&o), stderr(&o));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: "), "{err}");
@@ -567,6 +575,23 @@ fn kv_round_trip() {
 
     assert_eq!(fails(fake.run(&["kv", "get", "nokey"])), "error: key not found: nokey");
     assert!(fake.run(&["kv", "get", "nokey"]).stdout.is_empty());
+
+    // With --json the failure is also on stdout, as one object a script reads.
+    let o = fake.run(&["--json", "kv", "get", "nokey"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        json(&stdout(&o)),
+        serde_json::json!({"error": {"code": "not_found", "message": "key not found: nokey", "outcome": "not_applied", "retryable": false}})
+    );
+    let o = fake.run(&["--json", "kv", "put", "a", "x", "--if-revision", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let error = &json(&stdout(&o))["error"];
+    assert_eq!(
+        (error["code"].as_str(), error["outcome"].as_str(), error["current_revision"].as_u64()),
+        (Some("failed_precondition"), Some("not_applied"), Some(2)),
+        "{error}"
+    );
+    assert_eq!(error["message"], "failed_precondition: revision mismatch (current revision 2)");
 
     assert_eq!(ok(fake.run(&["kv", "del", "a"])), "deleted revision=3\n");
     let del = json(&ok(fake.run(&["--json", "kv", "del", "a"])));
@@ -652,6 +677,28 @@ fn watch_prints_events_as_they_happen() {
     assert_eq!(second["kind"], "DELETE");
     child.kill().unwrap();
     let _ = child.wait();
+
+    // --timeout on a watch is how long to watch: it then ends, successfully.
+    let watch = &["kv", "watch", "w/", "--from-revision", "3", "--timeout", "700ms"];
+    let (o, took) = output_within(&mut fake.command(watch), std::time::Duration::from_secs(10));
+    assert_eq!(ok(o), "PUT w/new=1 rev=3\nDELETE w/old rev=4\nPUT w/later=2 rev=5\n");
+    assert!(took >= std::time::Duration::from_millis(700), "{took:?}");
+}
+
+/// Runs `cmd`, killing it if it is still running after `limit`; returns
+/// its output and how long it ran.
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}: {}{}", stdout(&out), stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), started.elapsed())
 }
 
 #[test]
@@ -709,6 +756,17 @@ fn errors_are_one_line() {
 
     let usage = fake.run(&["kv", "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
+    assert!(usage.stdout.is_empty());
+    let usage = fake.run(&["--json", "kv", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let error = &json(&stdout(&usage))["error"];
+    assert_eq!(
+        (error["code"].as_str(), error["message"].as_str()),
+        (Some("usage"), Some("unrecognized subcommand 'frobnicate'"))
+    );
+    // Found after parsing, still a usage error.
+    let err = fails_with(fake.run(&["user", "list", "--json", "--format", "csv"]), 2);
+    assert!(err.contains("contradict"), "{err}");
     let help = fake.run(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
 
@@ -735,9 +793,9 @@ fn login_saves_a_private_session_that_later_commands_use() {
     let fake = Fake::start();
     let creds = fake.dir.path().join("credentials");
 
-    let err = fails(fake.run(&["login", "--email", "a@x.io"]));
+    let err = fails_with(fake.run(&["login", "--email", "a@x.io"]), 2);
     assert!(err.contains("login needs a tenant"), "{err}");
-    let err = fails(fake.run(&["login", "--tenant", "acme", "--email", "a@x.io"]));
+    let err = fails_with(fake.run(&["login", "--tenant", "acme", "--email", "a@x.io"]), 2);
     assert!(err.contains("--password-stdin"), "{err}");
     let err = fails(run_with_stdin(
         &fake,
@@ -826,6 +884,12 @@ fn user_import_in_batches_and_csv_export() {
         "error: import stopped at the batch on lines 102-151 (none of its users were created): \
          invalid_argument (line 121): user #20: invalid email; 100 users created before it"
     );
+    // With --json: one object on stdout, the users created before it included.
+    let o = fake.run(&["--json", "user", "import", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let error = &json(&stdout(&o))["error"];
+    assert_eq!((error["code"].as_str(), error["outcome"].as_str()), (Some("invalid_argument"), Some("not_applied")));
+    assert_eq!(error["created"].as_array().map(Vec::len), Some(100), "{error}");
     std::fs::write(&file, "\nname,email\nA,a@x.io\n").unwrap();
     let err = fails(fake.run(&["user", "import", file.to_str().unwrap()]));
     assert_eq!(
@@ -927,7 +991,7 @@ fn file_upload_list_download_and_usage() {
     let o = fake.run(&["file", "download", "file-1", "-o", "-", "--offset", "10", "--length", "300000"]);
     assert!(o.status.success() && stderr(&o).is_empty(), "{}", stderr(&o));
     assert_eq!(o.stdout, &data[10..300_010]);
-    let err = fails(fake.run(&["--json", "file", "download", "file-1", "-o", "-"]));
+    let err = fails_with(fake.run(&["--json", "file", "download", "file-1", "-o", "-"]), 2);
     assert!(err.contains("--json cannot be combined with -o -"), "{err}");
     let cwd = tempfile::tempdir().unwrap();
     let o =
@@ -966,4 +1030,225 @@ fn file_upload_list_download_and_usage() {
     assert_eq!(usage["used_bytes"], 2_097_166);
     let err = fails(fake.run(&["file", "versions", "file-1"]));
     assert_eq!(err, "error: invalid_argument: unsupported by the fake");
+}
+
+// ----- real clusters -----
+//
+// The checks below start `caddyd dev` (built by `cargo build --bins`) and
+// drive `caddyctl` against real nodes: exit codes and JSON errors from the
+// real server, `--endpoint`, `--timeout` bounding a render wait, failover
+// from a killed node and a write without a quorum.
+
+/// A `caddyd dev` cluster in a temp dir; every process of it is killed
+/// when this is dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    nodes: u64,
+    dev: std::process::Child,
+}
+
+/// `kill -SIG pid`, through the system's `kill` (no libc binding needed).
+fn send_signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+impl Cluster {
+    fn start(nodes: u64, env: &[(&str, &str)]) -> Cluster {
+        let caddyd = Path::new(env!("CARGO_BIN_EXE_caddyctl")).with_file_name("caddyd");
+        assert!(caddyd.exists(), "{} not built: run `cargo build --bins` first", caddyd.display());
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+        let mut cmd = Command::new(caddyd);
+        cmd.args(["dev", "--nodes", &nodes.to_string(), "--dir"]).arg(dir.path().join("c"));
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let dev = cmd.spawn().unwrap();
+        let mut cluster = Cluster { dir, nodes, dev };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let text = std::fs::read_to_string(cluster.dir.path().join("dev.log")).unwrap_or_default();
+            if text.contains("client config:") {
+                return cluster;
+            }
+            let exited = cluster.dev.try_wait().unwrap();
+            assert!(exited.is_none() && std::time::Instant::now() < deadline, "caddyd dev did not come up:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("c/client.toml")
+    }
+
+    fn node_file(&self, node: u64, name: &str) -> PathBuf {
+        self.dir.path().join(format!("c/node{node}/{name}"))
+    }
+
+    fn pid(&self, node: u64) -> u32 {
+        std::fs::read_to_string(self.node_file(node, "caddyd.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    /// The node's client (QUIC) listener.
+    fn client_addr(&self, node: u64) -> String {
+        let text = std::fs::read_to_string(self.node_file(node, "caddyd.toml")).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix("client = \"")).unwrap();
+        line.trim_end_matches('"').to_string()
+    }
+
+    fn kill9(&self, node: u64) {
+        let pid = self.pid(node);
+        send_signal(pid, "KILL");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Gone, or a zombie of `caddyd dev`: its sockets are closed either way.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+            assert!(std::time::Instant::now() < deadline, "node {node} did not die");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caddyctl"));
+        cmd.arg("--config").arg(self.config()).args(args).stdin(Stdio::null());
+        for var in ["CADDY_CONFIG", "CADDY_TENANT", "CADDY_CREDENTIALS", "CADDY_PASSWORD", "CADDY_ENDPOINTS"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> (Output, std::time::Duration) {
+        output_within(&mut self.command(args), std::time::Duration::from_secs(30))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in 1..=self.nodes {
+            if let Ok(text) = std::fs::read_to_string(self.node_file(node, "caddyd.pid"))
+                && let Ok(pid) = text.trim().parse::<u32>()
+                && std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("caddyd"))
+            {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            }
+        }
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+    }
+}
+
+/// Exit code `code`, an `error:` line on stderr (one line, but for clap's
+/// own usage errors, which add the usage text), and the JSON error object
+/// on stdout with the same message; returns the object's `error` member.
+fn json_failure(o: &Output, code: i32) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(code), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: "), "{err}");
+    let object = json(&stdout(o));
+    let error = object["error"].clone();
+    assert_eq!(error["message"].as_str(), first.strip_prefix("error: "), "{object}");
+    error
+}
+
+/// Whether `text` shows a number with more than one decimal (a duration
+/// printed to the nanosecond, `1.999913s`).
+fn has_long_fraction(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.windows(4).any(|w| w[0].is_ascii_digit() && w[1] == b'.' && w[2].is_ascii_digit() && w[3].is_ascii_digit())
+}
+
+#[test]
+fn exit_codes_endpoints_and_time_bounds_on_a_real_cluster() {
+    use std::time::Duration;
+    // No node has a graphics adapter: render jobs stay queued.
+    let no_gpu = [("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")];
+    let cluster = Cluster::start(3, &no_gpu);
+
+    // A key that does not exist: refused, nothing applied, exit 1.
+    let (o, _) = cluster.run(&["--json", "kv", "get", "no/such/key"]);
+    let error = json_failure(&o, 1);
+    assert_eq!(
+        (error["code"].as_str(), error["outcome"].as_str()),
+        (Some("not_found"), Some("not_applied")),
+        "{error}"
+    );
+    // A write the server refuses (compare-and-set on a missing key): exit 1.
+    let (o, _) = cluster.run(&["--json", "kv", "put", "k", "v", "--if-revision", "999"]);
+    let error = json_failure(&o, 1);
+    assert_eq!(
+        (error["code"].as_str(), error["outcome"].as_str(), error["retryable"].as_bool()),
+        (Some("failed_precondition"), Some("not_applied"), Some(false)),
+        "{error}"
+    );
+    assert_eq!(error["current_revision"], 0, "{error}");
+    // A usage error, caught by the parser or after it: exit 2.
+    let (o, _) = cluster.run(&["--json", "kv", "put", "only-a-key"]);
+    assert_eq!(json_failure(&o, 2)["code"], "usage");
+    let (o, _) = cluster.run(&["--json", "render", "doc-1", "--window", "1,2,3"]);
+    assert_eq!(json_failure(&o, 2)["code"], "usage");
+
+    // --endpoint (or CADDY_ENDPOINTS) talks to the chosen node only.
+    let answering = |o: Output| json(&ok(o))["cluster_node"].as_u64();
+    let node2 = cluster.client_addr(2);
+    let (o, _) = cluster.run(&["--json", "--endpoint", &node2, "cluster", "status"]);
+    assert_eq!(answering(o), Some(2));
+    let mut by_env = cluster.command(&["--json", "cluster", "status"]);
+    by_env.env("CADDY_ENDPOINTS", cluster.client_addr(3));
+    let (o, _) = output_within(&mut by_env, Duration::from_secs(30));
+    assert_eq!(answering(o), Some(3));
+
+    // --timeout bounds a render wait no node can serve (it waited out the
+    // 10-minute --wait-timeout before).
+    ok(cluster.run(&["tenant", "create", "acme", "--name", "Acme"]).0);
+    let (o, _) = cluster.run(&["--tenant", "acme", "doc", "create", "plan"]);
+    let doc = ok(o).split_whitespace().nth(1).unwrap().to_string();
+    let png = cluster.dir.path().join("out.png");
+    let render = ["--json", "--tenant", "acme", "--timeout", "2s", "render", &doc, "-o", png.to_str().unwrap()];
+    let (o, took) = output_within(&mut cluster.command(&render), Duration::from_secs(20));
+    let error = json_failure(&o, 1);
+    assert_eq!((error["code"].as_str(), error["state"].as_str()), (Some("timeout"), Some("queued")), "{error}");
+    assert!(error["job"].as_str().is_some_and(|j| j.starts_with("job-")), "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--timeout 2s") && message.contains("no render worker"), "{message}");
+    assert!(!has_long_fraction(message), "{message}");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(5), "{took:?}");
+    assert!(!png.exists());
+
+    // The first endpoint of client.toml is killed: requests fail over to
+    // the others well before their timeout.
+    cluster.kill9(1);
+    for args in [
+        &["--timeout", "10s", "kv", "put", "after/kill", "1"][..],
+        &["--timeout", "10s", "kv", "get", "after/kill"],
+        &["--timeout", "10s", "--tenant", "acme", "doc", "list"],
+    ] {
+        let (o, took) = cluster.run(args);
+        ok(o);
+        assert!(took < Duration::from_secs(3), "{args:?} took {took:?}");
+    }
+
+    // A second node paused: no quorum. A write goes out and cannot complete:
+    // exit 3, and the message says it may or may not have been applied.
+    send_signal(cluster.pid(2), "STOP");
+    let (o, took) = cluster.run(&["--json", "--timeout", "2s", "kv", "put", "lost/quorum", "v"]);
+    let error = json_failure(&o, 3);
+    assert_eq!((error["code"].as_str(), error["outcome"].as_str()), (Some("unavailable"), Some("unknown")), "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the write may or may not have been applied"), "{message}");
+    assert!(!has_long_fraction(message), "{message}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    // A read that cannot complete changed nothing: exit 1.
+    let (o, _) = cluster.run(&["--json", "--timeout", "2s", "kv", "get", "after/kill"]);
+    let error = json_failure(&o, 1);
+    assert_eq!(
+        (error["code"].as_str(), error["outcome"].as_str()),
+        (Some("unavailable"), Some("not_applied")),
+        "{error}"
+    );
+    // Text mode: the same exit code and message.
+    let (o, _) = cluster.run(&["--timeout", "1s", "kv", "del", "after/kill"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("may or may not have been applied"), "{}", stderr(&o));
 }

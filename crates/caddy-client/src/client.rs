@@ -1,7 +1,7 @@
 //! The cluster handle: connection cache, failover and the typed requests.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::error::code_from_pb;
+use crate::error::{Outcome, code_from_pb, settle};
 use crate::lanes::LanePool;
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
 use crate::watch::WatchStream;
-use crate::{ClientConfig, ClientError, ErrorCode};
+use crate::{ClientConfig, ClientError, ErrorCode, human_duration};
 
 /// First pause between two attempts of one request.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -39,6 +39,8 @@ const KV_ATTEMPT: Duration = Duration::from_millis(500);
 /// before trying the next endpoint (the handshake goes on in the background
 /// and its connection is cached for later requests).
 const HEDGE_AFTER: Duration = Duration::from_millis(400);
+/// Longest [`Client::close`] waits for its close frames to go out.
+const CLOSE_FLUSH: Duration = Duration::from_millis(50);
 
 /// A handle on a cluster. Cheap to clone; clones share one QUIC endpoint, the
 /// cached connections (one per configured endpoint) and the write lanes.
@@ -46,6 +48,8 @@ const HEDGE_AFTER: Duration = Duration::from_millis(400);
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Requests through this handle end by then ([`Client::with_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -205,6 +209,7 @@ impl Client {
         quic.transport_config(Arc::new(transport));
         let slots = config.endpoints.iter().map(|addr| Slot { addr: addr.clone(), conn: Mutex::new(None) }).collect();
         Ok(Client {
+            deadline: None,
             inner: Arc::new(Inner {
                 config,
                 quic,
@@ -223,19 +228,66 @@ impl Client {
         &self.inner.config
     }
 
-    /// Closes every connection of this client and its clones, waiting
-    /// briefly (at most 250 ms) for the close to reach the servers. Later
+    /// A handle on the same connections and lanes whose requests all end by
+    /// `deadline` (each still bounded by the request timeout too), as does
+    /// [`Client::render_wait`]: one budget for a task made of several calls.
+    /// A request that would start after it fails at once, unsent.
+    pub fn with_deadline(&self, deadline: Instant) -> Client {
+        Client { inner: Arc::clone(&self.inner), deadline: Some(deadline) }
+    }
+
+    /// The deadline set by [`Client::with_deadline`], if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// How many writes through this client and its clones ended without a
+    /// definitive answer: failed with [`ClientError::OutcomeUnknown`], or
+    /// were cancelled (their future dropped) while they held their lane. A
+    /// caller that cancels several calls at once (a timeout around them)
+    /// reads it to learn whether a write may have been applied.
+    pub fn writes_in_doubt(&self) -> u64 {
+        self.inner.lanes.abandoned()
+    }
+
+    /// Closes every connection of this client and its clones. Waits only
+    /// until each close frame has gone out (at most [`CLOSE_FLUSH`]), not
+    /// for the drain period QUIC allows after it: the servers learn of the
+    /// close at once, and a short-lived process can exit right away. Later
     /// requests on this client fail.
     pub async fn close(&self) {
+        let open: Vec<quinn::Connection> = self
+            .inner
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                let cached = slot.conn.lock().unwrap_or_else(|p| p.into_inner());
+                match cached.as_ref().and_then(|c| c.peek()) {
+                    Some(Ok(conn)) if conn.close_reason().is_none() => Some(conn.clone()),
+                    _ => None,
+                }
+            })
+            .collect();
+        // The close frame leaves in the next datagram each connection sends.
+        let sent_before: Vec<u64> = open.iter().map(|c| c.stats().udp_tx.datagrams).collect();
+        for conn in &open {
+            conn.close(0u32.into(), b"client closed");
+        }
         let sockets: Vec<quinn::Endpoint> = {
             let sockets = self.inner.sockets.lock().unwrap_or_else(|p| p.into_inner());
             [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten().collect()
         };
+        // Also ends handshakes still in progress.
         for socket in &sockets {
             socket.close(0u32.into(), b"client closed");
         }
-        let idle = futures::future::join_all(sockets.iter().map(|s| s.wait_idle()));
-        let _ = tokio::time::timeout(Duration::from_millis(250), idle).await;
+        // The connection tasks send the close frames.
+        let sent = async {
+            while !open.iter().zip(&sent_before).all(|(c, before)| c.stats().udp_tx.datagrams > *before) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH, sent).await;
     }
 
     // ----- key-value -----
@@ -264,7 +316,7 @@ impl Client {
         if_revision: Option<u64>,
     ) -> Result<pb::PutResponse, ClientError> {
         let body = Req::Put(pb::PutRequest { key: key.to_owned(), value, if_revision });
-        expect_body!(self.call(body, true).await?, Put, "put")
+        settle(true, expect_body!(self.call(body, true).await?, Put, "put"))
     }
 
     /// Reads `key` linearizably (through the leader).
@@ -294,7 +346,7 @@ impl Client {
 
     async fn delete_request(&self, key: &str, if_revision: Option<u64>) -> Result<pb::DeleteResponse, ClientError> {
         let body = Req::Delete(pb::DeleteRequest { key: key.to_owned(), if_revision });
-        expect_body!(self.call(body, true).await?, Delete, "delete")
+        settle(true, expect_body!(self.call(body, true).await?, Delete, "delete"))
     }
 
     /// Lists up to `limit` keys starting with `prefix` and strictly after
@@ -335,30 +387,31 @@ impl Client {
     /// learner and is promoted to voter once caught up, unless `learner_only`.
     pub async fn add_node(&self, raft_addr: &str, learner_only: bool) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::AddNode(pb::AddNodeRequest { raft_addr: raft_addr.to_owned(), learner_only });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::RemoveNode(pb::RemoveNodeRequest { id });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Asks the leader to hand leadership to node `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<pb::MembershipResponse, ClientError> {
         let body = Req::TransferLeader(pb::TransferLeaderRequest { to });
-        expect_body!(self.call(body, true).await?, Membership, "membership")
+        settle(true, expect_body!(self.call(body, true).await?, Membership, "membership"))
     }
 
     /// Makes the answering node snapshot its state machine and compact its log.
     pub async fn snapshot(&self) -> Result<pb::SnapshotResponse, ClientError> {
-        expect_body!(self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?, Snapshot, "snapshot")
+        let answer = self.call(Req::Snapshot(pb::SnapshotRequest {}), true).await?;
+        settle(true, expect_body!(answer, Snapshot, "snapshot"))
     }
 
     /// Creates a token with which a new node can enroll, valid `ttl_seconds`.
     pub async fn join_token(&self, ttl_seconds: u64) -> Result<pb::JoinTokenResponse, ClientError> {
         let body = Req::JoinToken(pb::JoinTokenRequest { ttl_seconds });
-        expect_body!(self.call(body, true).await?, JoinToken, "join_token")
+        settle(true, expect_body!(self.call(body, true).await?, JoinToken, "join_token"))
     }
 
     /// Streams a consistent backup into `writer`, calling `progress(done,
@@ -396,7 +449,10 @@ impl Client {
             let frame = tokio::time::timeout(timeout, read_frame::<pb::Response, _>(&mut recv, self.max_frame()))
                 .await
                 .map_err(|_| {
-                    ClientError::Unavailable(format!("backup stalled: no data for {timeout:?} after {done} bytes"))
+                    ClientError::Unavailable(format!(
+                        "backup stalled: no data for {} after {done} bytes",
+                        human_duration(timeout)
+                    ))
                 })?;
             body = match frame {
                 Ok(response) => response.body,
@@ -440,9 +496,11 @@ impl Client {
     pub async fn identity(&self, call: &IdentityCall) -> Result<IdentityAnswer, ClientError> {
         let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
         let body = Req::Identity(pb::IdentityRequest { call: bytes });
-        let answer = expect_body!(self.call(body, !call.is_read()).await?, Identity, "identity")?;
-        serde_json::from_slice(&answer.answer)
-            .map_err(|e| ClientError::Protocol(format!("undecodable identity answer: {e}")))
+        let write = !call.is_read();
+        let answer = settle(write, expect_body!(self.call(body, write).await?, Identity, "identity"))?;
+        let decoded = serde_json::from_slice(&answer.answer)
+            .map_err(|e| ClientError::Protocol(format!("undecodable identity answer: {e}")));
+        settle(write, decoded)
     }
 
     /// Logs in to the configured tenant; returns the session token (shown
@@ -491,19 +549,17 @@ impl Client {
         let result = match self.open(&req, true, false).await {
             Ok((Some(Resp::Error(err)), _, _)) => Err(ClientError::from_pb(err)),
             Ok((Some(body), recv, _)) => Ok((body, recv)),
-            Ok((None, _, _)) => Err(ClientError::Protocol("response without a body".into())),
+            Ok((None, _, _)) => settle(write, Err(ClientError::Protocol("response without a body".into()))),
             Err(e) => Err(e),
         };
         if let Some(guard) = guard {
-            // An answer with a retry-after says the server did nothing with
-            // this attempt, but an earlier attempt of the same write may have
-            // been applied: the lane's outcome is not known.
+            // A write known not applied (refused, or never sent) leaves its
+            // lane usable; one in doubt must never be sent again. A refusal
+            // with a retry-after is in doubt when an earlier attempt of the
+            // write went unanswered (`open` says so): it may have been applied.
             let definitive = match &result {
                 Ok(_) => true,
-                Err(ClientError::Server { code, retry_after, .. }) => {
-                    *code != ErrorCode::Unavailable && retry_after.is_none()
-                }
-                Err(_) => false,
+                Err(e) => e.outcome() == Outcome::NotApplied,
             };
             if definitive {
                 guard.complete();
@@ -560,15 +616,19 @@ impl Client {
 
     /// Sends `req` on a new stream, retrying on the next endpoint after a
     /// transport failure, a timeout, a refused connection or an
-    /// `UNAVAILABLE` answer, until the request timeout; then fails with the
-    /// last `UNAVAILABLE` answer, or else the refusal (when no attempt may
-    /// have reached a server), or else the last transport failure. An answer
-    /// with a retry-after (the server did nothing and says when the same
-    /// request may succeed) is retried on the same endpoint after that wait
-    /// when it fits in the request timeout, and returned at once otherwise.
-    /// With `read_first`, the first answer frame is read (and a
-    /// non-retryable `Error` body is returned as it is, for the caller to
-    /// map); the receive side is returned for further frames.
+    /// `UNAVAILABLE` answer, until the request timeout (or the handle's
+    /// deadline, if sooner); then fails with the last `UNAVAILABLE` answer,
+    /// or else the refusal (when no attempt may have reached a server), or
+    /// else the last transport failure. An answer with a retry-after (the
+    /// server did nothing and says when the same request may succeed) is
+    /// retried on the same endpoint after that wait when it fits in that
+    /// time, and returned at once otherwise. A write (a request with a
+    /// sequence) one attempt of which went out and got no definitive answer
+    /// fails as [`ClientError::OutcomeUnknown`], also when a later attempt
+    /// is refused with a retry-after ([`ClientError::after_doubt`]). With
+    /// `read_first`, the first answer frame is read (and a non-retryable
+    /// `Error` body is returned as it is, for the caller to map); the
+    /// receive side is returned for further frames.
     async fn open(&self, req: &pb::Request, read_first: bool, keep_send: bool) -> Result<Opened, ClientError> {
         let config = &self.inner.config;
         let n = self.inner.slots.len();
@@ -577,7 +637,18 @@ impl Client {
         }
         let now = Instant::now();
         // A huge configured timeout must not overflow the clock.
-        let deadline = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
+        let by_timeout = now.checked_add(config.request_timeout).unwrap_or_else(|| now + FAR_FUTURE);
+        let deadline = self.deadline.map_or(by_timeout, |d| d.min(by_timeout));
+        if deadline <= now {
+            return Err(ClientError::Unavailable("the deadline passed before the request was sent".into()));
+        }
+        let total = deadline - now;
+        // Reads carry sequence 0; every write carries its lane's (from 1).
+        let write = req.sequence != 0;
+        // Set once an attempt of the write went out and ended without a
+        // definitive answer: from then on a server may have applied it,
+        // whatever later attempts are told.
+        let mut doubt = false;
         let is_kv = matches!(req.body, Some(Req::Put(_) | Req::Get(_) | Req::Delete(_) | Req::List(_)));
         let attempt_cap = self.attempt_cap(is_kv);
         let connect_wait = if n > 1 { HEDGE_AFTER } else { config.connect_timeout };
@@ -599,7 +670,12 @@ impl Client {
             let budget = remaining.min(attempt_cap);
             let addr = self.inner.slots[idx].addr.as_str();
             let mut next = (idx + 1) % n;
-            match tokio::time::timeout(budget, self.attempt(idx, req, read_first, keep_send, connect_wait)).await {
+            // Set once this attempt's request frame starts out.
+            let went_out = AtomicBool::new(false);
+            let attempt = self.attempt(idx, req, read_first, keep_send, connect_wait, &went_out);
+            let result = tokio::time::timeout(budget, attempt).await;
+            let sent = write && went_out.load(Ordering::Relaxed);
+            match result {
                 Ok(Ok((Some(Resp::Error(err)), recv, send))) => {
                     if let Some(wait) = err.retry_after_ms.filter(|ms| *ms > 0).map(Duration::from_millis) {
                         let wait = jittered(wait);
@@ -610,6 +686,9 @@ impl Client {
                             continue;
                         }
                         self.inner.preferred.store(idx, Ordering::Relaxed);
+                        if doubt {
+                            return Err(ClientError::from_pb(err).after_doubt());
+                        }
                         return Ok((Some(Resp::Error(err)), recv, send));
                     }
                     if code_from_pb(err.code) != Some(ErrorCode::Unavailable) {
@@ -622,14 +701,22 @@ impl Client {
                     let err = ClientError::from_pb(err);
                     tracing::debug!(endpoint = addr, error = %err, "retrying elsewhere");
                     last_server = Some(err);
+                    // Also what a leader answers when it loses leadership
+                    // before the write commits.
+                    doubt |= sent;
                 }
                 Ok(Ok(opened)) => {
                     let hinted = self.inner.leader_hint.swap(usize::MAX, Ordering::Relaxed);
                     self.inner.preferred.store(if hinted < n { hinted } else { idx }, Ordering::Relaxed);
                     return Ok(opened);
                 }
-                Ok(Err(AttemptError::Fatal(err))) => return Err(err),
+                Ok(Err(AttemptError::Fatal(err))) => {
+                    doubt |= sent;
+                    return Err(if doubt { err.after_doubt() } else { err });
+                }
                 Ok(Err(AttemptError::Refused(err))) => {
+                    // The server serves nothing on a connection it refuses:
+                    // not a doubt, whatever went out on it.
                     tracing::debug!(endpoint = addr, error = %err, "connection refused, retrying elsewhere");
                     last = Some(ClientError::Unavailable(format!("{addr}: {err}")));
                     refused = Some(err);
@@ -638,12 +725,15 @@ impl Client {
                     tracing::debug!(endpoint = addr, error = %msg, "transport failure, retrying elsewhere");
                     last = Some(ClientError::Unavailable(format!("{addr}: {msg}")));
                     ambiguous = true;
+                    doubt |= sent;
                 }
                 Err(_) => {
                     tracing::debug!(endpoint = addr, "attempt timed out, retrying elsewhere");
                     self.forget(idx, None);
-                    last = Some(ClientError::Unavailable(format!("{addr}: no answer within {budget:?}")));
+                    last =
+                        Some(ClientError::Unavailable(format!("{addr}: no answer within {}", human_duration(budget))));
                     ambiguous = true;
+                    doubt |= sent;
                 }
             }
             idx = next;
@@ -654,10 +744,11 @@ impl Client {
             tokio::time::sleep(backoff.min(remaining)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        Err(last_server
+        let err = last_server
             .or(refused.filter(|_| !ambiguous))
             .or(last)
-            .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {:?}", config.request_timeout))))
+            .unwrap_or_else(|| ClientError::Unavailable(format!("no answer within {}", human_duration(total))));
+        Err(if doubt { err.after_doubt() } else { err })
     }
 
     /// How long one attempt on one endpoint may take before the next is
@@ -684,6 +775,7 @@ impl Client {
         read_first: bool,
         keep_send: bool,
         connect_wait: Duration,
+        sent: &AtomicBool,
     ) -> Result<Opened, AttemptError> {
         let conn = match tokio::time::timeout(connect_wait, self.connection(idx)).await {
             Ok(conn) => conn.map_err(AttemptError::Transport)?,
@@ -691,7 +783,7 @@ impl Client {
                 return Err(AttemptError::Transport("connecting: handshake still in progress".into()));
             }
         };
-        let result = self.exchange(&conn, req, read_first, keep_send).await;
+        let result = self.exchange(&conn, req, read_first, keep_send, sent).await;
         if matches!(result, Err(AttemptError::Transport(_))) {
             self.forget(idx, Some(&conn));
             // Closed by the server before it served anything: say why.
@@ -708,9 +800,11 @@ impl Client {
         req: &pb::Request,
         read_first: bool,
         keep_send: bool,
+        sent: &AtomicBool,
     ) -> Result<Opened, AttemptError> {
         let (mut send, mut recv) =
             conn.open_bi().await.map_err(|e| AttemptError::Transport(format!("opening a stream: {e}")))?;
+        sent.store(true, Ordering::Relaxed);
         write_frame(&mut send, req).await.map_err(frame_error)?;
         let send = if keep_send {
             Some(send)
@@ -787,7 +881,7 @@ impl Client {
         async move {
             match tokio::time::timeout(timeout, handshake).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("connecting: no handshake within {timeout:?}")),
+                Err(_) => Err(format!("connecting: no handshake within {}", human_duration(timeout))),
             }
         }
     }

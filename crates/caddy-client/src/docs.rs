@@ -21,6 +21,7 @@ use caddy_doc::{Document, Limits, ResolvedDoc};
 use caddy_wire::read_frame;
 
 use crate::client::unexpected;
+use crate::error::settle;
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
 use crate::{Client, ClientError};
 
@@ -87,10 +88,10 @@ impl Client {
         let write = !call.is_read() && !matches!(call, DocCall::Presence { .. });
         let presence_client = matches!(call, DocCall::Presence { .. }).then(|| self.presence_id());
         let (first, mut recv) = self.call_stream(body, write, presence_client).await?;
-        let Resp::Doc(first) = first else { return Err(unexpected("doc", &first)) };
-        let answer = decode_answer(&first.answer)?;
-        let payload = rest_of_payload(&mut recv, first.payload, first.more, self.max_frame_bytes()).await?;
-        Ok((answer, payload))
+        let Resp::Doc(first) = first else { return settle(write, Err(unexpected("doc", &first))) };
+        let answer = settle(write, decode_answer(&first.answer))?;
+        let payload = rest_of_payload(&mut recv, first.payload, first.more, self.max_frame_bytes()).await;
+        Ok((answer, settle(write, payload)?))
     }
 
     /// Creates a document in the configured tenant.

@@ -22,8 +22,9 @@ use caddy_wire::{read_frame, write_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use crate::client::unexpected;
+use crate::error::settle;
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
-use crate::{Client, ClientError, ErrorCode};
+use crate::{Client, ClientError, ErrorCode, Outcome};
 
 /// How many times a transfer is resumed after a failure before giving up.
 const RESUME_ATTEMPTS: u32 = 8;
@@ -160,9 +161,10 @@ impl Client {
             return Err(ClientError::Config("use file_upload / file_download for transfers".into()));
         }
         let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
-        let (first, _) = self.call_stream(Req::File(pb::FileRequest { call: bytes }), !call.is_read(), None).await?;
-        let Resp::File(first) = first else { return Err(unexpected("file", &first)) };
-        decode(&first.answer)
+        let write = !call.is_read();
+        let (first, _) = self.call_stream(Req::File(pb::FileRequest { call: bytes }), write, None).await?;
+        let Resp::File(first) = first else { return settle(write, Err(unexpected("file", &first))) };
+        settle(write, decode(&first.answer))
     }
 
     /// Uploads `source` as a new file or a new version. `progress(sent,
@@ -191,19 +193,33 @@ impl Client {
         let bytes = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
         let lane = self.write_lane();
         let mut attempt = 0;
+        // Some attempt went out and ended without an answer: the upload
+        // may have committed, even if a later attempt never got through.
+        let mut in_doubt = false;
         loop {
             let body = Req::File(pb::FileRequest { call: bytes.clone() });
             let lane_ids = lane.lane();
             let result =
                 self.upload_once(body, lane_ids.client_id, lane_ids.sequence, source, size, &mut progress).await;
+            in_doubt |= result.as_ref().is_err_and(|e| e.outcome() == Outcome::Unknown);
             match result {
                 Err(e) if resumable(&e) && attempt < RESUME_ATTEMPTS => {
                     attempt += 1;
                     tracing::info!(error = %e, attempt, "upload interrupted; resuming");
                     tokio::time::sleep(RESUME_PAUSE).await;
                 }
-                Err(e) if resumable(&e) => return Err(e),
-                // A definitive answer, success or refusal, frees the lane.
+                Err(e) if in_doubt => {
+                    let e = e.after_doubt();
+                    // A typed refusal is still definitive (but for one with
+                    // a retry-after); a lane dropped unused is in doubt for
+                    // good.
+                    if e.outcome() == Outcome::NotApplied {
+                        lane.complete();
+                    }
+                    return Err(e);
+                }
+                // A definitive answer (success, refusal), or nothing ever
+                // sent: the lane can carry the next write.
                 other => {
                     lane.complete();
                     return other;
@@ -225,7 +241,27 @@ impl Client {
         R: AsyncRead + AsyncSeek + Unpin,
         P: FnMut(u64, u64),
     {
-        let (first, mut send, mut recv) = self.open_duplex(body, client_id, sequence).await?;
+        let (first, send, recv) = self.open_duplex(body, client_id, sequence).await?;
+        // The upload call is on the server: whatever fails from here on
+        // may come after its commit.
+        settle(true, self.upload_chunks(first, send, recv, source, size, progress).await)
+    }
+
+    /// The rest of an upload once its call was answered: the chunks the
+    /// server asked for, then its final answer.
+    async fn upload_chunks<R, P>(
+        &self,
+        first: Resp,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        source: &mut R,
+        size: u64,
+        progress: &mut P,
+    ) -> Result<FileInfo, ClientError>
+    where
+        R: AsyncRead + AsyncSeek + Unpin,
+        P: FnMut(u64, u64),
+    {
         let Resp::File(first) = first else { return Err(unexpected("file", &first)) };
         let need = match decode(&first.answer)? {
             FileAnswer::Need { chunks } => chunks,

@@ -5,6 +5,7 @@
 //! most one write at a time, so the server's single remembered answer is
 //! always the one a retry needs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One `(client_id, sequence)` identity for one logical write.
@@ -20,6 +21,8 @@ pub(crate) struct Lane {
 #[derive(Debug, Default)]
 pub(crate) struct LanePool {
     free: Mutex<Vec<Lane>>,
+    /// Lanes given up with their write's outcome unknown.
+    abandoned: AtomicU64,
 }
 
 impl LanePool {
@@ -33,6 +36,12 @@ impl LanePool {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let lane = reused.unwrap_or_else(|| Lane { client_id: fresh_client_id(), sequence: 1 });
         LaneGuard { pool: Arc::clone(self), lane, completed: false }
+    }
+
+    /// How many writes ended without a definitive answer (failed in doubt,
+    /// or cancelled while their lane was held).
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Number of lanes currently free.
@@ -78,6 +87,7 @@ impl LaneGuard {
 impl Drop for LaneGuard {
     fn drop(&mut self) {
         if !self.completed {
+            self.pool.abandoned.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client_id = self.lane.client_id, "discarding write lane with an unknown outcome");
         }
     }
@@ -126,8 +136,10 @@ mod tests {
         let pool = LanePool::new();
         let guard = pool.acquire();
         let lane = guard.lane();
+        assert_eq!(pool.abandoned(), 0);
         drop(guard);
         assert_eq!(pool.free_len(), 0);
+        assert_eq!(pool.abandoned(), 1);
         let next = pool.acquire();
         assert_ne!(next.lane().client_id, lane.client_id);
         assert_eq!(next.lane().sequence, 1);

@@ -8,6 +8,7 @@ use caddy_wire::read_frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::{body_name, unexpected};
+use crate::error::settle;
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
 use crate::{Client, ClientError};
 
@@ -25,26 +26,34 @@ fn not_a(expected: &str, got: &RenderAnswer) -> ClientError {
     ClientError::Protocol(format!("unexpected render answer: {kind} instead of {expected}"))
 }
 
+/// What a held wait leaves between its server-side end and the deadline,
+/// for the answer to travel back.
+const WAIT_MARGIN: Duration = Duration::from_millis(250);
+
+/// Calls that change something (and so take an exactly-once lane).
+fn is_write(call: &RenderCall) -> bool {
+    matches!(call, RenderCall::Submit { .. } | RenderCall::Cancel { .. } | RenderCall::Thumbnails { set: Some(_) })
+}
+
 impl Client {
     /// Sends one render call and returns its first answer (and the stream,
     /// for an image's payload frames).
     async fn render_call(&self, call: &RenderCall) -> Result<(pb::RenderResponse, quinn::RecvStream), ClientError> {
-        let write = matches!(
-            call,
-            RenderCall::Submit { .. } | RenderCall::Cancel { .. } | RenderCall::Thumbnails { set: Some(_) }
-        );
         let bytes = serde_json::to_vec(call).map_err(|e| ClientError::Protocol(format!("encoding call: {e}")))?;
+        let write = is_write(call);
         let (first, recv) = self.call_stream(Req::Render(pb::RenderRequest { call: bytes }), write, None).await?;
-        let Resp::Render(first) = first else { return Err(unexpected("render", &first)) };
+        let Resp::Render(first) = first else { return settle(write, Err(unexpected("render", &first))) };
         Ok((first, recv))
     }
 
     async fn render_job_call(&self, call: &RenderCall) -> Result<JobView, ClientError> {
         let (first, _) = self.render_call(call).await?;
-        match decode(&first.answer)? {
-            RenderAnswer::Job(job) => Ok(job),
-            other => Err(not_a("job", &other)),
-        }
+        let job = match decode(&first.answer) {
+            Ok(RenderAnswer::Job(job)) => Ok(job),
+            Ok(other) => Err(not_a("job", &other)),
+            Err(e) => Err(e),
+        };
+        settle(is_write(call), job)
     }
 
     /// Submits a render job; an identical earlier request's job comes back
@@ -58,11 +67,14 @@ impl Client {
     /// queues a thumbnail (a newer change takes over a thumbnail job not yet
     /// started).
     pub async fn render_thumbnails(&self, set: Option<ThumbnailSetting>) -> Result<ThumbnailSetting, ClientError> {
-        let (first, _) = self.render_call(&RenderCall::Thumbnails { set }).await?;
-        match decode(&first.answer)? {
-            RenderAnswer::Thumbnails(setting) => Ok(setting),
-            other => Err(not_a("thumbnails", &other)),
-        }
+        let call = RenderCall::Thumbnails { set };
+        let (first, _) = self.render_call(&call).await?;
+        let setting = match decode(&first.answer) {
+            Ok(RenderAnswer::Thumbnails(setting)) => Ok(setting),
+            Ok(other) => Err(not_a("thumbnails", &other)),
+            Err(e) => Err(e),
+        };
+        settle(is_write(&call), setting)
     }
 
     /// The newest finished thumbnail job of `doc` (`render_image` fetches
@@ -96,21 +108,35 @@ impl Client {
         self.render_job_call(&RenderCall::Cancel { job: job.into() }).await
     }
 
-    /// Waits until the job is done, failed or cancelled, or `timeout` has
-    /// passed (then returns it as it is). The server holds each call open
+    /// Waits until the job is done, failed or cancelled, or `timeout` (or
+    /// the handle's deadline, [`Client::with_deadline`], if sooner) has
+    /// passed, then returns it as it is. The server holds each call open
     /// until the job changes state, up to a slice of the request timeout.
     pub async fn render_wait(&self, job: &str, timeout: Duration) -> Result<JobView, ClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        let wait_end = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        // The handle's deadline cuts the call itself, so a held call must
+        // answer a little before it; `timeout` is only how long to hold.
+        let answer_by = self.deadline().map(|d| d.checked_sub(WAIT_MARGIN).unwrap_or(now));
         // Each held call must end on the server well before the client gives
         // up on the attempt and tries another endpoint.
         let slice = (self.attempt_cap(false) * 3 / 4).max(Duration::from_millis(200));
+        let mut last: Option<JobView> = None;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let call = RenderCall::Wait { job: job.into(), timeout_ms: Some(left.min(slice).as_millis() as u64) };
-            let view = self.render_job_call(&call).await?;
-            if view.state.is_final() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            let end = answer_by.map_or(wait_end, |a| a.min(wait_end));
+            let hold = end.saturating_duration_since(now).min(slice);
+            if hold.is_zero()
+                && let Some(view) = last
+            {
                 return Ok(view);
             }
+            let call = RenderCall::Wait { job: job.into(), timeout_ms: Some(hold.as_millis() as u64) };
+            let view = self.render_job_call(&call).await?;
+            if view.state.is_final() || tokio::time::Instant::now() >= wait_end {
+                return Ok(view);
+            }
+            last = Some(view);
         }
     }
 

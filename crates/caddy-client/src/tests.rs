@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caddy_wire::{read_frame, write_frame};
 use futures::StreamExt;
 
 use crate::pb::{self, request::Body as Req, response::Body as Resp};
-use crate::{Client, ClientConfig, ClientError, ErrorCode};
+use crate::{Client, ClientConfig, ClientError, ErrorCode, Outcome};
 
 const CREDENTIAL: &str = "caddy_admin_test";
 
@@ -30,6 +31,8 @@ struct TestServer {
     addr: SocketAddr,
     ca_pem: String,
     log: Arc<Mutex<Log>>,
+    /// Connections accepted and not yet closed.
+    open: Arc<AtomicUsize>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -87,19 +90,28 @@ async fn start_server_hinting(leader: Option<String>, ca: Option<caddy_wire::tls
     let log = Arc::new(Mutex::new(Log::default()));
     let accept = endpoint.clone();
     let server_log = Arc::clone(&log);
+    let open = Arc::new(AtomicUsize::new(0));
+    let server_open = Arc::clone(&open);
     tokio::spawn(async move {
         while let Some(incoming) = accept.accept().await {
             let log = Arc::clone(&server_log);
             let leader = leader.clone();
+            let open = Arc::clone(&server_open);
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
+                open.fetch_add(1, Ordering::SeqCst);
+                let closed = conn.clone();
+                tokio::spawn(async move {
+                    closed.closed().await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     tokio::spawn(handle(send, recv, Arc::clone(&log), leader.clone()));
                 }
             });
         }
     });
-    TestServer { addr, ca_pem: ca.cert_pem, log, _endpoint: endpoint }
+    TestServer { addr, ca_pem: ca.cert_pem, log, open, _endpoint: endpoint }
 }
 
 async fn handle(
@@ -147,6 +159,9 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             if req.client_id != 0 || req.sequence != 0 {
                 return vec![error(pb::ErrorCode::InvalidArgument, "reads carry no lane")];
             }
+            if g.key.starts_with("hang") {
+                std::future::pending::<()>().await;
+            }
             vec![pb::Response {
                 leader_client_addr: String::new(),
                 body: Some(Resp::Get(pb::GetResponse { kv: Some(kv(&g.key, b"canned", 4)), revision: 9 })),
@@ -159,11 +174,29 @@ async fn answer(req: pb::Request, log: &Mutex<Log>) -> Vec<pb::Response> {
             if p.key.starts_with("flaky") && attempt == 1 {
                 return vec![error(pb::ErrorCode::Unavailable, "no leader yet")];
             }
+            // Taken, never answered (a leader that lost its quorum).
+            if p.key.starts_with("hang") {
+                std::future::pending::<()>().await;
+            }
+            if p.key.starts_with("down") {
+                return vec![error(pb::ErrorCode::Unavailable, "leadership changed before the write committed")];
+            }
             if p.key.starts_with("busy") && attempt == 1 {
                 return vec![retry_later("busy checking passwords", 300)];
             }
             if p.key.starts_with("throttled") {
                 return vec![retry_later("too many failed logins", 60_000)];
+            }
+            // The first attempt is taken and never answered, or answered
+            // UNAVAILABLE; the next ones are refused with a long retry-after.
+            if p.key.starts_with("lost") || p.key.starts_with("deposed") {
+                if attempt > 1 {
+                    return vec![retry_later("too many failed logins", 60_000)];
+                }
+                if p.key.starts_with("lost") {
+                    std::future::pending::<()>().await;
+                }
+                return vec![error(pb::ErrorCode::Unavailable, "leadership changed before the write committed")];
             }
             if p.key.starts_with("slow") {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,6 +346,91 @@ async fn unreachable_cluster_is_unavailable_after_the_timeout() {
     assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(3));
+    // Nothing reached a server: definitely not applied, and the lane is clean.
+    assert_eq!(err.outcome(), Outcome::NotApplied);
+    assert_eq!(client.writes_in_doubt(), 0);
+    // Durations as people write them (`200ms`), not `199.871203ms`; which
+    // bound spoke last (the handshake's or the request's) depends on timing.
+    let text = err.to_string();
+    let within = text.split("within ").nth(1).unwrap_or_default();
+    let number: String = within.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    assert!(!number.is_empty() && !number.contains('.') && within[number.len()..].starts_with("ms"), "{text}");
+}
+
+#[tokio::test]
+async fn outcomes_tell_a_refusal_from_a_write_in_doubt() {
+    let server = start_server().await;
+    let mut config = config(vec![server.addr.to_string()], &server.ca_pem);
+    config.request_timeout = Duration::from_millis(600);
+    let client = Client::connect(config).await.unwrap();
+    // The server refused: nothing was applied.
+    let err = client.delete("missing").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::NotFound, Outcome::NotApplied));
+    // Sent and never answered: it may have been applied, and the message says so.
+    let err = client.put("hang/1", "v").await.unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::Unknown));
+    let text = err.to_string();
+    assert!(text.contains("no answer within 600ms"), "{text}");
+    assert!(text.contains("the write may or may not have been applied"), "{text}");
+    // UNAVAILABLE is also what a leader answers when it loses leadership
+    // before the write commits: in doubt too.
+    let err = client.put("down/1", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::Unknown));
+    // A read without an answer changed nothing.
+    let err = client.get("hang/1").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::Unavailable, Outcome::NotApplied));
+    assert_eq!(client.writes_in_doubt(), 2);
+    // The lanes in doubt were thrown away; the next write takes a new one.
+    client.put("k", "v").await.unwrap();
+    let log = server.log.lock().unwrap();
+    let lanes: std::collections::HashSet<u64> = log.requests.iter().filter(|r| r.0 == "put").map(|r| r.2).collect();
+    assert_eq!(lanes.len(), 3, "{:?}", log.requests);
+}
+
+#[tokio::test]
+async fn a_deadline_bounds_every_request_of_a_handle() {
+    let server = start_server().await;
+    let mut config = config(vec![server.addr.to_string()], &server.ca_pem);
+    config.request_timeout = Duration::from_secs(10);
+    let client = Client::connect(config).await.unwrap();
+    let bounded = client.with_deadline(tokio::time::Instant::now() + Duration::from_millis(400));
+    let started = Instant::now();
+    let err = bounded.get("hang/1").await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(2), "{took:?}");
+    // Past the deadline a request fails at once, unsent.
+    let err = bounded.put("k", "v").await.unwrap_err();
+    assert!(err.to_string().contains("deadline passed"), "{err}");
+    assert_eq!(err.outcome(), Outcome::NotApplied);
+    assert!(!server.log.lock().unwrap().requests.iter().any(|r| r.0 == "put"));
+    // The handle it came from keeps its own bound.
+    assert_eq!(client.deadline(), None);
+    client.put("k", "v").await.unwrap();
+}
+
+#[tokio::test]
+async fn close_tells_the_server_without_waiting_for_the_drain() {
+    let server = start_server().await;
+    let client = Client::connect(config(vec![server.addr.to_string()], &server.ca_pem)).await.unwrap();
+    for _ in 0..3 {
+        client.get("k").await.unwrap();
+    }
+    assert_eq!(server.open.load(Ordering::SeqCst), 1);
+    let started = Instant::now();
+    client.close().await;
+    // QUIC's drain period after a close is three probe timeouts (about
+    // 80 ms even on loopback); a short-lived process must not sit it out.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(60), "close took {took:?}");
+    // The server hears of it at once, not after its idle timeout.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while server.open.load(Ordering::SeqCst) != 0 {
+        assert!(Instant::now() < deadline, "the server still holds the connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(client.get("k").await.is_err());
 }
 
 #[tokio::test]
@@ -372,6 +490,7 @@ fn futures_are_send(client: &Client) {
     send(&client.status());
     send(&client.backup(tokio::io::sink(), |_, _| {}));
     send(&client.watch("p", 0));
+    send(&client.with_deadline(tokio::time::Instant::now()).put("k", "v"));
 }
 
 #[tokio::test]
@@ -463,4 +582,50 @@ async fn a_connection_refused_for_too_many_from_this_address_is_a_clear_typed_er
     let err = client.put("k", "v").await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::ResourceExhausted, "{err}");
     assert!(err.to_string().contains("too many connections from 127.0.0.1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_retry_after_is_not_applied_unless_an_earlier_attempt_of_the_write_went_unanswered() {
+    let server = start_server().await;
+    let lanes_of = |key: &str| -> Vec<(u64, u64)> {
+        let log = server.log.lock().unwrap();
+        log.requests.iter().filter(|r| r.0 == "put" && r.1 == key).map(|r| (r.2, r.3)).collect()
+    };
+    // Alone, a refusal with a retry-after changed nothing: the lane goes on.
+    let mut one = config(vec![server.addr.to_string()], &server.ca_pem);
+    one.request_timeout = Duration::from_secs(2);
+    let client = Client::connect(one).await.unwrap();
+    let err = client.put("throttled/2", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::NotApplied), "{err}");
+    assert_eq!(client.writes_in_doubt(), 0);
+    client.put("k/1", "v").await.unwrap();
+    let (throttled, next) = (lanes_of("throttled/2"), lanes_of("k/1"));
+    assert_eq!((next[0].0, next[0].1), (throttled[0].0, throttled[0].1 + 1), "the lane is reused");
+
+    // The first attempt was answered UNAVAILABLE (leadership lost before
+    // the commit), the second refused with a retry-after: the first may
+    // have been applied.
+    let err = client.put("deposed/1", "v").await.unwrap_err();
+    assert!(matches!(err, ClientError::OutcomeUnknown { .. }), "{err:?}");
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::Unknown));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)), "the advice is kept");
+    assert!(err.to_string().contains("may or may not have been applied"), "{err}");
+    let attempts = lanes_of("deposed/1");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0], attempts[1], "both attempts are the same write");
+    assert_eq!(client.writes_in_doubt(), 1);
+
+    // The first attempt went out and got no answer in its slice of the
+    // request timeout (two endpoints: 500 ms each), the second (to the
+    // other endpoint) was refused with a retry-after.
+    let mut two = config(vec![server.addr.to_string(), server.addr.to_string()], &server.ca_pem);
+    two.request_timeout = Duration::from_secs(3);
+    let client = Client::connect(two).await.unwrap();
+    let err = client.put("lost/1", "v").await.unwrap_err();
+    assert_eq!((err.code(), err.outcome()), (ErrorCode::ResourceExhausted, Outcome::Unknown), "{err}");
+    assert_eq!(lanes_of("lost/1").len(), 2);
+    assert_eq!(client.writes_in_doubt(), 1);
+    // The lane in doubt is never used again.
+    client.put("k/2", "v").await.unwrap();
+    assert_ne!(lanes_of("k/2")[0].0, lanes_of("lost/1")[0].0);
 }

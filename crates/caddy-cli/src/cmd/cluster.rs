@@ -3,13 +3,14 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::{Ctx, emit_json, emit_text};
 use crate::cli::ClusterCommand;
+use crate::failure::usage;
 use crate::output;
 
 /// Runs one cluster command.
@@ -47,7 +48,7 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
         ClusterCommand::JoinToken { ttl } => {
             let ttl_seconds = ttl.as_secs();
             if ttl_seconds == 0 {
-                bail!("--ttl must be at least 1s");
+                return Err(usage("--ttl must be at least 1s"));
             }
             let t = client.join_token(ttl_seconds).await?;
             if ctx.json {

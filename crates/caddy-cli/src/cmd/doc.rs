@@ -11,7 +11,7 @@ use caddy_client::doc_api::{DocEvent, DocInfo, DocTag, HistoryEntry};
 use caddy_client::{ClientError, ErrorCode};
 use serde_json::json;
 
-use super::{Ctx, emit_json, emit_text};
+use super::{Ctx, emit_json, emit_text, watch_until_deadline};
 use crate::cli::{DocCommand, ExportFormat};
 use crate::output::{datetime, datetime_opt, table};
 use crate::views::block;
@@ -234,7 +234,7 @@ pub async fn run(ctx: &Ctx, cmd: DocCommand, out: &mut dyn Write) -> anyhow::Res
             let tags = c.doc_tags(&id).await?;
             if ctx.json { emit_json(out, &json_of(&tags)?) } else { emit_text(out, &tags_table(&tags)) }
         }
-        DocCommand::Watch { id, since } => watch(ctx, out, &id, since.as_deref()).await,
+        DocCommand::Watch { id, since } => watch_until_deadline(ctx, watch(ctx, out, &id, since.as_deref())).await,
     }
 }
 

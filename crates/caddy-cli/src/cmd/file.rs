@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, emit_json, emit_text};
 use crate::cli::{FileCommand, ShareAccess, StorageCommand};
+use crate::failure::usage;
 use crate::output::{datetime, datetime_opt, table};
 use crate::views::{block, list};
 
@@ -94,7 +95,7 @@ pub fn percent(used: u64, max: u64) -> String {
 /// The absolute expiry (ms since the epoch) of an `--expires` duration.
 pub fn expires_at(now_ms: u64, ttl: Duration) -> anyhow::Result<u64> {
     if ttl < Duration::from_secs(1) {
-        bail!("--expires must be at least 1s");
+        return Err(usage("--expires must be at least 1s"));
     }
     u64::try_from(ttl.as_millis())
         .ok()
@@ -690,7 +691,7 @@ async fn download(
     let c = &ctx.client;
     let target = target_of(output);
     if target == Target::Stdout && ctx.json {
-        bail!("--json cannot be combined with -o - (standard output carries the file's bytes)");
+        return Err(usage("--json cannot be combined with -o - (standard output carries the file's bytes)"));
     }
     let (bar, progress) = transfer_progress(ctx.json);
     let (downloaded, path) = match target {

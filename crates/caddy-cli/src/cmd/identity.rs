@@ -17,6 +17,7 @@ use crate::cli::{
     ApiKeyCommand, InviteCommand, LoginArgs, QuotaArgs, RoleCommand, SessionCommand, TeamCommand, TenantCommand,
 };
 use crate::credentials::{Credentials, require_password, with_process_password};
+use crate::failure::usage;
 use crate::output::datetime;
 use crate::views;
 
@@ -108,7 +109,7 @@ pub async fn call_and_show(ctx: &Ctx, out: &mut dyn Write, call: IdentityCall) -
 /// A duration flag in whole seconds; `None` when absent.
 pub fn seconds(flag: &str, value: Option<Duration>) -> anyhow::Result<Option<u64>> {
     match value {
-        Some(d) if d.as_secs() == 0 => bail!("{flag} must be at least 1s"),
+        Some(d) if d.as_secs() == 0 => Err(usage(format!("{flag} must be at least 1s"))),
         Some(d) => Ok(Some(d.as_secs())),
         None => Ok(None),
     }
@@ -120,7 +121,9 @@ fn configured_tenant(ctx: &Ctx, what: &str) -> anyhow::Result<String> {
         Some(t) => Ok(t),
         None => {
             let id = if what.starts_with("tenant ") { "its ID or " } else { "" };
-            bail!("{what} needs a tenant: pass {id}--tenant (or set CADDY_TENANT, or `tenant` in the config file)")
+            Err(usage(format!(
+                "{what} needs a tenant: pass {id}--tenant (or set CADDY_TENANT, or `tenant` in the config file)"
+            )))
         }
     }
 }
@@ -219,7 +222,7 @@ pub async fn tenant(ctx: &Ctx, cmd: TenantCommand, out: &mut dyn Write) -> anyho
         TenantCommand::Update { name, plan, quotas, .. } => {
             configured_tenant(ctx, "tenant update")?;
             if name.is_none() && plan.is_none() && !quotas.any() {
-                bail!("nothing to change: pass --name, --plan or a quota flag (--max-users, ...)");
+                return Err(usage("nothing to change: pass --name, --plan or a quota flag (--max-users, ...)"));
             }
             IdentityCall::TenantUpdate { name, plan, quotas: quotas.patch() }
         }
@@ -234,7 +237,7 @@ pub async fn tenant(ctx: &Ctx, cmd: TenantCommand, out: &mut dyn Write) -> anyho
         TenantCommand::Delete { confirm, .. } => {
             let tenant = configured_tenant(ctx, "tenant delete")?;
             if confirm != tenant {
-                bail!("--confirm {confirm} does not match the tenant to delete ({tenant})");
+                return Err(usage(format!("--confirm {confirm} does not match the tenant to delete ({tenant})")));
             }
             IdentityCall::TenantDelete { confirm }
         }

@@ -2,12 +2,13 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use caddy_client::ErrorCode;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{Ctx, emit_json, emit_text};
+use super::{Ctx, emit_json, emit_text, watch_until_deadline};
 use crate::cli::KvCommand;
+use crate::failure::refused;
 use crate::output;
 
 /// Runs one key-value command.
@@ -30,7 +31,7 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Resu
         }
         KvCommand::Get { key, serializable } => {
             let resp = if serializable { client.get_serializable(&key).await? } else { client.get(&key).await? };
-            let Some(kv) = resp.kv else { bail!("key not found: {key}") };
+            let Some(kv) = resp.kv else { return Err(refused(ErrorCode::NotFound, format!("key not found: {key}"))) };
             if ctx.json {
                 emit_json(out, &output::kv_json(&kv))
             } else {
@@ -76,22 +77,25 @@ pub async fn run(ctx: &Ctx, cmd: KvCommand, out: &mut dyn Write) -> anyhow::Resu
             let mut events = client.watch(&prefix, from_revision);
             let interrupted = tokio::signal::ctrl_c();
             tokio::pin!(interrupted);
-            loop {
-                tokio::select! {
-                    _ = &mut interrupted => return Ok(()),
-                    item = events.next() => match item {
-                        Some(Ok(event)) => {
-                            if ctx.json {
-                                emit_json(out, &output::event_json(&event))?;
-                            } else {
-                                emit_text(out, &format!("{}\n", output::event_line(&event)))?;
+            let watch = async {
+                loop {
+                    tokio::select! {
+                        _ = &mut interrupted => return Ok(()),
+                        item = events.next() => match item {
+                            Some(Ok(event)) => {
+                                if ctx.json {
+                                    emit_json(out, &output::event_json(&event))?;
+                                } else {
+                                    emit_text(out, &format!("{}\n", output::event_line(&event)))?;
+                                }
                             }
-                        }
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Ok(()),
-                    },
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Ok(()),
+                        },
+                    }
                 }
-            }
+            };
+            watch_until_deadline(ctx, watch).await
         }
     }
 }

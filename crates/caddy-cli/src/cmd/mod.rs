@@ -1,5 +1,6 @@
-//! Command execution: loads the configuration, connects, dispatches, and
-//! turns SDK errors into one-line messages.
+//! Command execution: loads the configuration, connects, dispatches under
+//! the command's `--timeout`, and turns errors into [`Failure`]s (one-line
+//! messages with hints, categories, outcomes).
 
 mod audit;
 mod bench;
@@ -11,57 +12,143 @@ mod kv;
 mod render;
 mod user;
 
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use caddy_client::{Client, ClientConfig, ClientError, ErrorCode};
+use caddy_client::{Client, ClientConfig, ClientError, ErrorCode, Outcome, human_duration};
+use tokio::time::Instant;
 
 use crate::cli::{BenchCommand, Cli, Command};
 use crate::credentials::Credentials;
+use crate::failure::{Failure, timed_out};
+
+/// How long after `--timeout` the whole command is cut. The SDK ends every
+/// request and render wait at the deadline itself (and knows whether a
+/// write was under way); this only stops what it does not bound, such as a
+/// transfer's stream.
+const BACKSTOP_GRACE: Duration = Duration::from_millis(500);
 
 /// What every command needs.
 pub struct Ctx {
-    /// Connected (lazily) SDK handle.
+    /// Connected (lazily) SDK handle; with `--timeout`, bound to its deadline.
     pub client: Client,
     /// `--json` was given.
     pub json: bool,
+    /// `--timeout`, if given: it bounds the whole command.
+    pub timeout: Option<Duration>,
+    /// When `--timeout` runs out.
+    pub deadline: Option<Instant>,
 }
 
 /// Runs the parsed command line, writing results to `out`.
-pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
+    let started = Instant::now();
+    let (ctx, saved) = setup(&cli, started).await.map_err(|e| Failure::of(&e))?;
+    let result = bounded(&ctx, dispatch(&ctx, cli.command, &saved, out)).await;
+    ctx.client.close().await;
+    result.map_err(|e| failure(&e, &saved))
+}
+
+/// Reads the configuration, applies the flags, and makes the client.
+async fn setup(cli: &Cli, started: Instant) -> anyhow::Result<(Ctx, SavedCredentials)> {
     let path = cli.config_path();
     let mut config = ClientConfig::from_file(&path)?;
+    if !cli.endpoints.is_empty() {
+        config.endpoints = cli.endpoints.clone();
+    }
+    // The parser has refused a zero --timeout.
     if let Some(timeout) = cli.timeout {
-        if timeout.is_zero() {
-            anyhow::bail!("--timeout must be positive");
-        }
         config.request_timeout = timeout;
     }
-    let saved = apply_credentials(&cli, &mut config)?;
-    let client = Client::connect(config).await?;
-    let ctx = Ctx { client, json: cli.json };
-    let result = match cli.command {
-        Command::Cluster(cmd) => cluster::run(&ctx, cmd, out).await,
-        Command::Kv(cmd) => kv::run(&ctx, cmd, out).await,
-        Command::Bench(BenchCommand::Kv(args)) => bench::run(&ctx, args, out).await,
-        Command::Login(args) => identity::login(&ctx, args, &saved.path, out).await,
-        Command::Logout => identity::logout(&ctx, &saved.path, saved.used, out).await,
-        Command::Tenant(cmd) => identity::tenant(&ctx, cmd, out).await,
-        Command::User(cmd) => user::run(&ctx, cmd, out).await,
-        Command::Invite(cmd) => identity::invite(&ctx, cmd, out).await,
-        Command::Role(cmd) => identity::role(&ctx, cmd, out).await,
-        Command::Team(cmd) => identity::team(&ctx, cmd, out).await,
-        Command::ApiKey(cmd) => identity::api_key(&ctx, cmd, out).await,
-        Command::Session(cmd) => identity::session(&ctx, cmd, out).await,
-        Command::Audit(cmd) => audit::run(&ctx, cmd, out).await,
-        Command::Doc(cmd) => doc::run(&ctx, cmd, out).await,
-        Command::File(cmd) => file::run(&ctx, cmd, out).await,
-        Command::Storage(cmd) => file::storage(&ctx, cmd, out).await,
-        Command::Render(args) => render::run(&ctx, args, out).await,
-    };
-    ctx.client.close().await;
-    result.map_err(describe).map_err(|e| relogin_hint(e, &saved))
+    let saved = apply_credentials(cli, &mut config)?;
+    let mut client = Client::connect(config).await?;
+    let deadline = cli.timeout.map(|t| started.checked_add(t).unwrap_or(started + Duration::from_secs(86_400 * 365)));
+    if let Some(deadline) = deadline {
+        client = client.with_deadline(deadline);
+    }
+    Ok((Ctx { client, json: cli.json, timeout: cli.timeout, deadline }, saved))
+}
+
+/// Runs `work` under the command's `--timeout`, if any.
+async fn bounded(ctx: &Ctx, work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let (Some(deadline), Some(timeout)) = (ctx.deadline, ctx.timeout) else { return work.await };
+    let in_doubt = ctx.client.writes_in_doubt();
+    // Bound first, so that the cut work (and the lane of any write it was
+    // sending) is dropped before the count is read.
+    let result = tokio::time::timeout_at(deadline + BACKSTOP_GRACE, work).await;
+    match result {
+        Ok(result) => result,
+        Err(_) if ctx.client.writes_in_doubt() > in_doubt => Err(timed_out(
+            format!(
+                "the command did not finish within {} (--timeout) while a write was under way: the write may or \
+                 may not have been applied (check before retrying it)",
+                human_duration(timeout)
+            ),
+            Outcome::Unknown,
+        )
+        .into()),
+        Err(_) => Err(timed_out(
+            format!("the command did not finish within {} (--timeout)", human_duration(timeout)),
+            Outcome::NotApplied,
+        )
+        .into()),
+    }
+}
+
+/// Runs a watch until it ends by itself, or successfully when the
+/// command's deadline comes: `--timeout` on a watch is how long to watch.
+pub async fn watch_until_deadline(ctx: &Ctx, watch: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    match ctx.deadline {
+        None => watch.await,
+        Some(deadline) => tokio::select! {
+            result = watch => result,
+            () = tokio::time::sleep_until(deadline) => Ok(()),
+        },
+    }
+}
+
+async fn dispatch(ctx: &Ctx, command: Command, saved: &SavedCredentials, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        Command::Cluster(cmd) => cluster::run(ctx, cmd, out).await,
+        Command::Kv(cmd) => kv::run(ctx, cmd, out).await,
+        Command::Bench(BenchCommand::Kv(args)) => bench::run(ctx, args, out).await,
+        Command::Login(args) => identity::login(ctx, args, &saved.path, out).await,
+        Command::Logout => identity::logout(ctx, &saved.path, saved.used, out).await,
+        Command::Tenant(cmd) => identity::tenant(ctx, cmd, out).await,
+        Command::User(cmd) => user::run(ctx, cmd, out).await,
+        Command::Invite(cmd) => identity::invite(ctx, cmd, out).await,
+        Command::Role(cmd) => identity::role(ctx, cmd, out).await,
+        Command::Team(cmd) => identity::team(ctx, cmd, out).await,
+        Command::ApiKey(cmd) => identity::api_key(ctx, cmd, out).await,
+        Command::Session(cmd) => identity::session(ctx, cmd, out).await,
+        Command::Audit(cmd) => audit::run(ctx, cmd, out).await,
+        Command::Doc(cmd) => doc::run(ctx, cmd, out).await,
+        Command::File(cmd) => file::run(ctx, cmd, out).await,
+        Command::Storage(cmd) => file::storage(ctx, cmd, out).await,
+        Command::Render(args) => render::run(ctx, args, out).await,
+    }
+}
+
+/// `err` as `main` reports it, with what a person needs added: how long to
+/// wait before trying again, the current revision of a failed
+/// compare-and-set, the leader hint of an unavailable cluster, and
+/// `caddyctl login` when a saved session is refused.
+fn failure(err: &anyhow::Error, saved: &SavedCredentials) -> Failure {
+    let mut failure = Failure::of(err);
+    if let Some(extra) = describe(err, failure.retry_after) {
+        failure.message = format!("{} ({extra})", failure.message);
+    }
+    if refused_saved_session(err, saved) {
+        failure.message = format!(
+            "{} (credential from {}; log in again with `caddyctl login`)",
+            failure.message,
+            saved.path.display()
+        );
+    }
+    failure
 }
 
 /// Where the request's credential came from.
@@ -120,36 +207,28 @@ fn apply_credentials(cli: &Cli, config: &mut ClientConfig) -> anyhow::Result<Sav
     Ok(SavedCredentials { path, used })
 }
 
-/// Points at `caddyctl login` when a saved session is refused.
-fn relogin_hint(err: anyhow::Error, saved: &SavedCredentials) -> anyhow::Error {
-    let refused =
-        matches!(err.downcast_ref::<ClientError>(), Some(ClientError::Server { code: ErrorCode::Unauthenticated, .. }));
-    if refused && saved.used {
-        anyhow::anyhow!("{err} (credential from {}; log in again with `caddyctl login`)", saved.path.display())
-    } else {
-        err
-    }
+/// Whether a saved session (the credentials file) was refused.
+fn refused_saved_session(err: &anyhow::Error, saved: &SavedCredentials) -> bool {
+    saved.used && client_error(err).is_some_and(|e| e.code() == ErrorCode::Unauthenticated)
 }
 
-/// Adds what a person needs to an SDK error: the current revision of a
-/// failed compare-and-set, the leader hint of an unavailable cluster, how
-/// long to wait before trying again.
-fn describe(err: anyhow::Error) -> anyhow::Error {
-    let extra = match err.downcast_ref::<ClientError>() {
-        Some(ClientError::Server { retry_after: Some(wait), .. }) => {
-            Some(format!("retry after {:.1}s", wait.as_secs_f64().max(0.1)))
-        }
-        Some(ClientError::Server { current_revision: Some(rev), message, .. })
-            if !message.contains(&rev.to_string()) =>
-        {
-            Some(format!("current revision {rev}"))
-        }
-        Some(ClientError::Server { leader_hint: Some(hint), .. }) => Some(format!("leader hint {hint}")),
+fn client_error(err: &anyhow::Error) -> Option<&ClientError> {
+    err.chain().find_map(|e| e.downcast_ref::<ClientError>())
+}
+
+/// What a person needs beyond an SDK error's message: how long the server
+/// asked to wait before trying again (`retry_after`, which the failure
+/// found), else the current revision of a failed compare-and-set or the
+/// leader hint of an unavailable cluster.
+fn describe(err: &anyhow::Error, retry_after: Option<Duration>) -> Option<String> {
+    if let Some(wait) = retry_after {
+        return Some(format!("retry after {}", human_duration(wait)));
+    }
+    let err = client_error(err)?;
+    match (err.current_revision(), err.leader_hint()) {
+        (Some(rev), _) if !err.to_string().contains(&rev.to_string()) => Some(format!("current revision {rev}")),
+        (_, Some(hint)) => Some(format!("leader hint {hint}")),
         _ => None,
-    };
-    match extra {
-        Some(extra) => anyhow::anyhow!("{err} ({extra})"),
-        None => err,
     }
 }
 
@@ -172,6 +251,7 @@ mod tests {
 
     #[test]
     fn describe_adds_revision_and_hint() {
+        let unused = SavedCredentials { path: PathBuf::from("/c/credentials"), used: false };
         let cas = ClientError::Server {
             code: ErrorCode::FailedPrecondition,
             message: "revision mismatch".into(),
@@ -179,7 +259,9 @@ mod tests {
             leader_hint: None,
             retry_after: None,
         };
-        assert_eq!(describe(cas.into()).to_string(), "failed_precondition: revision mismatch (current revision 42)");
+        let cas = failure(&cas.into(), &unused);
+        assert_eq!(cas.message, "failed_precondition: revision mismatch (current revision 42)");
+        assert_eq!(cas.current_revision, Some(42));
         let unavailable = ClientError::Server {
             code: ErrorCode::Unavailable,
             message: "not the leader".into(),
@@ -187,7 +269,8 @@ mod tests {
             leader_hint: Some("10.0.0.2:7101".into()),
             retry_after: None,
         };
-        assert_eq!(describe(unavailable.into()).to_string(), "unavailable: not the leader (leader hint 10.0.0.2:7101)");
+        let unavailable = failure(&unavailable.into(), &unused);
+        assert_eq!(unavailable.message, "unavailable: not the leader (leader hint 10.0.0.2:7101)");
         let throttled = ClientError::Server {
             code: ErrorCode::ResourceExhausted,
             message: "too many failed logins for a@x.io in tenant acme; wait before trying again".into(),
@@ -195,12 +278,26 @@ mod tests {
             leader_hint: None,
             retry_after: Some(std::time::Duration::from_millis(2450)),
         };
+        let throttled = failure(&throttled.into(), &unused);
         assert_eq!(
-            describe(throttled.into()).to_string(),
+            throttled.message,
             "resource_exhausted: too many failed logins for a@x.io in tenant acme; wait before trying again \
              (retry after 2.5s)"
         );
-        assert_eq!(describe(anyhow::anyhow!("key not found: k")).to_string(), "key not found: k");
+        assert_eq!(throttled.retry_after, Some(std::time::Duration::from_millis(2450)));
+        // Also when the CLI tells the SDK error in its own words.
+        let import = crate::failure::CliError::client(
+            &ClientError::Server {
+                code: ErrorCode::ResourceExhausted,
+                message: "busy checking passwords".into(),
+                current_revision: None,
+                leader_hint: None,
+                retry_after: Some(std::time::Duration::from_millis(300)),
+            },
+            "import stopped at line 3",
+        );
+        assert_eq!(failure(&import.into(), &unused).message, "import stopped at line 3 (retry after 300ms)");
+        assert_eq!(failure(&anyhow::anyhow!("key not found: k"), &unused).message, "key not found: k");
     }
 
     fn config() -> ClientConfig {
@@ -293,11 +390,11 @@ mod tests {
         };
         let saved = SavedCredentials { path: PathBuf::from("/c/credentials"), used: true };
         assert_eq!(
-            relogin_hint(refused(), &saved).to_string(),
+            failure(&refused(), &saved).message,
             "unauthenticated: session expired (credential from /c/credentials; log in again with `caddyctl login`)"
         );
         let unused = SavedCredentials { used: false, ..saved };
-        assert_eq!(relogin_hint(refused(), &unused).to_string(), "unauthenticated: session expired");
+        assert_eq!(failure(&refused(), &unused).message, "unauthenticated: session expired");
     }
 
     #[tokio::test]
@@ -313,8 +410,8 @@ mod tests {
             Ok(()) => panic!("no error"),
             Err(e) => e,
         };
-        let message = crate::output::one_line(&format!("{err:#}"));
-        assert!(message.contains("/nonexistent/client.toml"), "{message}");
+        assert!(err.message.contains("/nonexistent/client.toml"), "{}", err.message);
+        assert_eq!(err.exit_code(), 1);
         assert!(out.is_empty());
     }
 }

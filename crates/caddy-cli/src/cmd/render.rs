@@ -3,17 +3,25 @@
 //! jobs through the SDK's `render_*` calls. With `-o` (or `--wait`) the
 //! command follows the job to its end; `-o` then saves the PNG (written to a
 //! temporary file beside it and renamed, so a failure leaves no partial
-//! image). A job that ends failed or cancelled is an error (exit code 1).
+//! image). A job that ends failed or cancelled is an error (exit code 1),
+//! and so is one still queued or running when the wait ends: at
+//! `--wait-timeout`, or at `--timeout` (which bounds the whole command) if
+//! that comes first; its JSON error object names the `job`.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use caddy_client::doc_api::DocId;
 use caddy_client::render_api::{JobState, JobView, RenderSpec, RenderView, ThumbnailSetting};
+use caddy_client::{Outcome, human_duration};
+use serde_json::json;
+use tokio::time::Instant;
 
 use super::{Ctx, emit_json, emit_text};
 use crate::cli::{RenderArgs, RenderCommand, RenderSubmit};
+use crate::failure::{CliError, refused, timed_out, usage};
 use crate::output::{datetime, datetime_opt, table};
 use crate::views::block;
 
@@ -101,14 +109,14 @@ fn show(ctx: &Ctx, out: &mut dyn Write, job: &JobView) -> anyhow::Result<()> {
 
 /// The spec a `render DOC` command line asks for.
 pub fn spec_of(args: &RenderSubmit) -> anyhow::Result<RenderSpec> {
-    let doc = DocId::parse(args.doc.as_deref().unwrap_or_default()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let doc = DocId::parse(args.doc.as_deref().unwrap_or_default()).map_err(|e| refused(e.code, e.message))?;
     let view = match args.window.as_deref() {
         Some([x0, y0, x1, y1]) => RenderView::Window {
             min: [x0.min(*x1), y0.min(*y1)],
             max: [x0.max(*x1), y0.max(*y1)],
             rotation_deg: args.rotate,
         },
-        Some(_) => bail!("--window takes four numbers: X0,Y0,X1,Y1"),
+        Some(_) => return Err(usage("--window takes four numbers: X0,Y0,X1,Y1")),
         None => RenderView::Fit { margin: 0.05, rotation_deg: args.rotate },
     };
     let spec = RenderSpec {
@@ -120,8 +128,34 @@ pub fn spec_of(args: &RenderSubmit) -> anyhow::Result<RenderSpec> {
         background: args.background,
         layers: args.layers.clone(),
     };
-    spec.validate().map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    spec.validate().map_err(|e| refused(e.code, e.message))?;
     Ok(spec)
+}
+
+/// A job still queued or running when its wait ended (`wait_started` +
+/// `--wait-timeout`, or the command's `--timeout`, whichever came first).
+fn not_finished(ctx: &Ctx, job: &JobView, wait_started: Instant, wait_timeout: Duration) -> CliError {
+    let by_wait = wait_started.checked_add(wait_timeout);
+    let bound = match (ctx.deadline, ctx.timeout) {
+        (Some(deadline), Some(timeout)) if by_wait.is_none_or(|w| deadline <= w) => {
+            format!("--timeout {}", human_duration(timeout))
+        }
+        _ => format!("--wait-timeout {}", human_duration(wait_timeout)),
+    };
+    let idle = if job.state == JobState::Queued && job.attempts == 0 {
+        "; no render worker has taken it: `caddyctl cluster status` shows which nodes render (a node without a \
+         graphics adapter does not)"
+    } else {
+        ""
+    };
+    let message = format!(
+        "{} is still {} after waiting {} ({bound}){idle}; follow it with `caddyctl render show {}`",
+        job.id,
+        state_name(job.state),
+        human_duration(wait_started.elapsed()),
+        job.id
+    );
+    timed_out(message, Outcome::NotApplied).with("job", json!(job.id)).with("state", json!(state_name(job.state)))
 }
 
 async fn save(ctx: &Ctx, job: &str, path: &Path) -> anyhow::Result<u64> {
@@ -181,6 +215,7 @@ pub async fn run(ctx: &Ctx, args: RenderArgs, out: &mut dyn Write) -> anyhow::Re
             if submit.output.is_none() && !submit.wait {
                 return show(ctx, out, &job);
             }
+            let wait_started = Instant::now();
             if !job.state.is_final() {
                 job = ctx.client.render_wait(&job.id, submit.wait_timeout).await?;
             }
@@ -190,13 +225,7 @@ pub async fn run(ctx: &Ctx, args: RenderArgs, out: &mut dyn Write) -> anyhow::Re
                     bail!("{} failed: {}", job.id, job.error.as_deref().unwrap_or("no reason recorded"))
                 }
                 JobState::Cancelled => bail!("{} was cancelled", job.id),
-                _ => bail!(
-                    "{} is still {} after {:?}; follow it with `caddyctl render show {}`",
-                    job.id,
-                    state_name(job.state),
-                    submit.wait_timeout,
-                    job.id
-                ),
+                _ => return Err(not_finished(ctx, &job, wait_started, submit.wait_timeout).into()),
             }
             if let Some(path) = &submit.output {
                 let bytes = save(ctx, &job.id, path).await?;

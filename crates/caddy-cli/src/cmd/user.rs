@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use caddy_client::ClientError;
 use caddy_client::identity::{DEFAULT_PAGE, IdentityAnswer, IdentityCall, MAX_IMPORT_BATCH, MAX_PAGE, UserView};
+use caddy_client::{ClientError, Outcome};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -15,6 +15,7 @@ use super::{Ctx, emit_json, emit_text};
 use crate::cli::{ListFormat, UserCommand};
 use crate::credentials::{require_password, with_process_password, write_private};
 use crate::csv::{self, ImportRow};
+use crate::failure::{CliError, usage};
 use crate::views;
 
 /// Runs one user command.
@@ -32,7 +33,7 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand, out: &mut dyn Write) -> anyhow::Re
         UserCommand::Update { user, email, name, password_stdin } => {
             let password = if password_stdin { Some(with_process_password(true, require_password)?) } else { None };
             if email.is_none() && name.is_none() && password.is_none() {
-                bail!("nothing to change: pass --email, --name or --password-stdin");
+                return Err(usage("nothing to change: pass --email, --name or --password-stdin"));
             }
             IdentityCall::UserUpdate { user, email, display_name: name, password }
         }
@@ -42,7 +43,9 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand, out: &mut dyn Write) -> anyhow::Re
         UserCommand::Export { user, output } => return export(ctx, out, &user, output.as_deref()).await,
         UserCommand::Erase { user, yes } => {
             if !yes {
-                bail!("erasing {user} removes their personal data for good; repeat with --yes to confirm");
+                return Err(usage(format!(
+                    "erasing {user} removes their personal data for good; repeat with --yes to confirm"
+                )));
             }
             IdentityCall::UserErase { user }
         }
@@ -63,7 +66,7 @@ struct ListArgs {
 /// Lists users, paging through everything with `--all`.
 async fn list(ctx: &Ctx, out: &mut dyn Write, args: ListArgs) -> anyhow::Result<()> {
     let format = match (ctx.json, args.format) {
-        (true, ListFormat::Csv) => bail!("--json and --format csv contradict each other"),
+        (true, ListFormat::Csv) => return Err(usage("--json and --format csv contradict each other")),
         (true, _) => ListFormat::Json,
         (false, format) => format,
     };
@@ -132,6 +135,7 @@ fn batch_error(batch: &[ImportRow], created: usize, err: &ClientError) -> String
             let at = failing_line(batch, message).map(|l| format!(" (line {l})")).unwrap_or_default();
             ("none of its users were created", format!("{}{at}: {message}", code.as_str()))
         }
+        other if other.outcome() == Outcome::NotApplied => ("none of its users were created", other.to_string()),
         other => ("its outcome is unknown: check with `caddyctl user list`", other.to_string()),
     };
     format!(
@@ -175,10 +179,7 @@ async fn import(ctx: &Ctx, out: &mut dyn Write, file: &Path) -> anyhow::Result<(
             Err(err) => {
                 bar.finish_and_clear();
                 let message = batch_error(batch, created.len(), &err);
-                if ctx.json {
-                    emit_json(out, &json!({ "created": created, "error": message }))?;
-                }
-                bail!(message);
+                return Err(CliError::client(&err, message).with("created", json!(created)).into());
             }
         }
     }
@@ -232,9 +233,13 @@ mod tests {
             "import stopped at the batch on lines 102-104 (none of its users were created): \
              invalid_argument (line 103): user #2: invalid email; 100 users created before it"
         );
-        let err = ClientError::Unavailable("timed out".into());
+        let err = ClientError::OutcomeUnknown { last: Box::new(ClientError::Unavailable("timed out".into())) };
         let text = batch_error(&batch, 0, &err);
         assert!(text.contains("outcome is unknown") && text.contains("timed out"), "{text}");
+        // Never sent (no node reachable): nothing was created.
+        let err = ClientError::Unavailable("connecting: no handshake within 3s".into());
+        let text = batch_error(&batch, 0, &err);
+        assert!(text.contains("none of its users were created") && text.contains("no handshake"), "{text}");
         assert_eq!(failing_line(&batch, "user #9: x"), None);
         assert_eq!(failing_line(&batch, "user #0: x"), None);
         assert_eq!(failing_line(&batch, "quota exceeded"), None);
