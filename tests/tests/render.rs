@@ -287,7 +287,7 @@ async fn without_an_adapter_nodes_start_with_workers_off_and_jobs_wait_for_a_cap
     dev.restart_with(3, &[]);
     // Any node may answer the wait: the job's state is the cluster's.
     let done = client.render_wait(&job.id, Duration::from_secs(90)).await.expect("wait");
-    assert_eq!((done.state, done.node), (JobState::Done, Some(3)), "{done:?}");
+    assert_eq!((done.state, done.node), (JobState::Done, Some(3)), "{done:?}\n--- node 3 ---\n{}", dev.node_log(3));
 
     // `cluster status`, whichever node answers, shows every member's render
     // workers as that member reports them.

@@ -16,6 +16,9 @@ use redb::{Database, StorageBackend};
 
 use crate::StoreError;
 
+/// How long opening a database waits for another process to release it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where to keep a node's databases.
 #[derive(Debug, Clone)]
 pub enum Disk {
@@ -30,12 +33,42 @@ impl Disk {
     /// cache of at most `cache_bytes` (redb's default, 1 GiB, would let an
     /// idle node grow far past its working set).
     pub fn open_db(&self, name: &str, cache_bytes: usize) -> Result<Database, StoreError> {
+        self.open_db_waiting(name, cache_bytes, LOCK_WAIT)
+    }
+
+    fn open_db_waiting(
+        &self,
+        name: &str,
+        cache_bytes: usize,
+        lock_wait: std::time::Duration,
+    ) -> Result<Database, StoreError> {
         let mut builder = Database::builder();
         builder.set_cache_size(cache_bytes);
         match self {
             Disk::Dir(dir) => {
                 std::fs::create_dir_all(dir)?;
-                Ok(builder.create(dir.join(format!("{name}.redb")))?)
+                let path = dir.join(format!("{name}.redb"));
+                // A process killed a moment ago may still hold the file's
+                // lock while its last threads exit (a supervisor restarting
+                // it at once races with that); a second live process holds
+                // it for good, and that is reported by name.
+                let deadline = std::time::Instant::now() + lock_wait;
+                let mut said = false;
+                loop {
+                    match builder.create(&path) {
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                            if !said {
+                                tracing::warn!(path = %path.display(), "database is locked by another process; waiting for it");
+                                said = true;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                            return Err(StoreError::Locked(path));
+                        }
+                        other => return Ok(other?),
+                    }
+                }
             }
             Disk::Crashable(disk) => {
                 let backend = disk.file(name);
@@ -190,5 +223,30 @@ impl StorageBackend for CrashableFile {
         image.written[start..end].copy_from_slice(data);
         mark_dirty(&mut image.dirty, start, end);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn opening_waits_for_a_holder_that_lets_go_and_names_one_that_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = Disk::Dir(dir.path().to_path_buf());
+        let held = disk.open_db("log", 1 << 20).expect("first open");
+
+        let err = disk.open_db_waiting("log", 1 << 20, Duration::from_millis(300)).expect_err("still held");
+        assert!(matches!(&err, StoreError::Locked(p) if p.ends_with("log.redb")), "{err}");
+        assert!(err.to_string().contains("another caddyd"), "{err}");
+
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        disk.open_db_waiting("log", 1 << 20, Duration::from_secs(10)).expect("opened once released");
+        release.join().expect("release thread");
     }
 }

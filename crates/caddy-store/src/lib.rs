@@ -45,6 +45,10 @@ pub enum StoreError {
     /// redb could not open or create the database.
     #[error("database: {0}")]
     Database(#[from] redb::DatabaseError),
+    /// Another process (another `caddyd` on the same data directory) holds
+    /// the database.
+    #[error("database {} is in use by another process (is another caddyd running on this data directory?)", .0.display())]
+    Locked(std::path::PathBuf),
     /// A redb operation failed.
     #[error("storage: {0}")]
     Storage(String),
