@@ -84,7 +84,7 @@ pub struct SmMeta {
     pub revision: u64,
     /// Events at or below this revision have been compacted away.
     pub compacted: u64,
-    /// Set by the first `InitCluster`.
+    /// Set by the first `InitCluster` (the only one applied).
     pub cluster: Option<ClusterInfo>,
 }
 
@@ -100,7 +100,7 @@ pub enum SnapshotRecord {
     Event(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A client session.
     Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    /// A join token hash and its expiry.
+    /// A join token of an older build (hash, expiry); ignored on install.
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
     /// An identity record (see [`crate::identity`]).
     Ident(String, #[serde(with = "serde_bytes")] Vec<u8>),
@@ -108,6 +108,8 @@ pub enum SnapshotRecord {
     Doc(String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A file-system record (see [`crate::files`]).
     File(String, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// A join token or node certificate record (see [`crate::cluster`]).
+    Cluster(String, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A snapshot file on disk with its metadata.
