@@ -141,6 +141,7 @@ fn opt(v: Option<u64>) -> String {
 /// `cluster status` for people: a header block, then one row per member.
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let header = [
+        ("cluster id", if status.cluster_id.is_empty() { "-".into() } else { status.cluster_id.clone() }),
         ("node", status.cluster_node.to_string()),
         ("term", status.term.to_string()),
         ("leader", opt(status.leader)),
@@ -180,6 +181,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
 /// `cluster status` as JSON.
 pub fn status_json(status: &pb::StatusResponse) -> Value {
     json!({
+        "cluster_id": status.cluster_id,
         "cluster_node": status.cluster_node,
         "term": status.term,
         "leader": status.leader,
@@ -205,6 +207,69 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
 
 fn ids(ids: &[u64]) -> String {
     if ids.is_empty() { "-".into() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
+}
+
+/// `cluster join-token --list` for people.
+pub fn join_tokens_text(tokens: &[pb::JoinTokenInfo]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.state.clone(),
+                datetime(t.created_at_ms),
+                datetime(t.expires_at_ms),
+                if t.used_by == 0 { "-".into() } else { t.used_by.to_string() },
+                if t.ended_at_ms == 0 { "-".into() } else { datetime(t.ended_at_ms) },
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "CREATED", "EXPIRES", "USED BY", "ENDED"], &rows)
+}
+
+/// `cluster join-token --list` as JSON.
+pub fn join_tokens_json(tokens: &[pb::JoinTokenInfo]) -> Value {
+    json!(
+        tokens
+            .iter()
+            .map(|t| json!({
+                "id": t.id,
+                "state": t.state,
+                "created_at_ms": t.created_at_ms,
+                "expires_at_ms": t.expires_at_ms,
+                "used_by": (t.used_by != 0).then_some(t.used_by),
+                "ended_at_ms": (t.ended_at_ms != 0).then_some(t.ended_at_ms),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// `cluster rotate-certs` for people: one line per member.
+pub fn rotated_text(r: &pb::RotateCertsResponse) -> String {
+    r.members
+        .iter()
+        .map(|m| {
+            if m.error.is_empty() {
+                format!("node {}: certificate generation {}\n", m.id, m.generation)
+            } else {
+                format!("node {}: FAILED: {}\n", m.id, m.error)
+            }
+        })
+        .collect()
+}
+
+/// `cluster rotate-certs` as JSON.
+pub fn rotated_json(r: &pb::RotateCertsResponse) -> Value {
+    json!(
+        r.members
+            .iter()
+            .map(|m| json!({
+                "id": m.id,
+                "generation": (m.error.is_empty()).then_some(m.generation),
+                "error": (!m.error.is_empty()).then_some(&m.error),
+            }))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// A membership answer for people.

@@ -24,6 +24,11 @@ use crate::presence::PresenceHub;
 /// How long `cluster status` waits for each other member to describe its
 /// local services; a member that takes longer shows an empty render line.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Lifetime of a join token when the request names none: long enough to
+/// start a node, short enough that a leaked one is soon useless.
+const DEFAULT_JOIN_TOKEN_TTL_SECS: u64 = 15 * 60;
+/// Longest join token lifetime (the state machine refuses longer ones too).
+const MAX_JOIN_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 /// Shared state of the client-facing service.
 pub struct Service {
@@ -191,6 +196,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::Doc(_)) => "doc",
         Some(Req::File(_)) => "file",
         Some(Req::Render(_)) => "render",
+        Some(Req::RotateCerts(_)) => "rotate_certs",
     }
 }
 
@@ -512,15 +518,71 @@ impl Service {
                 let (index, term) = node.snapshot_now().await?;
                 ok(Resp::Snapshot(pb::SnapshotResponse { index, term }))
             }
-            Req::JoinToken(j) => {
-                let ttl = if j.ttl_seconds == 0 { 3600 } else { j.ttl_seconds };
-                if ttl > 7 * 86_400 {
-                    return Err(CaddyError::invalid("join token lifetime is at most 7 days"));
-                }
-                let (token, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
-                ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms }))
+            Req::JoinToken(j) => self.join_token(j).await,
+            Req::RotateCerts(_) => {
+                let members = node
+                    .rotate_all()
+                    .await
+                    .into_iter()
+                    .map(|(id, result)| match result {
+                        Ok(generation) => pb::RotatedMember { id, generation, error: String::new() },
+                        Err(e) => pb::RotatedMember { id, generation: 0, error: e.to_string() },
+                    })
+                    .collect();
+                ok(Resp::RotateCerts(pb::RotateCertsResponse { members }))
             }
             other => Err(CaddyError::internal(format!("{} is not a cluster operation", request_name(&Some(other))))),
+        }
+    }
+
+    async fn join_token(&self, j: pb::JoinTokenRequest) -> Result<pb::Response, CaddyError> {
+        use caddy_raft::certs::TokenRef;
+        use caddy_store::cluster::TokenState;
+        let node = &self.node;
+        match pb::JoinTokenAction::try_from(j.action) {
+            Ok(pb::JoinTokenAction::JoinTokenCreate) => {
+                let ttl = if j.ttl_seconds == 0 { DEFAULT_JOIN_TOKEN_TTL_SECS } else { j.ttl_seconds };
+                if ttl > MAX_JOIN_TOKEN_TTL_SECS {
+                    return Err(CaddyError::invalid("a join token lives at most 24 hours"));
+                }
+                let (token, id, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
+                ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms, id, tokens: Vec::new() }))
+            }
+            Ok(pb::JoinTokenAction::JoinTokenList) => {
+                let now = caddy_raft::now_ms();
+                let tokens = node
+                    .join_tokens()
+                    .await?
+                    .into_iter()
+                    .map(|t| {
+                        let (state, used_by, ended_at_ms) = match t.state {
+                            TokenState::Used { node, at_ms, .. } => ("used", node, at_ms),
+                            TokenState::Revoked { at_ms } => ("revoked", 0, at_ms),
+                            TokenState::Active if t.expires_at_ms <= now => ("expired", 0, t.expires_at_ms),
+                            TokenState::Active => ("active", 0, 0),
+                        };
+                        pb::JoinTokenInfo {
+                            id: t.id,
+                            created_at_ms: t.created_ms,
+                            expires_at_ms: t.expires_at_ms,
+                            state: state.into(),
+                            used_by,
+                            ended_at_ms,
+                        }
+                    })
+                    .collect();
+                ok(Resp::JoinToken(pb::JoinTokenResponse { tokens, ..Default::default() }))
+            }
+            Ok(pb::JoinTokenAction::JoinTokenRevoke) => {
+                let which = match (j.id, j.token.is_empty()) {
+                    (0, false) => TokenRef::Token(j.token),
+                    (id, true) if id > 0 => TokenRef::Id(id),
+                    _ => return Err(CaddyError::invalid("name the join token to revoke by its id or by the token")),
+                };
+                let id = node.revoke_join_token(which).await?;
+                ok(Resp::JoinToken(pb::JoinTokenResponse { id, ..Default::default() }))
+            }
+            Err(_) => Err(CaddyError::invalid(format!("unknown join token action {}", j.action))),
         }
     }
 
@@ -595,6 +657,7 @@ impl Service {
             last_log_index: local.last_log_index,
             snapshot_index: local.snapshot_index,
             render: own_render,
+            cluster_id: self.node.state_machine().cluster_id().unwrap_or_default(),
         }
     }
 

@@ -470,6 +470,11 @@ pub fn peer_server_config(identity: Arc<LiveIdentity>, ca_cert_pem: &str) -> Res
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed session keeps the client certificate of the first handshake:
+    // a rotated or revoked one would live on in it. Peer connections are
+    // long-lived, so full handshakes cost little.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -547,6 +552,8 @@ pub fn peer_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // Every connection verifies the server anew (see peer_server_config).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

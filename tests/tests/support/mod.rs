@@ -225,10 +225,15 @@ impl Dev {
     pub fn kill9(&self, node: u64) {
         let pid = self.pid(node);
         signal(pid, libc::SIGKILL);
-        // Wait until the process is gone (its listeners closed).
+        // Wait until the process is gone (its listeners closed, its files
+        // and their locks released). The main thread shows as a zombie
+        // while other threads may still be exiting with the files open, so
+        // a zombie counts only once it is the last thread.
         wait_until("the killed node to die", Duration::from_secs(10), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+            let zombie =
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+            !Path::new(&format!("/proc/{pid}")).exists() || (zombie && threads <= 1)
         });
     }
 
