@@ -51,6 +51,25 @@ async fn a_removed_node_and_a_non_member_id_are_refused() {
     // A member's certificate works.
     describe(&ca, &node3, &dev.raft_addr(1)).await.expect("a member may call");
 
+    // But even a member may not forward what no member proposes for others...
+    let peers = PeerClients::new(&ca, Some(LiveIdentity::new(node3.clone()).expect("id")), Duration::from_secs(5))
+        .expect("peers");
+    let mut client = peers.client(&dev.raft_addr(1)).expect("client");
+    let init = caddy_raft::node::ForwardRequest {
+        origin: None,
+        command: caddy_core::Command::InitCluster { cluster_id: "x".into(), admin_credential_hash: [7; 32] },
+    };
+    let data = caddy_core::codec::to_bytes(&init).expect("encode");
+    let answer = client.forward(pb::Blob { data }).await.expect("forward answered").into_inner();
+    let answer: Result<caddy_core::ReplyBody, caddy_core::CaddyError> =
+        caddy_core::codec::from_bytes(&answer.data).expect("decode");
+    assert_eq!(answer.map_err(|e| e.code), Err(caddy_core::ErrorCode::PermissionDenied));
+    // ...nor get a certificate signed that the cluster did not issue.
+    let csr = caddy_wire::tls::new_node_key(&[]).expect("key").csr_pem;
+    let signed = client.sign_node_cert(pb::SignRequest { node_id: 3, generation: 99, csr_pem: csr }).await;
+    assert_refused(signed.map(drop), "an unissued certificate");
+    dev.ctl_ok(&["kv", "put", "credential", "unchanged"]);
+
     // Removed: refused at once by every remaining member.
     dev.ctl_ok(&["cluster", "remove-node", "3"]);
     for node in [1, 2] {

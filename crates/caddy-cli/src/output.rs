@@ -141,7 +141,6 @@ fn opt(v: Option<u64>) -> String {
 /// `cluster status` for people: a header block, then one row per member.
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let header = [
-        ("cluster id", if status.cluster_id.is_empty() { "-".into() } else { status.cluster_id.clone() }),
         ("node", status.cluster_node.to_string()),
         ("term", status.term.to_string()),
         ("leader", opt(status.leader)),
@@ -151,6 +150,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         ("snapshot index", opt(status.snapshot_index)),
         ("revision", status.revision.to_string()),
         ("render", if status.render.is_empty() { "-".into() } else { status.render.clone() }),
+        ("cluster id", if status.cluster_id.is_empty() { "-".into() } else { status.cluster_id.clone() }),
     ];
     let width = header.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
@@ -482,6 +482,7 @@ mod tests {
             last_log_index: 121,
             snapshot_index: None,
             render: "on: llvmpipe (Cpu, vulkan), 1 worker".into(),
+            cluster_id: "c1d".into(),
             members: vec![
                 pb::MemberStatus {
                     id: 1,
@@ -510,6 +511,7 @@ mod tests {
         let text = status_text(&status);
         assert!(text.starts_with("node:           1\nterm:           4\nleader:         2\n"), "{text}");
         assert!(text.contains("snapshot index: -\n"), "{text}");
+        assert!(text.contains("cluster id:     c1d\n"), "{text}");
         assert!(text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH   RENDER\n"), "{text}");
         assert!(
             text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy  on: llvmpipe (Cpu, vulkan), 1 worker\n"),
@@ -518,6 +520,7 @@ mod tests {
         assert!(text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy  -\n"), "{text}");
         let json = status_json(&status);
         assert_eq!(json["leader"], 2);
+        assert_eq!(json["cluster_id"], "c1d");
         assert!(json["snapshot_index"].is_null());
         assert_eq!(json["members"][1]["leader"], true);
         assert!(json["members"][1]["lag"].is_null());

@@ -488,7 +488,8 @@ impl Fake {
     fn start() -> Fake {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let ca = caddy_wire::tls::generate_ca().unwrap();
-        let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+        let node =
+            caddy_wire::tls::issue_node_cert(&ca, caddy_wire::tls::NodeCertName { id: 1, generation: 1 }, &[]).unwrap();
         let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -68,7 +68,8 @@ async fn start_server() -> TestServer {
 /// does), reusing `ca` when given so one client trusts several servers.
 async fn start_server_hinting(leader: Option<String>, ca: Option<caddy_wire::tls::CaMaterial>) -> TestServer {
     let ca = ca.unwrap_or_else(|| caddy_wire::tls::generate_ca().unwrap());
-    let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+    let node =
+        caddy_wire::tls::issue_node_cert(&ca, caddy_wire::tls::NodeCertName { id: 1, generation: 1 }, &[]).unwrap();
     let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

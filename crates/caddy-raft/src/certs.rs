@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use caddy_core::{CaddyError, Command, ErrorCode, NodeId, ReplyBody};
-use caddy_store::cluster::JoinToken;
+use caddy_store::cluster::{JoinToken, TokenState};
 use caddy_wire::tls::{self, CaMaterial, NodeCertName, NodeIdentity};
 
 use crate::node::RaftNode;
@@ -129,6 +129,21 @@ impl RaftNode {
         }
         let key_hash = tls::csr_key_hash(csr_pem).map_err(tls_error)?;
         let token_hash = enroll::secret_hash(&secret);
+        // Judge the token locally first: an unauthenticated caller must not
+        // be able to append to the log with made-up tokens. Apply decides.
+        self.read_barrier().await?;
+        let known = self.state_machine().join_token_by_hash(&token_hash).map_err(local)?;
+        let usable = known.is_some_and(|t| match t.state {
+            TokenState::Active => t.expires_at_ms > now_ms(),
+            TokenState::Used { node: used_by, key_hash: used_key, .. } => used_by == node && used_key == key_hash,
+            TokenState::Revoked { .. } => true,
+        });
+        if !usable {
+            return Err(CaddyError::new(
+                ErrorCode::PermissionDenied,
+                "join token unknown, expired or used already; create one with `caddyctl cluster join-token`",
+            ));
+        }
         let generation = generation_of(self.propose(None, Command::EnrollNode { token_hash, node, key_hash }).await?)?;
         let cert = self.obtain_signature(node, generation, csr_pem).await?;
         tracing::info!(node_id = node, generation, "enrolled a joining node");

@@ -179,6 +179,16 @@ pub struct RaftNode {
     inner: Arc<NodeInner>,
 }
 
+/// What a client of this node is told when the leader refuses this node's
+/// certificate (it was removed, or its certificate was superseded):
+/// `Unavailable`, so that it turns to another node, with the reason.
+pub fn refused_by_leader(e: &CaddyError) -> CaddyError {
+    CaddyError::unavailable(format!(
+        "this node is not (or no longer) accepted by the cluster; use another node ({})",
+        e.message
+    ))
+}
+
 /// Ephemeral peer messages buffered for slow local subscribers.
 const GOSSIP_CHANNEL: usize = 1024;
 /// How long a gossip send may take before it is dropped.
@@ -205,10 +215,11 @@ impl RaftNode {
             Some(tls),
         )
         .await?;
-        // The servers this node calls are judged like its callers.
+        // The servers this node calls are judged like its callers (while it
+        // knows no membership, it has nothing to judge them by).
         let view = node.peer_view();
         peers.set_server_check(Arc::new(move |name| {
-            crate::policy::authorize(&view, *name, crate::policy::PeerRule::Member).map_err(|e| e.to_string())
+            crate::policy::authorize(&view, *name, crate::policy::PeerRule::Raft).map_err(|e| e.to_string())
         }));
         Ok(node)
     }
@@ -435,7 +446,7 @@ impl RaftNode {
                         Ok(Ok(r)) => return Ok(r),
                         Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
                         Ok(Err(e)) => return Err(e),
-                        Err(e) if e.code == ErrorCode::PermissionDenied => return Err(e),
+                        Err(e) if e.code == ErrorCode::PermissionDenied => return Err(refused_by_leader(&e)),
                         Err(e) => last_error = e,
                     }
                 }
@@ -562,6 +573,7 @@ impl RaftNode {
     }
 
     /// Runs a membership operation on the leader (forwarding if needed).
+    /// `PermissionDenied` when the leader refuses this node.
     pub async fn membership(&self, op: MembershipOp) -> Result<MembershipView, CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
@@ -575,7 +587,13 @@ impl RaftNode {
                     let resp = tokio::time::timeout(Duration::from_secs(120), client.membership(pb::Blob { data }))
                         .await
                         .map_err(|_| CaddyError::unavailable("leader did not finish the membership change in time"))?
-                        .map_err(|s| CaddyError::unavailable(format!("leader unreachable: {}", s.message())))?;
+                        .map_err(|s| {
+                            if s.code() == tonic::Code::PermissionDenied {
+                                // The caller decides: see `refused_by_leader`.
+                                return CaddyError::new(ErrorCode::PermissionDenied, s.message());
+                            }
+                            CaddyError::unavailable(format!("leader unreachable: {}", s.message()))
+                        })?;
                     return codec::from_bytes::<Result<MembershipView, CaddyError>>(&resp.into_inner().data)
                         .map_err(|e| CaddyError::internal(e.to_string()))?;
                 }

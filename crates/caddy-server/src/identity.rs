@@ -254,6 +254,51 @@ mod tests {
         (std::fs::read_to_string(p.cert()).unwrap(), std::fs::read_to_string(p.key()).unwrap())
     }
 
+    fn config(dir: &Path, node_id: u64) -> Config {
+        Config { node_id, data_dir: dir.to_path_buf(), ..Config::default() }
+    }
+
+    /// A data dir as an older CADDY left it: a node certificate without a
+    /// node name, and (as every member had then) the CA key.
+    fn older_data_dir(dir: &Path, with_ca_key: bool) {
+        let ca = tls::generate_ca().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![caddy_wire::CLUSTER_SERVER_NAME.to_string()]).unwrap();
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).unwrap();
+        let issuer = rcgen::Issuer::new(rcgen::CertificateParams::default(), ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let p = Paths::new(dir);
+        std::fs::create_dir_all(&p.dir).unwrap();
+        std::fs::write(p.ca_cert(), &ca.cert_pem).unwrap();
+        std::fs::write(p.cert(), format!("{}{}", cert.pem(), ca.cert_pem)).unwrap();
+        std::fs::write(p.key(), key.serialize_pem()).unwrap();
+        if with_ca_key {
+            std::fs::write(p.ca_key(), &ca.key_pem).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_older_certificate_is_reissued_with_the_node_id_where_the_ca_key_is() {
+        let dir = tempfile::tempdir().unwrap();
+        older_data_dir(dir.path(), true);
+        let tls = load(&config(dir.path(), 4)).unwrap().unwrap();
+        assert_eq!(tls.identity.name(), NodeCertName { id: 4, generation: 1 });
+        // Stored: the next start loads it as it is.
+        let again = load(&config(dir.path(), 4)).unwrap().unwrap();
+        assert_eq!(again.identity.identity().cert_pem, tls.identity.identity().cert_pem);
+        // The data dir belongs to node 4.
+        let err = load(&config(dir.path(), 5)).err().unwrap().to_string();
+        assert!(err.contains("is for node 4"), "{err}");
+    }
+
+    #[test]
+    fn an_older_certificate_without_the_ca_key_is_refused_with_instructions() {
+        let dir = tempfile::tempdir().unwrap();
+        older_data_dir(dir.path(), false);
+        let err = load(&config(dir.path(), 2)).err().unwrap().to_string();
+        assert!(err.contains("older version") && err.contains("join token"), "{err}");
+    }
+
     #[test]
     fn an_interrupted_replacement_leaves_a_matching_pair() {
         let dir = tempfile::tempdir().unwrap();

@@ -484,11 +484,11 @@ impl Service {
     async fn cluster_op(&self, body: Req) -> Result<pb::Response, CaddyError> {
         let node = &self.node;
         match body {
-            Req::Status(_) => ok(Resp::Status(self.status().await)),
+            Req::Status(_) => ok(Resp::Status(self.status().await?)),
             Req::AddNode(a) => {
                 let peers = node.peers().ok_or_else(|| CaddyError::internal("no peer network"))?;
                 let mut client =
-                    peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
+                    peers.newcomer_client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
                 let who = tokio::time::timeout(Duration::from_secs(5), client.identify(caddy_raft::pb::Empty {}))
                     .await
                     .map_err(|_| CaddyError::precondition(format!("no answer from a node at {}", a.raft_addr)))?
@@ -587,28 +587,32 @@ impl Service {
     }
 
     async fn membership(&self, op: MembershipOp) -> Result<pb::Response, CaddyError> {
-        let view = self.node.membership(op).await?;
+        let view = self.node.membership(op).await.map_err(|e| match e.code {
+            ErrorCode::PermissionDenied => caddy_raft::node::refused_by_leader(&e),
+            _ => e,
+        })?;
         ok(Resp::Membership(pb::MembershipResponse { voters: view.voters, learners: view.learners }))
     }
 
     /// Cluster status, from the leader's point of view when it can be had.
-    pub async fn status(&self) -> pb::StatusResponse {
+    /// A node the leader refuses (removed) answers `Unavailable` rather than
+    /// its stale view, so clients ask another node.
+    pub async fn status(&self) -> Result<pb::StatusResponse, CaddyError> {
         let local = self.node.status();
         let leader_view = async {
             match local.leader {
-                Some(l) if l != local.id => self
-                    .node
-                    .membership(MembershipOp::Status)
-                    .await
-                    .ok()
-                    .and_then(|v| v.status)
-                    .unwrap_or_else(|| local.clone()),
-                _ => local.clone(),
+                Some(l) if l != local.id => match self.node.membership(MembershipOp::Status).await {
+                    Ok(v) => Ok(v.status.unwrap_or_else(|| local.clone())),
+                    Err(e) if e.code == ErrorCode::PermissionDenied => Err(caddy_raft::node::refused_by_leader(&e)),
+                    Err(_) => Ok(local.clone()),
+                },
+                _ => Ok(local.clone()),
             }
         };
         // Both ask other nodes; with one of them down, asking one after the
         // other would add the two waits.
         let (leader_view, mut described) = tokio::join!(leader_view, self.node.describe_members(DESCRIBE_TIMEOUT));
+        let leader_view = leader_view?;
         let unreachable_after = 3 * self.node.timing().election_max_ms;
         let own_render = self.render.line();
         let members = leader_view
@@ -646,7 +650,7 @@ impl Service {
                 }
             })
             .collect();
-        pb::StatusResponse {
+        Ok(pb::StatusResponse {
             cluster_node: local.id,
             term: local.term.max(leader_view.term),
             leader: local.leader,
@@ -658,7 +662,7 @@ impl Service {
             snapshot_index: local.snapshot_index,
             render: own_render,
             cluster_id: self.node.state_machine().cluster_id().unwrap_or_default(),
-        }
+        })
     }
 
     async fn watch<W: AsyncWrite + Unpin + Send>(
