@@ -1123,12 +1123,21 @@ pub enum ClusterCommand {
     },
     /// Snapshots the state machine and compacts the log.
     Snapshot,
-    /// Creates a token with which a new node can enroll.
+    /// Creates a single-use token with which one new node can enroll
+    /// (or lists or revokes tokens).
     JoinToken {
-        /// How long the token stays valid.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        /// How long the token stays valid (at most 24h).
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
         ttl: Duration,
+        /// List the tokens the cluster keeps instead.
+        #[arg(long, conflicts_with_all = ["revoke", "ttl"])]
+        list: bool,
+        /// Revoke a token instead, named by its id or by the token itself.
+        #[arg(long, value_name = "ID|TOKEN", conflicts_with = "ttl")]
+        revoke: Option<String>,
     },
+    /// Gives every member a new key and certificate; old ones are refused.
+    RotateCerts,
     /// Streams a consistent backup to a file.
     Backup {
         /// Output file (written as FILE.tmp, then renamed).
@@ -1321,17 +1330,31 @@ mod tests {
         ));
         assert!(matches!(parse(&["cluster", "snapshot"]).unwrap().command, Command::Cluster(ClusterCommand::Snapshot)));
         match parse(&["cluster", "join-token"]).unwrap().command {
-            Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
-                assert_eq!(ttl, Duration::from_secs(3600))
+            Command::Cluster(ClusterCommand::JoinToken { ttl, list: false, revoke: None }) => {
+                assert_eq!(ttl, Duration::from_secs(900))
             }
             other => panic!("{other:?}"),
         }
         match parse(&["cluster", "join-token", "--ttl", "10m"]).unwrap().command {
-            Command::Cluster(ClusterCommand::JoinToken { ttl }) => {
+            Command::Cluster(ClusterCommand::JoinToken { ttl, .. }) => {
                 assert_eq!(ttl, Duration::from_secs(600))
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            parse(&["cluster", "join-token", "--list"]).unwrap().command,
+            Command::Cluster(ClusterCommand::JoinToken { list: true, revoke: None, .. })
+        ));
+        match parse(&["cluster", "join-token", "--revoke", "7"]).unwrap().command {
+            Command::Cluster(ClusterCommand::JoinToken { revoke: Some(r), list: false, .. }) => assert_eq!(r, "7"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cluster", "join-token", "--list", "--revoke", "7"]).is_err());
+        assert!(parse(&["cluster", "join-token", "--revoke", "7", "--ttl", "1m"]).is_err());
+        assert!(matches!(
+            parse(&["cluster", "rotate-certs"]).unwrap().command,
+            Command::Cluster(ClusterCommand::RotateCerts)
+        ));
         match parse(&["cluster", "backup", "-o", "b.bin"]).unwrap().command {
             Command::Cluster(ClusterCommand::Backup { output }) => {
                 assert_eq!(output, PathBuf::from("b.bin"))

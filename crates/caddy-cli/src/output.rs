@@ -150,6 +150,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         ("snapshot index", opt(status.snapshot_index)),
         ("revision", status.revision.to_string()),
         ("render", if status.render.is_empty() { "-".into() } else { status.render.clone() }),
+        ("cluster id", if status.cluster_id.is_empty() { "-".into() } else { status.cluster_id.clone() }),
     ];
     let width = header.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
@@ -180,6 +181,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
 /// `cluster status` as JSON.
 pub fn status_json(status: &pb::StatusResponse) -> Value {
     json!({
+        "cluster_id": status.cluster_id,
         "cluster_node": status.cluster_node,
         "term": status.term,
         "leader": status.leader,
@@ -205,6 +207,69 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
 
 fn ids(ids: &[u64]) -> String {
     if ids.is_empty() { "-".into() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
+}
+
+/// `cluster join-token --list` for people.
+pub fn join_tokens_text(tokens: &[pb::JoinTokenInfo]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.state.clone(),
+                datetime(t.created_at_ms),
+                datetime(t.expires_at_ms),
+                if t.used_by == 0 { "-".into() } else { t.used_by.to_string() },
+                if t.ended_at_ms == 0 { "-".into() } else { datetime(t.ended_at_ms) },
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "CREATED", "EXPIRES", "USED BY", "ENDED"], &rows)
+}
+
+/// `cluster join-token --list` as JSON.
+pub fn join_tokens_json(tokens: &[pb::JoinTokenInfo]) -> Value {
+    json!(
+        tokens
+            .iter()
+            .map(|t| json!({
+                "id": t.id,
+                "state": t.state,
+                "created_at_ms": t.created_at_ms,
+                "expires_at_ms": t.expires_at_ms,
+                "used_by": (t.used_by != 0).then_some(t.used_by),
+                "ended_at_ms": (t.ended_at_ms != 0).then_some(t.ended_at_ms),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// `cluster rotate-certs` for people: one line per member.
+pub fn rotated_text(r: &pb::RotateCertsResponse) -> String {
+    r.members
+        .iter()
+        .map(|m| {
+            if m.error.is_empty() {
+                format!("node {}: certificate generation {}\n", m.id, m.generation)
+            } else {
+                format!("node {}: FAILED: {}\n", m.id, m.error)
+            }
+        })
+        .collect()
+}
+
+/// `cluster rotate-certs` as JSON.
+pub fn rotated_json(r: &pb::RotateCertsResponse) -> Value {
+    json!(
+        r.members
+            .iter()
+            .map(|m| json!({
+                "id": m.id,
+                "generation": (m.error.is_empty()).then_some(m.generation),
+                "error": (!m.error.is_empty()).then_some(&m.error),
+            }))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// A membership answer for people.
@@ -417,6 +482,7 @@ mod tests {
             last_log_index: 121,
             snapshot_index: None,
             render: "on: llvmpipe (Cpu, vulkan), 1 worker".into(),
+            cluster_id: "c1d".into(),
             members: vec![
                 pb::MemberStatus {
                     id: 1,
@@ -445,6 +511,7 @@ mod tests {
         let text = status_text(&status);
         assert!(text.starts_with("node:           1\nterm:           4\nleader:         2\n"), "{text}");
         assert!(text.contains("snapshot index: -\n"), "{text}");
+        assert!(text.contains("cluster id:     c1d\n"), "{text}");
         assert!(text.contains("\nID  RAFT ADDR       CLIENT ADDR     ROLE   LEADER  LAG  HEALTH   RENDER\n"), "{text}");
         assert!(
             text.contains("\n1   127.0.0.1:7001  127.0.0.1:7101  voter          1    healthy  on: llvmpipe (Cpu, vulkan), 1 worker\n"),
@@ -453,6 +520,7 @@ mod tests {
         assert!(text.contains("\n2   127.0.0.1:7002  127.0.0.1:7102  voter  *       -    healthy  -\n"), "{text}");
         let json = status_json(&status);
         assert_eq!(json["leader"], 2);
+        assert_eq!(json["cluster_id"], "c1d");
         assert!(json["snapshot_index"].is_null());
         assert_eq!(json["members"][1]["leader"], true);
         assert!(json["members"][1]["lag"].is_null());

@@ -232,6 +232,7 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
             last_log_index: 10,
             snapshot_index: None,
             render: "off: disabled in configuration (render.enabled = false)".into(),
+            cluster_id: "c0ffee".into(),
             members: vec![pb::MemberStatus {
                 id: 1,
                 raft_addr: "127.0.0.1:7001".into(),
@@ -244,9 +245,34 @@ fn answer(shared: &Shared, req: pb::Request) -> Vec<pb::Response> {
                 render: "off: disabled in configuration (render.enabled = false)".into(),
             }],
         }))],
-        Some(Req::JoinToken(t)) => vec![resp(Resp::JoinToken(pb::JoinTokenResponse {
-            token: format!("tok-{}", t.ttl_seconds),
-            expires_at_ms: 1,
+        Some(Req::JoinToken(t)) => match pb::JoinTokenAction::try_from(t.action) {
+            Ok(pb::JoinTokenAction::JoinTokenList) => vec![resp(Resp::JoinToken(pb::JoinTokenResponse {
+                tokens: vec![pb::JoinTokenInfo {
+                    id: 4,
+                    created_at_ms: 1,
+                    expires_at_ms: 2,
+                    state: "used".into(),
+                    used_by: 9,
+                    ended_at_ms: 2,
+                }],
+                ..Default::default()
+            }))],
+            Ok(pb::JoinTokenAction::JoinTokenRevoke) => vec![resp(Resp::JoinToken(pb::JoinTokenResponse {
+                id: if t.id != 0 { t.id } else { t.token.len() as u64 },
+                ..Default::default()
+            }))],
+            _ => vec![resp(Resp::JoinToken(pb::JoinTokenResponse {
+                token: format!("tok-{}", t.ttl_seconds),
+                expires_at_ms: 1,
+                id: 1,
+                tokens: vec![],
+            }))],
+        },
+        Some(Req::RotateCerts(_)) => vec![resp(Resp::RotateCerts(pb::RotateCertsResponse {
+            members: vec![
+                pb::RotatedMember { id: 1, generation: 3, error: String::new() },
+                pb::RotatedMember { id: 2, generation: 0, error: "unavailable: no answer in time".into() },
+            ],
         }))],
         Some(Req::AddNode(_)) => {
             vec![resp(Resp::Membership(pb::MembershipResponse { voters: vec![1, 2], learners: vec![] }))]
@@ -471,7 +497,8 @@ impl Fake {
     fn start() -> Fake {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let ca = caddy_wire::tls::generate_ca().unwrap();
-        let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+        let node =
+            caddy_wire::tls::issue_node_cert(&ca, caddy_wire::tls::NodeCertName { id: 1, generation: 1 }, &[]).unwrap();
         let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -624,7 +651,21 @@ fn cluster_commands() {
     assert!(text.contains("1   127.0.0.1:7001  127.0.0.1:7101  voter  *       0    healthy"), "{text}");
     let status = json(&ok(fake.run(&["cluster", "status", "--json"])));
     assert_eq!(status["members"][0]["role"], "voter");
+    assert!(text.contains("cluster id:     c0ffee\n"), "{text}");
+    assert_eq!(status["cluster_id"], "c0ffee");
     assert_eq!(ok(fake.run(&["cluster", "join-token", "--ttl", "2m"])), "tok-120\n");
+    assert_eq!(ok(fake.run(&["cluster", "join-token"])), "tok-900\n");
+    let list = ok(fake.run(&["cluster", "join-token", "--list"]));
+    assert!(list.starts_with("ID  STATE  CREATED") && list.contains("used") && list.contains(" 9 "), "{list}");
+    let list = json(&ok(fake.run(&["cluster", "join-token", "--list", "--json"])));
+    assert_eq!(list[0]["used_by"], 9);
+    assert_eq!(ok(fake.run(&["cluster", "join-token", "--revoke", "4"])), "revoked join token 4\n");
+    assert_eq!(ok(fake.run(&["cluster", "join-token", "--revoke", "caddyjoin.x.y"])), "revoked join token 13\n");
+    let rotated = fake.run(&["cluster", "rotate-certs"]);
+    assert!(!rotated.status.success(), "a partial rotation must fail the command");
+    let stdout = String::from_utf8_lossy(&rotated.stdout);
+    assert!(stdout.contains("node 1: certificate generation 3") && stdout.contains("node 2: FAILED"), "{stdout}");
+    assert!(String::from_utf8_lossy(&rotated.stderr).contains("node(s) 2"));
     assert_eq!(ok(fake.run(&["cluster", "add-node", "127.0.0.1:7003"])), "voters=1,2 learners=-\n");
 
     let out = fake.dir.path().join("backup.bin");

@@ -165,6 +165,7 @@ pub(crate) fn body_name(body: &Resp) -> &'static str {
         Resp::Doc(_) => "doc",
         Resp::File(_) => "file",
         Resp::Render(_) => "render",
+        Resp::RotateCerts(_) => "rotate_certs",
     }
 }
 
@@ -408,10 +409,43 @@ impl Client {
         settle(true, expect_body!(answer, Snapshot, "snapshot"))
     }
 
-    /// Creates a token with which a new node can enroll, valid `ttl_seconds`.
+    /// Creates a single-use token with which one new node can enroll, valid
+    /// `ttl_seconds` (0: the server's default, 15 minutes; at most 24 hours).
     pub async fn join_token(&self, ttl_seconds: u64) -> Result<pb::JoinTokenResponse, ClientError> {
-        let body = Req::JoinToken(pb::JoinTokenRequest { ttl_seconds });
+        let body = Req::JoinToken(pb::JoinTokenRequest { ttl_seconds, ..Default::default() });
         settle(true, expect_body!(self.call(body, true).await?, JoinToken, "join_token"))
+    }
+
+    /// The join tokens the cluster keeps (usable ones, and for a day those
+    /// that were used, revoked or expired), by id.
+    pub async fn join_tokens(&self) -> Result<Vec<pb::JoinTokenInfo>, ClientError> {
+        let body = Req::JoinToken(pb::JoinTokenRequest {
+            action: pb::JoinTokenAction::JoinTokenList as i32,
+            ..Default::default()
+        });
+        let answer: pb::JoinTokenResponse = expect_body!(self.call(body, false).await?, JoinToken, "join_token")?;
+        Ok(answer.tokens)
+    }
+
+    /// Makes a join token unusable, named by its id or by the token itself
+    /// (an argument starting with `caddyjoin.`); returns its id.
+    pub async fn revoke_join_token(&self, id_or_token: &str) -> Result<u64, ClientError> {
+        let mut request =
+            pb::JoinTokenRequest { action: pb::JoinTokenAction::JoinTokenRevoke as i32, ..Default::default() };
+        match id_or_token.trim().parse::<u64>() {
+            Ok(id) => request.id = id,
+            Err(_) => request.token = id_or_token.trim().to_owned(),
+        }
+        let answer: pb::JoinTokenResponse =
+            settle(true, expect_body!(self.call(Req::JoinToken(request), true).await?, JoinToken, "join_token"))?;
+        Ok(answer.id)
+    }
+
+    /// Gives every member a new key and certificate (their old ones are
+    /// refused afterwards); one entry per member, failed ones with `error`.
+    pub async fn rotate_certs(&self) -> Result<pb::RotateCertsResponse, ClientError> {
+        let body = Req::RotateCerts(pb::RotateCertsRequest {});
+        settle(true, expect_body!(self.call(body, true).await?, RotateCerts, "rotate_certs"))
     }
 
     /// Streams a consistent backup into `writer`, calling `progress(done,

@@ -81,7 +81,8 @@ async fn start_server() -> TestServer {
 /// does), reusing `ca` when given so one client trusts several servers.
 async fn start_server_hinting(leader: Option<String>, ca: Option<caddy_wire::tls::CaMaterial>) -> TestServer {
     let ca = ca.unwrap_or_else(|| caddy_wire::tls::generate_ca().unwrap());
-    let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+    let node =
+        caddy_wire::tls::issue_node_cert(&ca, caddy_wire::tls::NodeCertName { id: 1, generation: 1 }, &[]).unwrap();
     let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -552,7 +553,8 @@ async fn a_retry_after_beyond_the_request_timeout_is_returned_at_once_with_the_w
 /// as a node does past its per-source connection limit.
 async fn start_refusing_server() -> (SocketAddr, String, quinn::Endpoint) {
     let ca = caddy_wire::tls::generate_ca().unwrap();
-    let node = caddy_wire::tls::issue_node_cert(&ca, 1, &[]).unwrap();
+    let node =
+        caddy_wire::tls::issue_node_cert(&ca, caddy_wire::tls::NodeCertName { id: 1, generation: 1 }, &[]).unwrap();
     let tls = caddy_wire::tls::server_config(&node, &[caddy_wire::ALPN]).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let endpoint =

@@ -1,17 +1,18 @@
 //! Join tokens and the joining node's side of enrollment.
 //!
 //! A token is `caddyjoin.<CA fingerprint>.<secret>`. The state machine holds
-//! only blake3(secret) with an expiry. A joining node first learns the CA
-//! from the seed's TLS handshake and checks it against the fingerprint, then
-//! sends the token over TLS verified by that CA, and receives the CA key so
-//! it can issue its own certificate.
+//! only blake3(secret), with an expiry, and uses it once. A joining node
+//! first learns the CA from the seed's TLS handshake and checks it against
+//! the fingerprint, then sends the token and a CSR for a key it generated
+//! over TLS verified by that CA, and receives a certificate naming its node
+//! id. The CA key never travels.
 
 use std::time::Duration;
 
 use caddy_core::CaddyError;
 use caddy_core::NodeId;
 use caddy_store::CaddyNode;
-use caddy_wire::tls::CaMaterial;
+use caddy_wire::tls::{LiveIdentity, NodeIdentity, NodeKeyRequest};
 
 use crate::RaftError;
 use crate::node::MembershipView;
@@ -43,21 +44,40 @@ pub fn secret_hash(secret: &str) -> [u8; 32] {
     *blake3::hash(secret.as_bytes()).as_bytes()
 }
 
-/// Trades `token` for the cluster CA at the member listening for peers at `seed`.
-pub async fn enroll(seed: &str, token: &str, node_id: NodeId) -> Result<CaMaterial, RaftError> {
+/// What enrollment gives a joining node.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The cluster CA certificate (pinned by the token).
+    pub ca_cert_pem: String,
+    /// The node's certificate chain (leaf, then CA) and its own key.
+    pub identity: NodeIdentity,
+    /// The certificate's generation.
+    pub generation: u64,
+}
+
+/// Trades `token` and the CSR of `key` for a certificate naming `node_id`,
+/// at the member listening for peers at `seed`. Retrying with the same key
+/// after a lost answer gets the same certificate generation.
+pub async fn enroll(seed: &str, token: &str, node_id: NodeId, key: &NodeKeyRequest) -> Result<Enrolled, RaftError> {
     let (fingerprint, _) = parse_token(token).map_err(|e| RaftError::Join(e.message))?;
     let chain = caddy_wire::tls::fetch_presented_chain(seed).await?;
     let ca_pem = caddy_wire::tls::pick_pinned_ca(&chain, &fingerprint).ok_or_else(|| {
         RaftError::Join(format!("{seed} did not present the CA pinned in the join token; refusing to send the token"))
     })?;
-    let peers = PeerClients::new(&ca_pem, None, Duration::from_secs(10));
-    let mut client = peers.client(seed).map_err(|s| RaftError::Join(s.message().to_string()))?;
+    let peers = PeerClients::new(&ca_pem, None, Duration::from_secs(10))?;
+    let mut client = peers.newcomer_client(seed).map_err(|s| RaftError::Join(s.message().to_string()))?;
     let resp = client
-        .enroll(pb::EnrollRequest { join_token: token.to_string(), node_id })
+        .enroll(pb::EnrollRequest { join_token: token.to_string(), node_id, csr_pem: key.csr_pem.clone() })
         .await
         .map_err(|s| RaftError::Join(format!("enrollment refused by {seed}: {}", s.message())))?
         .into_inner();
-    Ok(CaMaterial { cert_pem: resp.ca_cert_pem, key_pem: resp.ca_key_pem })
+    let identity = NodeIdentity { cert_pem: format!("{}{ca_pem}", resp.cert_pem), key_pem: key.key_pem.clone() };
+    // Refuses a certificate for another key or another node.
+    let name = LiveIdentity::new(identity.clone())?.name();
+    if name.id != node_id {
+        return Err(RaftError::Join(format!("{seed} answered with a certificate for {name}, not node {node_id}")));
+    }
+    Ok(Enrolled { ca_cert_pem: ca_pem, identity, generation: name.generation })
 }
 
 /// Asks the cluster (through `seed`) to add this node; returns when it is a
@@ -69,7 +89,7 @@ pub async fn request_membership(
     node: &CaddyNode,
     learner_only: bool,
 ) -> Result<MembershipView, RaftError> {
-    let mut client = peers.client(seed).map_err(|s| RaftError::Join(s.message().to_string()))?;
+    let mut client = peers.newcomer_client(seed).map_err(|s| RaftError::Join(s.message().to_string()))?;
     let resp = client
         .add_member(pb::AddMemberRequest {
             node_id: id,

@@ -8,14 +8,20 @@
 //! - Only the leader stamps a [`caddy_core::Proposal`]; a follower forwards
 //!   the unstamped command, so apply only ever sees the leader's time.
 //! - Every peer RPC except `Enroll` requires a client certificate signed by
-//!   the cluster CA; `Enroll` requires a valid join token and reveals the CA
-//!   only after the joiner pinned its fingerprint.
+//!   the cluster CA naming a node, and, apart from the few calls a joining
+//!   node makes, a current member at an accepted certificate generation
+//!   ([`policy`]); a forwarded write must be one a member may forward.
+//! - `Enroll` requires an unused join token, which it consumes through Raft;
+//!   the joiner pins the CA by its fingerprint before sending the token, and
+//!   receives a certificate for its own key: the CA key never travels.
 //! - This crate knows nothing of QUIC or client credentials.
 
+pub mod certs;
 pub mod enroll;
 pub mod network;
 pub mod node;
 pub mod peers;
+pub mod policy;
 pub mod service;
 pub mod sim;
 

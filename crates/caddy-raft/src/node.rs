@@ -18,17 +18,26 @@ use crate::pb;
 use crate::peers::PeerClients;
 use crate::{RaftError, RaftTiming, now_ms, openraft_config};
 
+/// Makes a node's new certificate and key durable before the node uses
+/// them (the server writes its data dir); an error aborts the change.
+pub type PersistIdentity = Arc<dyn Fn(&caddy_wire::tls::NodeIdentity) -> Result<(), String> + Send + Sync>;
+
 /// The TLS material a node runs with.
 #[derive(Clone)]
 pub struct NodeTls {
     /// Cluster CA certificate.
     pub ca_cert_pem: String,
-    /// Cluster CA key, held by members so they can admit new nodes.
+    /// Cluster CA key, only on the nodes that sign certificates (the
+    /// bootstrap node, unless the operator placed it elsewhere).
     pub ca_key_pem: Option<String>,
-    /// This node's certificate chain (leaf, then CA).
-    pub cert_pem: String,
-    /// This node's private key.
-    pub key_pem: String,
+    /// This node's certificate chain (leaf, then CA) and key, as every
+    /// listener and peer client uses them; replaced by a rotation.
+    pub identity: Arc<caddy_wire::tls::LiveIdentity>,
+    /// DNS names and IP addresses the node's certificates carry besides the
+    /// cluster name (its advertised hosts).
+    pub extra_names: Vec<String>,
+    /// Where a rotated identity is made durable (none: memory only).
+    pub persist: Option<PersistIdentity>,
 }
 
 /// Everything needed to start a member.
@@ -173,6 +182,16 @@ pub struct RaftNode {
     inner: Arc<NodeInner>,
 }
 
+/// What a client of this node is told when the leader refuses this node's
+/// certificate (it was removed, or its certificate was superseded):
+/// `Unavailable`, so that it turns to another node, with the reason.
+pub fn refused_by_leader(e: &CaddyError) -> CaddyError {
+    CaddyError::unavailable(format!(
+        "this node is not (or no longer) accepted by the cluster; use another node ({})",
+        e.message
+    ))
+}
+
 /// Ephemeral peer messages buffered for slow local subscribers.
 const GOSSIP_CHANNEL: usize = 1024;
 /// How long a gossip send may take before it is dropped.
@@ -188,14 +207,34 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 impl RaftNode {
     /// Opens storage and starts Raft with the gRPC network.
     pub async fn start(opts: NodeOptions) -> Result<Self, RaftError> {
-        let peers = Arc::new(PeerClients::new(
-            &opts.tls.ca_cert_pem,
-            Some((&opts.tls.cert_pem, &opts.tls.key_pem)),
-            Duration::from_secs(5),
-        ));
+        let peers =
+            Arc::new(PeerClients::new(&opts.tls.ca_cert_pem, Some(opts.tls.identity.clone()), Duration::from_secs(5))?);
         let network = GrpcNetworkFactory::new(peers.clone());
         let tls = opts.tls.clone();
-        Self::start_with(opts.id, opts.node, &opts.disk, opts.flush, opts.timing, network, Some(peers), Some(tls)).await
+        let node = Self::start_with(
+            opts.id,
+            opts.node,
+            &opts.disk,
+            opts.flush,
+            opts.timing,
+            network,
+            Some(peers.clone()),
+            Some(tls),
+        )
+        .await?;
+        // The servers this node calls are judged like its callers (while it
+        // knows no membership, it has nothing to judge them by).
+        let view = node.peer_view();
+        peers.set_server_check(Arc::new(move |name| {
+            crate::policy::authorize(&view, *name, crate::policy::PeerRule::Raft).map_err(|e| e.to_string())
+        }));
+        Ok(node)
+    }
+
+    /// What this node knows of the membership and the certificate registry,
+    /// for judging peers.
+    pub fn peer_view(&self) -> crate::policy::NodeView {
+        crate::policy::NodeView::new(self.inner.raft.metrics(), self.inner.sm.clone())
     }
 
     /// Opens storage and starts Raft over any network (the simulator uses this).
@@ -518,6 +557,7 @@ impl RaftNode {
                             Ok(Ok(r)) => return Ok(r),
                             Ok(Err(e)) if e.code == ErrorCode::Unavailable => last_error = e,
                             Ok(Err(e)) => return Err(e),
+                            Err(e) if e.code == ErrorCode::PermissionDenied => return Err(refused_by_leader(&e)),
                             Err(e) => last_error = e,
                         },
                         () = self.leader_moved_from(leader) => {
@@ -569,6 +609,13 @@ impl RaftNode {
             .map_err(|_| CaddyError::unavailable(format!("leader at {addr} did not answer in time")))?
             .map_err(|s| {
                 peers.forget(addr);
+                if s.code() == tonic::Code::PermissionDenied {
+                    // This node's certificate is refused: retrying cannot help.
+                    return CaddyError::new(
+                        ErrorCode::PermissionDenied,
+                        format!("the leader refused this node: {}", s.message()),
+                    );
+                }
                 CaddyError::unavailable(format!("leader at {addr} unreachable: {}", s.message()))
             })?;
         codec::from_bytes(&resp.into_inner().data).map_err(|e| CaddyError::internal(e.to_string()))
@@ -674,6 +721,7 @@ impl RaftNode {
     }
 
     /// Runs a membership operation on the leader (forwarding if needed).
+    /// `PermissionDenied` when the leader refuses this node.
     pub async fn membership(&self, op: MembershipOp) -> Result<MembershipView, CaddyError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut changes = self.metrics_changes();
@@ -688,7 +736,13 @@ impl RaftNode {
                     let resp = tokio::time::timeout(Duration::from_secs(120), client.membership(pb::Blob { data }))
                         .await
                         .map_err(|_| CaddyError::unavailable("leader did not finish the membership change in time"))?
-                        .map_err(|s| CaddyError::unavailable(format!("leader unreachable: {}", s.message())))?;
+                        .map_err(|s| {
+                            if s.code() == tonic::Code::PermissionDenied {
+                                // The caller decides: see `refused_by_leader`.
+                                return CaddyError::new(ErrorCode::PermissionDenied, s.message());
+                            }
+                            CaddyError::unavailable(format!("leader unreachable: {}", s.message()))
+                        })?;
                     return codec::from_bytes::<Result<MembershipView, CaddyError>>(&resp.into_inner().data)
                         .map_err(|e| CaddyError::internal(e.to_string()))?;
                 }
@@ -844,19 +898,6 @@ impl RaftNode {
             }
             _ => Err(CaddyError::unavailable("snapshot did not complete in time")),
         }
-    }
-
-    /// Creates a join token valid for `ttl`; returns it and its expiry (ms).
-    pub async fn create_join_token(&self, ttl: Duration) -> Result<(String, u64), CaddyError> {
-        let tls = self.inner.tls.as_ref().ok_or_else(|| CaddyError::internal("no TLS material"))?;
-        let fingerprint =
-            caddy_wire::tls::ca_fingerprint(&tls.ca_cert_pem).map_err(|e| CaddyError::internal(e.to_string()))?;
-        let secret: [u8; 32] = rand::random();
-        let secret_hex = hex::encode(secret);
-        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as u64);
-        let token_hash = *blake3::hash(secret_hex.as_bytes()).as_bytes();
-        self.propose(None, Command::AddJoinToken { token_hash, expires_at_ms }).await?;
-        Ok((crate::enroll::format_token(&fingerprint, &secret_hex), expires_at_ms))
     }
 
     /// Waits until the metrics satisfy `pred`, up to `timeout`.

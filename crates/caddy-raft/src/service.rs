@@ -1,5 +1,9 @@
-//! The peer gRPC service: Raft RPCs, forwarded writes and reads, membership
-//! and enrollment.
+//! The peer gRPC service: Raft RPCs, forwarded writes and reads, membership,
+//! enrollment, certificate signing and rotation.
+//!
+//! Every call first judges its caller by the node name in its client
+//! certificate ([`crate::policy`]); a refused caller gets
+//! `permission_denied` (no certificate: `unauthenticated`) and nothing else.
 
 use std::io::Write;
 
@@ -8,9 +12,10 @@ use caddy_store::{CaddyNode, Snapshot, SnapshotMeta, Vote, verify_snapshot_file}
 use futures::future::BoxFuture;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::certs::to_status;
 use crate::node::{ForwardRequest, MembershipOp, RaftNode};
 use crate::pb::{self, peer_server::Peer};
-use crate::{enroll, now_ms};
+use crate::policy::{self, PeerRule};
 
 /// Largest snapshot accepted from a leader.
 const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -68,12 +73,28 @@ impl PeerService {
     }
 }
 
-fn require_peer<T>(req: &Request<T>) -> Result<(), Status> {
-    // tonic verified any presented chain against the cluster CA; what is left
-    // to check is that one was presented at all.
-    match req.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(()),
-        _ => Err(Status::unauthenticated("peer calls need a cluster certificate")),
+/// The node name in the caller's client certificate (which tonic's TLS
+/// layer verified against the cluster CA).
+fn caller<T>(req: &Request<T>) -> Result<caddy_wire::tls::NodeCertName, Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("peer calls need a cluster certificate"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("peer calls need a cluster certificate"))?;
+    caddy_wire::tls::node_cert_name(leaf.as_ref()).map_err(|e| Status::permission_denied(e.to_string()))
+}
+
+impl PeerService {
+    /// Lets the call through if its caller passes `rule`; returns the caller.
+    fn authorize<T>(&self, req: &Request<T>, rule: PeerRule) -> Result<caddy_wire::tls::NodeCertName, Status> {
+        let name = caller(req)?;
+        policy::authorize(&self.node.peer_view(), name, rule).map_err(|refusal| {
+            metrics::counter!("caddy_peer_refused_total").increment(1);
+            tracing::debug!(%refusal, "refused a peer call");
+            Status::permission_denied(refusal.to_string())
+        })?;
+        Ok(name)
+    }
+
+    fn member<T>(&self, req: &Request<T>) -> Result<caddy_wire::tls::NodeCertName, Status> {
+        self.authorize(req, PeerRule::Member)
     }
 }
 
@@ -92,26 +113,26 @@ fn fatal(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.authorize(&req, PeerRule::Raft)?;
         let rpc = decode(req.get_ref())?;
         let resp = self.node.raft().append_entries(rpc).await.map_err(fatal)?;
         encode(&resp)
     }
 
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.authorize(&req, PeerRule::Raft)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.node.vote(rpc).await.map_err(fatal)?)
     }
 
     async fn pre_vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.authorize(&req, PeerRule::Raft)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.node.pre_vote(rpc).await.map_err(fatal)?)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.authorize(&req, PeerRule::Raft)?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let (vote, meta): (Vote, SnapshotMeta) =
@@ -143,62 +164,67 @@ impl Peer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let rpc = decode(req.get_ref())?;
         encode(&self.node.raft().handle_transfer_leader(rpc).await.map_err(fatal)?)
     }
 
     async fn forward(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        let name = self.member(&req)?;
         let fwd: ForwardRequest = decode(req.get_ref())?;
+        if let Err(why) = policy::forwardable(&fwd.command, name.id) {
+            metrics::counter!("caddy_peer_refused_total").increment(1);
+            let refused: Result<caddy_core::ReplyBody, CaddyError> =
+                Err(CaddyError::new(caddy_core::ErrorCode::PermissionDenied, why));
+            return encode(&refused);
+        }
         let result: Result<caddy_core::ReplyBody, CaddyError> = self.node.propose_as_leader(fwd).await;
         encode(&result)
     }
 
     async fn read_index(&self, req: Request<pb::Empty>) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let index = self.node.leader_read_index().await.map_err(|e| Status::unavailable(e.message))?;
         let log_id = codec::to_bytes(&index).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ReadIndexResponse { log_id }))
     }
 
     async fn membership(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let op: MembershipOp = decode(req.get_ref())?;
         let result = self.node.membership_as_leader(op).await;
         encode(&result)
     }
 
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        // No certificate yet: the join token is the credential.
         let req = req.into_inner();
-        let (fingerprint, secret) =
-            enroll::parse_token(&req.join_token).map_err(|e| Status::invalid_argument(e.message))?;
-        let tls = self.node.tls().ok_or_else(|| Status::failed_precondition("this node has no TLS material"))?;
-        let own = caddy_wire::tls::ca_fingerprint(&tls.ca_cert_pem).map_err(|e| Status::internal(e.to_string()))?;
-        if own != fingerprint {
-            return Err(Status::permission_denied("join token belongs to another cluster"));
-        }
-        // Fresh view of the token table, then a local check.
-        self.node.read_barrier().await.map_err(|e| Status::unavailable(e.message))?;
-        let valid = self
-            .node
-            .state_machine()
-            .join_token_valid(&enroll::secret_hash(&secret), now_ms())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if !valid {
-            return Err(Status::permission_denied(
-                "join token unknown or expired; create one with `caddyctl cluster join-token`",
-            ));
-        }
-        let key = tls.ca_key_pem.clone().ok_or_else(|| {
-            Status::failed_precondition("this member does not hold the CA key; join through another member")
-        })?;
-        tracing::info!(node_id = req.node_id, "enrolled a joining node");
-        Ok(Response::new(pb::EnrollResponse { ca_cert_pem: tls.ca_cert_pem.clone(), ca_key_pem: key }))
+        let (cert_pem, generation) =
+            self.node.enroll_joiner(&req.join_token, req.node_id, &req.csr_pem).await.map_err(to_status)?;
+        let ca_cert_pem = self.node.tls().map(|t| t.ca_cert_pem.clone()).unwrap_or_default();
+        Ok(Response::new(pb::EnrollResponse { ca_cert_pem, cert_pem, generation }))
+    }
+
+    async fn sign_node_cert(&self, req: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        self.member(&req)?;
+        let r = req.into_inner();
+        let cert_pem = self.node.sign_registered(r.node_id, r.generation, &r.csr_pem).await.map_err(to_status)?;
+        Ok(Response::new(pb::SignResponse { cert_pem }))
+    }
+
+    async fn rotate_cert(&self, req: Request<pb::Empty>) -> Result<Response<pb::RotateResponse>, Status> {
+        self.member(&req)?;
+        let generation = self.node.rotate_own_cert().await.map_err(to_status)?;
+        Ok(Response::new(pb::RotateResponse { generation }))
     }
 
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
-        require_peer(&req)?;
+        let rule = PeerRule::SelfJoin(req.get_ref().node_id);
+        if self.authorize(&req, rule).is_err() {
+            // The enrollment may be newer than what this node applied.
+            self.node.read_barrier().await.map_err(|e| Status::unavailable(e.message))?;
+            self.authorize(&req, rule)?;
+        }
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node id 0 is reserved"));
@@ -213,34 +239,35 @@ impl Peer for PeerService {
     }
 
     async fn gossip(&self, req: Request<pb::Blob>) -> Result<Response<pb::Empty>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         self.node.deliver_gossip(req.into_inner().data);
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn put_chunk(&self, req: Request<pb::ChunkData>) -> Result<Response<pb::Empty>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let c = req.into_inner();
         self.chunk_service()?.put(c.tenant, c.hash, c.data).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn get_chunk(&self, req: Request<pb::ChunkKey>) -> Result<Response<pb::ChunkData>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let k = req.into_inner();
         let data = self.chunk_service()?.get(k.tenant.clone(), k.hash.clone()).await?;
         Ok(Response::new(pb::ChunkData { tenant: k.tenant, hash: k.hash, data }))
     }
 
     async fn has_chunks(&self, req: Request<pb::ChunkQuery>) -> Result<Response<pb::ChunkPresence>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         let q = req.into_inner();
         let present = self.chunk_service()?.has(q.tenant, q.hashes, q.touch).await?;
         Ok(Response::new(pb::ChunkPresence { present }))
     }
 
     async fn identify(&self, req: Request<pb::Empty>) -> Result<Response<pb::AddMemberRequest>, Status> {
-        require_peer(&req)?;
+        // A member asks a node that is not one (yet) who it is.
+        self.authorize(&req, PeerRule::Certified)?;
         let node = self.node.self_node();
         Ok(Response::new(pb::AddMemberRequest {
             node_id: self.node.id(),
@@ -252,7 +279,7 @@ impl Peer for PeerService {
     }
 
     async fn describe(&self, req: Request<pb::Empty>) -> Result<Response<pb::NodeDescription>, Status> {
-        require_peer(&req)?;
+        self.member(&req)?;
         Ok(Response::new(self.describer.as_ref().map(|d| d()).unwrap_or_default()))
     }
 }

@@ -71,8 +71,7 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let identity = caddy_wire::tls::NodeIdentity { cert_pem: tls.cert_pem.clone(), key_pem: tls.key_pem.clone() };
-    let config = caddy_wire::tls::server_config(&identity, &[b"http/1.1"])?;
+    let config = caddy_wire::tls::server_config_live(tls.identity.clone(), &[b"http/1.1"])?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener on {addr}"))?;

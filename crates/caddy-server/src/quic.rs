@@ -33,8 +33,7 @@ use crate::service::{Service, error_response};
 
 /// Binds the QUIC endpoint.
 pub fn bind(addr: SocketAddr, tls: &NodeTls, service: &Service) -> anyhow::Result<quinn::Endpoint> {
-    let identity = caddy_wire::tls::NodeIdentity { cert_pem: tls.cert_pem.clone(), key_pem: tls.key_pem.clone() };
-    let crypto = caddy_wire::tls::server_config(&identity, &[caddy_wire::ALPN])?;
+    let crypto = caddy_wire::tls::server_config_live(tls.identity.clone(), &[caddy_wire::ALPN])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).context("QUIC TLS configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

@@ -13,7 +13,6 @@ use caddy_raft::service::PeerService;
 use caddy_store::backend::Disk;
 use caddy_store::{CaddyNode, FlushMode};
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
 use crate::service::Service;
@@ -130,6 +129,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Peer TLS handshakes in progress at once; more wait to be accepted.
+const MAX_PEER_HANDSHAKES: usize = 256;
+/// A peer that does not finish its handshake in this time is dropped.
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_peers(
     config: &Config,
     tls: &NodeTls,
@@ -141,10 +145,10 @@ async fn serve_peers(
     let addr = parse(&config.listen.raft, "raft")?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the peer listener on {addr}"))?;
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.ca_cert_pem))
-        .client_auth_optional(true);
+    // TLS here rather than tonic's: the certificate is resolved per
+    // handshake from the live identity, so a rotation needs no restart.
+    let server_tls = caddy_wire::tls::peer_server_config(tls.identity.clone(), &tls.ca_cert_pem)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
     let service = PeerService::new(node, config.data_dir.join("snapshots"))
         .with_chunks(chunks)
         .with_describer(describer)
@@ -157,14 +161,43 @@ async fn serve_peers(
         // the connection, so replication failed until it was dialled again.
         // Only members with a cluster certificate reach this listener.
         .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
-        .tls_config(server_tls)
-        .context("peer TLS configuration")?
         .add_service(service);
+    let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(64);
+    let mut accept_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                _ = stopped(&mut accept_stop) => return,
+                accepted = listener.accept() => accepted,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accepting a peer connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Nagle on peer sockets delays small Raft replies by up to 40 ms.
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+            let (acceptor, conns_tx) = (acceptor.clone(), conns_tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conns_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "peer TLS handshake failed"),
+                    Err(_) => tracing::debug!("peer TLS handshake timed out"),
+                }
+            });
+        }
+    });
     Ok(tokio::spawn(async move {
-        // Nagle on accepted peer sockets delays small Raft replies by up to
-        // 40 ms (the server builder's own nodelay setting does not reach
-        // sockets from an external listener).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(conns_rx);
         let stop = async move { stopped(&mut shutdown).await };
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!(error = %e, "peer server failed");
@@ -173,7 +206,9 @@ async fn serve_peers(
 }
 
 /// First start of a new cluster (or of a restored one): become the only
-/// voter and create the admin credential.
+/// voter and create the admin credential. A cluster that has its identity
+/// already keeps it: the credential is never replaced, even when its file
+/// is gone.
 async fn bootstrap(config: &Config, node: &RaftNode) -> anyhow::Result<()> {
     if node.initialize_single().await? {
         tracing::info!("initialized a new cluster");
@@ -182,7 +217,18 @@ async fn bootstrap(config: &Config, node: &RaftNode) -> anyhow::Result<()> {
     if token_path.exists() {
         return Ok(());
     }
+    // A restarted node knows from its own state (no leader needed).
+    if let Some(cluster_id) = node.state_machine().cluster_id() {
+        admin_token_missing(config, node, &token_path, &cluster_id);
+        return Ok(());
+    }
     node.wait_for_leader(Duration::from_secs(30)).await.context("no leader after bootstrap")?;
+    // Everything committed before must be applied before judging.
+    node.read_barrier().await.map_err(|e| anyhow::anyhow!("reading the cluster state: {e}"))?;
+    if let Some(cluster_id) = node.state_machine().cluster_id() {
+        admin_token_missing(config, node, &token_path, &cluster_id);
+        return Ok(());
+    }
     let secret: [u8; 32] = rand::random();
     let token = format!("caddy_admin_{}", hex::encode(secret));
     let cluster_id = hex::encode(rand::random::<[u8; 8]>());
@@ -190,15 +236,47 @@ async fn bootstrap(config: &Config, node: &RaftNode) -> anyhow::Result<()> {
         cluster_id: cluster_id.clone(),
         admin_credential_hash: caddy_core::credential_hash(&token),
     };
-    node.propose(None, command).await.map_err(|e| anyhow::anyhow!("creating the admin credential: {e}"))?;
+    if let Err(e) = node.propose(None, command).await {
+        if e.code == caddy_core::ErrorCode::FailedPrecondition
+            && let Some(existing) = node.state_machine().cluster_id()
+        {
+            admin_token_missing(config, node, &token_path, &existing);
+            return Ok(());
+        }
+        anyhow::bail!("creating the admin credential: {e}");
+    }
     caddy_wire::tls::write_private(&token_path, token.as_bytes())?;
     tracing::info!(cluster_id, path = %token_path.display(), "admin credential created (shown only in this file)");
     Ok(())
 }
 
+fn admin_token_missing(config: &Config, node: &RaftNode, token_path: &std::path::Path, cluster_id: &str) {
+    let snapshot = node
+        .state_machine()
+        .snapshot_info()
+        .map(|s| s.path.display().to_string())
+        .unwrap_or_else(|| format!("{}/snapshots/<newest>.snap", config.data_dir.display()));
+    tracing::error!(
+        cluster_id,
+        path = %token_path.display(),
+        "the admin credential file {} is missing, but this cluster was initialized already (cluster id {cluster_id}); \
+         its admin credential is unchanged and still valid, and no new one is created. Put the file back from a copy \
+         (or keep using the credential from your client config). If the credential is lost, found a new cluster from \
+         this node's data: `caddyd restore --from {snapshot} --dir NEWDIR` (a restored cluster gets a new CA and admin \
+         credential; take a snapshot first if this one is old)",
+        token_path.display()
+    );
+}
+
 /// Asks the cluster to add this node, retrying until it is a member.
 async fn join(config: Config, tls: NodeTls, self_node: CaddyNode) {
-    let peers = PeerClients::new(&tls.ca_cert_pem, Some((&tls.cert_pem, &tls.key_pem)), Duration::from_secs(10));
+    let peers = match PeerClients::new(&tls.ca_cert_pem, Some(tls.identity.clone()), Duration::from_secs(10)) {
+        Ok(peers) => peers,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join: peer TLS configuration");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(200);
     loop {
         for seed in &config.cluster.join {

@@ -30,6 +30,11 @@ pub(crate) const WATCH_RECHECK: Duration = Duration::from_secs(1);
 /// How long `cluster status` waits for each other member to describe its
 /// local services; a member that takes longer shows an empty render line.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Lifetime of a join token when the request names none: long enough to
+/// start a node, short enough that a leaked one is soon useless.
+const DEFAULT_JOIN_TOKEN_TTL_SECS: u64 = 15 * 60;
+/// Longest join token lifetime (the state machine refuses longer ones too).
+const MAX_JOIN_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 /// Shared state of the client-facing service.
 pub struct Service {
@@ -211,6 +216,7 @@ pub fn request_name(body: &Option<Req>) -> &'static str {
         Some(Req::Doc(_)) => "doc",
         Some(Req::File(_)) => "file",
         Some(Req::Render(_)) => "render",
+        Some(Req::RotateCerts(_)) => "rotate_certs",
     }
 }
 
@@ -563,11 +569,11 @@ impl Service {
     async fn cluster_op(&self, body: Req) -> Result<pb::Response, CaddyError> {
         let node = &self.node;
         match body {
-            Req::Status(_) => ok(Resp::Status(self.status().await)),
+            Req::Status(_) => ok(Resp::Status(self.status().await?)),
             Req::AddNode(a) => {
                 let peers = node.peers().ok_or_else(|| CaddyError::internal("no peer network"))?;
                 let mut client =
-                    peers.client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
+                    peers.newcomer_client(&a.raft_addr).map_err(|s| CaddyError::invalid(s.message().to_string()))?;
                 let who = tokio::time::timeout(Duration::from_secs(5), client.identify(caddy_raft::pb::Empty {}))
                     .await
                     .map_err(|_| CaddyError::precondition(format!("no answer from a node at {}", a.raft_addr)))?
@@ -597,41 +603,101 @@ impl Service {
                 let (index, term) = node.snapshot_now().await?;
                 ok(Resp::Snapshot(pb::SnapshotResponse { index, term }))
             }
-            Req::JoinToken(j) => {
-                let ttl = if j.ttl_seconds == 0 { 3600 } else { j.ttl_seconds };
-                if ttl > 7 * 86_400 {
-                    return Err(CaddyError::invalid("join token lifetime is at most 7 days"));
-                }
-                let (token, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
-                ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms }))
+            Req::JoinToken(j) => self.join_token(j).await,
+            Req::RotateCerts(_) => {
+                let members = node
+                    .rotate_all()
+                    .await
+                    .into_iter()
+                    .map(|(id, result)| match result {
+                        Ok(generation) => pb::RotatedMember { id, generation, error: String::new() },
+                        Err(e) => pb::RotatedMember { id, generation: 0, error: e.to_string() },
+                    })
+                    .collect();
+                ok(Resp::RotateCerts(pb::RotateCertsResponse { members }))
             }
             other => Err(CaddyError::internal(format!("{} is not a cluster operation", request_name(&Some(other))))),
         }
     }
 
+    async fn join_token(&self, j: pb::JoinTokenRequest) -> Result<pb::Response, CaddyError> {
+        use caddy_raft::certs::TokenRef;
+        use caddy_store::cluster::TokenState;
+        let node = &self.node;
+        match pb::JoinTokenAction::try_from(j.action) {
+            Ok(pb::JoinTokenAction::JoinTokenCreate) => {
+                let ttl = if j.ttl_seconds == 0 { DEFAULT_JOIN_TOKEN_TTL_SECS } else { j.ttl_seconds };
+                if ttl > MAX_JOIN_TOKEN_TTL_SECS {
+                    return Err(CaddyError::invalid("a join token lives at most 24 hours"));
+                }
+                let (token, id, expires_at_ms) = node.create_join_token(Duration::from_secs(ttl)).await?;
+                ok(Resp::JoinToken(pb::JoinTokenResponse { token, expires_at_ms, id, tokens: Vec::new() }))
+            }
+            Ok(pb::JoinTokenAction::JoinTokenList) => {
+                let now = caddy_raft::now_ms();
+                let tokens = node
+                    .join_tokens()
+                    .await?
+                    .into_iter()
+                    .map(|t| {
+                        let (state, used_by, ended_at_ms) = match t.state {
+                            TokenState::Used { node, at_ms, .. } => ("used", node, at_ms),
+                            TokenState::Revoked { at_ms } => ("revoked", 0, at_ms),
+                            TokenState::Active if t.expires_at_ms <= now => ("expired", 0, t.expires_at_ms),
+                            TokenState::Active => ("active", 0, 0),
+                        };
+                        pb::JoinTokenInfo {
+                            id: t.id,
+                            created_at_ms: t.created_ms,
+                            expires_at_ms: t.expires_at_ms,
+                            state: state.into(),
+                            used_by,
+                            ended_at_ms,
+                        }
+                    })
+                    .collect();
+                ok(Resp::JoinToken(pb::JoinTokenResponse { tokens, ..Default::default() }))
+            }
+            Ok(pb::JoinTokenAction::JoinTokenRevoke) => {
+                let which = match (j.id, j.token.is_empty()) {
+                    (0, false) => TokenRef::Token(j.token),
+                    (id, true) if id > 0 => TokenRef::Id(id),
+                    _ => return Err(CaddyError::invalid("name the join token to revoke by its id or by the token")),
+                };
+                let id = node.revoke_join_token(which).await?;
+                ok(Resp::JoinToken(pb::JoinTokenResponse { id, ..Default::default() }))
+            }
+            Err(_) => Err(CaddyError::invalid(format!("unknown join token action {}", j.action))),
+        }
+    }
+
     async fn membership(&self, op: MembershipOp) -> Result<pb::Response, CaddyError> {
-        let view = self.node.membership(op).await?;
+        let view = self.node.membership(op).await.map_err(|e| match e.code {
+            ErrorCode::PermissionDenied => caddy_raft::node::refused_by_leader(&e),
+            _ => e,
+        })?;
         ok(Resp::Membership(pb::MembershipResponse { voters: view.voters, learners: view.learners }))
     }
 
     /// Cluster status, from the leader's point of view when it can be had.
-    pub async fn status(&self) -> pb::StatusResponse {
+    /// A node the leader refuses (removed) answers `Unavailable` rather than
+    /// its stale view, so clients ask another node.
+    pub async fn status(&self) -> Result<pb::StatusResponse, CaddyError> {
         let local = self.node.status();
         let leader_view = async {
             match local.leader {
-                Some(l) if l != local.id => self
-                    .node
-                    .membership(MembershipOp::Status)
-                    .await
-                    .ok()
-                    .and_then(|v| v.status)
-                    .unwrap_or_else(|| local.clone()),
-                _ => local.clone(),
+                Some(l) if l != local.id => match self.node.membership(MembershipOp::Status).await {
+                    Ok(v) => Ok(v.status.unwrap_or_else(|| local.clone())),
+                    Err(e) if e.code == ErrorCode::PermissionDenied => Err(caddy_raft::node::refused_by_leader(&e)),
+                    Err(_) => Ok(local.clone()),
+                },
+                _ => Ok(local.clone()),
             }
         };
         // Both ask other nodes; with one of them down, asking one after the
         // other would add the two waits.
         let (leader_view, mut described) = tokio::join!(leader_view, self.node.describe_members(DESCRIBE_TIMEOUT));
+        let leader_view = leader_view?;
         let unreachable_after = 3 * self.node.timing().election_max_ms;
         let own_render = self.render.line();
         let members = leader_view
@@ -669,7 +735,7 @@ impl Service {
                 }
             })
             .collect();
-        pb::StatusResponse {
+        Ok(pb::StatusResponse {
             cluster_node: local.id,
             term: local.term.max(leader_view.term),
             leader: local.leader,
@@ -680,7 +746,8 @@ impl Service {
             last_log_index: local.last_log_index,
             snapshot_index: local.snapshot_index,
             render: own_render,
-        }
+            cluster_id: self.node.state_machine().cluster_id().unwrap_or_default(),
+        })
     }
 
     async fn watch<W: AsyncWrite + Unpin + Send>(

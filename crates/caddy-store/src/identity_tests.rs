@@ -48,6 +48,11 @@ impl H {
         h
     }
 
+    /// A harness over an existing state machine in `dir`, not initialized.
+    pub(crate) fn on(dir: tempfile::TempDir, sm: StateMachineStore) -> H {
+        H { _dir: dir, sm, index: 0, now: 1_000_000 }
+    }
+
     pub(crate) fn command(&mut self, command: Command) -> Result<ReplyBody, CaddyError> {
         self.command_from(None, command)
     }
@@ -84,6 +89,18 @@ impl H {
             op,
         };
         self.command_from(Some(origin), Command::Call(Box::new(call)))
+    }
+
+    /// Applies a membership entry: `voters`, plus `learners`.
+    pub(crate) fn membership(&mut self, voters: &[u64], learners: &[u64]) {
+        self.index += 1;
+        let m = openraft::Membership::new_with_defaults(
+            vec![voters.iter().copied().collect()],
+            voters.iter().chain(learners).copied(),
+        );
+        let entry =
+            Entry::new(openraft::testing::log_id::<crate::TypeConfig>(1, 1, self.index), EntryPayload::Membership(m));
+        self.sm.apply_entries(vec![entry]).unwrap();
     }
 
     fn as_principal(&mut self, principal: Principal, tenant: Option<&str>, op: Op) -> Result<ReplyBody, CaddyError> {

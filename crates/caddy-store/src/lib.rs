@@ -1,6 +1,6 @@
 //! Durable storage for a CADDY node: the Raft log, the replicated state
 //! machine (the key-value namespace, watch history, client sessions, cluster
-//! credentials, identity records, CAD documents, file metadata) and its
+//! credentials (join tokens, node certificates), identity records, CAD documents, file metadata) and its
 //! snapshots, all on redb.
 //!
 //! Durability contract (what openraft relies on):
@@ -21,6 +21,7 @@
 //! error, which stops the node instead of applying or serving bad data.
 
 pub mod backend;
+pub mod cluster;
 pub mod docs;
 pub mod files;
 pub mod identity;

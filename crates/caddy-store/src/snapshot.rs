@@ -105,7 +105,7 @@ pub struct SmMeta {
     pub revision: u64,
     /// Events at or below this revision have been compacted away.
     pub compacted: u64,
-    /// Set by the first `InitCluster`.
+    /// Set by the first `InitCluster` (the only one applied).
     pub cluster: Option<ClusterInfo>,
 }
 
@@ -122,7 +122,7 @@ pub enum SnapshotRecord {
     /// A client session of a build before scoped lanes (not written any
     /// more; skipped on install).
     Session(u64, #[serde(with = "serde_bytes")] Vec<u8>),
-    /// A join token hash and its expiry.
+    /// A join token of an older build (hash, expiry); ignored on install.
     JoinToken(#[serde(with = "serde_bytes")] Vec<u8>, u64),
     /// An identity record (see [`crate::identity`]).
     Ident(String, #[serde(with = "serde_bytes")] Vec<u8>),
@@ -143,6 +143,8 @@ pub enum SnapshotRecord {
     /// A client session lane (see [`crate::sessions`]); [`SnapshotRecord::Session`]
     /// is what builds before scoped lanes wrote, and is skipped on install.
     ClientSession(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
+    /// A join token or node certificate record (see [`crate::cluster`]).
+    Cluster(String, #[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl SnapshotRecord {
@@ -155,7 +157,8 @@ impl SnapshotRecord {
             | SnapshotRecord::Ident(_, v)
             | SnapshotRecord::Doc(_, v)
             | SnapshotRecord::File(_, v)
-            | SnapshotRecord::ClientSession(_, v) => Some(v),
+            | SnapshotRecord::ClientSession(_, v)
+            | SnapshotRecord::Cluster(_, v) => Some(v),
             SnapshotRecord::Header(_)
             | SnapshotRecord::JoinToken(..)
             | SnapshotRecord::Large { .. }

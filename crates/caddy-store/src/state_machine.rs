@@ -1,8 +1,8 @@
 //! The replicated state machine on redb: the key-value namespace with
 //! revisions and watch history, exactly-once client sessions, and cluster
 //! credentials; identity records ([`crate::identity`]), documents
-//! ([`crate::docs`]) and file metadata ([`crate::files`]) have their own
-//! tables and modules.
+//! ([`crate::docs`]), file metadata ([`crate::files`]) and join tokens and
+//! node certificates ([`crate::cluster`]) have their own tables and modules.
 //!
 //! Invariants:
 //! - Apply is deterministic: it reads only the entries and the tables (time
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::backend::Disk;
+use crate::cluster::{CLUSTER, LEGACY_JOIN_TOKENS};
 use crate::docs::{DOCS, DocCommitted, DocRuntime};
 use crate::files::FILES;
 use crate::snapshot::{
@@ -43,7 +44,6 @@ use crate::{RECORD_VERSION, StoreError, corrupt, io_err};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const JOIN_TOKENS: TableDefinition<&[u8], u64> = TableDefinition::new("join_tokens");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Identity records, tenant-scoped (`t/{tenant}/…`) and global (`g/…`); see
 /// [`crate::identity`].
@@ -135,7 +135,8 @@ pub(crate) struct Tables<'t> {
     pub(crate) kv: Table<'t, &'static str, &'static [u8]>,
     events: Table<'t, u64, &'static [u8]>,
     sessions: crate::sessions::SessionTables<'t>,
-    join_tokens: Table<'t, &'static [u8], u64>,
+    /// Join tokens and node certificates ([`crate::cluster`]).
+    cluster: Table<'t, &'static str, &'static [u8]>,
     pub(crate) ident: Table<'t, &'static str, &'static [u8]>,
     /// The cluster audit chain's head as this batch moved it, stored once at
     /// the end of the batch ([`crate::identity::flush_audit_head`]).
@@ -161,7 +162,7 @@ impl<'t> Tables<'t> {
             kv: txn.open_table(KV).map_err(io_err)?,
             events: txn.open_table(EVENTS).map_err(io_err)?,
             sessions: crate::sessions::SessionTables::open(txn)?,
-            join_tokens: txn.open_table(JOIN_TOKENS).map_err(io_err)?,
+            cluster: txn.open_table(CLUSTER).map_err(io_err)?,
             ident: txn.open_table(IDENT).map_err(io_err)?,
             cluster_audit_head: None,
             files: txn.open_table(FILES).map_err(io_err)?,
@@ -181,6 +182,8 @@ impl StateMachineStore {
         {
             let _ = Tables::open(&txn, &doc_runtime)?;
             txn.open_table(META).map_err(|e| StoreError::Storage(e.to_string()))?;
+            // Tokens of older builds are not honoured; nothing reads them.
+            txn.delete_table(LEGACY_JOIN_TOKENS).map_err(|e| StoreError::Storage(e.to_string()))?;
         }
         crate::sessions::SessionTables::delete_legacy(&txn)?;
         txn.commit().map_err(|e| StoreError::Storage(e.to_string()))?;
@@ -551,11 +554,24 @@ impl StateMachineStore {
         read().map_err(|e| CaddyError::internal(format!("reading watch history: {e}")))
     }
 
-    /// Whether a join token (by hash) is registered and not expired at `now_ms`.
-    pub fn join_token_valid(&self, token_hash: &[u8; 32], now_ms: u64) -> io::Result<bool> {
+    /// Every join token kept (usable, and ended ones for a while), by id.
+    pub fn join_tokens(&self) -> io::Result<Vec<crate::cluster::JoinToken>> {
         let txn = self.inner.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(JOIN_TOKENS).map_err(io_err)?;
-        Ok(matches!(table.get(token_hash.as_slice()).map_err(io_err)?, Some(exp) if exp.value() > now_ms))
+        crate::cluster::list_tokens(&txn.open_table(CLUSTER).map_err(io_err)?)
+    }
+
+    /// The join token whose secret hashes to `hash`.
+    pub fn join_token_by_hash(&self, hash: &[u8; 32]) -> io::Result<Option<crate::cluster::JoinToken>> {
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        crate::cluster::token_by_hash(&txn.open_table(CLUSTER).map_err(io_err)?, hash)
+    }
+
+    /// The certificate generations issued to `node` (none: it was never
+    /// enrolled nor rotated, so any generation is accepted).
+    pub fn node_cert(&self, node: caddy_core::NodeId) -> io::Result<Option<crate::cluster::NodeCert>> {
+        // One read transaction per peer call: cheap next to the call itself.
+        let txn = self.inner.db.begin_read().map_err(io_err)?;
+        crate::cluster::node_cert(&txn.open_table(CLUSTER).map_err(io_err)?, node)
     }
 
     /// Resolves a bearer credential to who it is at `now_ms` (the node's
@@ -671,9 +687,9 @@ impl StateMachineStore {
             let (k, v) = item.map_err(io_err)?;
             writer.push(SnapshotRecord::ClientSession(k.value().to_vec(), v.value().to_vec()))?;
         }
-        for item in txn.open_table(JOIN_TOKENS).map_err(io_err)?.iter().map_err(io_err)? {
+        for item in txn.open_table(CLUSTER).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
-            writer.push(SnapshotRecord::JoinToken(k.value().to_vec(), v.value()))?;
+            writer.push(SnapshotRecord::Cluster(k.value().to_string(), v.value().to_vec()))?;
         }
         for item in txn.open_table(IDENT).map_err(io_err)?.iter().map_err(io_err)? {
             let (k, v) = item.map_err(io_err)?;
@@ -693,12 +709,15 @@ impl StateMachineStore {
 
     /// Replaces the whole state with a verified snapshot file's content in one
     /// durable transaction. With `as_restore`, Raft bookkeeping (applied log id,
-    /// membership) is reset so the data can seed a brand-new cluster.
+    /// membership), the cluster's identity and its credentials (join tokens,
+    /// node certificates) are left behind, so the data can seed a brand-new
+    /// cluster with its own CA and admin credential.
     fn install_from(&self, file: &mut File, as_restore: bool) -> Result<SmMeta, SnapshotError> {
         let mut header = verify_snapshot_file(file)?;
         if as_restore {
             header.applied = None;
             header.membership = StoredMembership::default();
+            header.cluster = None;
         }
         let mut reader = SnapshotReader::open(file)?;
         let mut txn = self.inner.db.begin_write().map_err(io_err)?;
@@ -708,7 +727,8 @@ impl StateMachineStore {
             txn.delete_table(KV).map_err(io_err)?;
             txn.delete_table(EVENTS).map_err(io_err)?;
             crate::sessions::SessionTables::delete_all(&txn)?;
-            txn.delete_table(JOIN_TOKENS).map_err(io_err)?;
+            txn.delete_table(LEGACY_JOIN_TOKENS).map_err(io_err)?;
+            txn.delete_table(CLUSTER).map_err(io_err)?;
             txn.delete_table(IDENT).map_err(io_err)?;
             txn.delete_table(DOCS).map_err(io_err)?;
             txn.delete_table(FILES).map_err(io_err)?;
@@ -728,8 +748,11 @@ impl StateMachineStore {
                     // Lanes of a build before scoped sessions: not carried over.
                     SnapshotRecord::Session(..) => {}
                     SnapshotRecord::ClientSession(k, v) => tables.sessions.restore(&k, &v)?,
-                    SnapshotRecord::JoinToken(hash, exp) => {
-                        tables.join_tokens.insert(hash.as_slice(), exp).map_err(io_err)?;
+                    // Tokens of older builds are not honoured.
+                    SnapshotRecord::JoinToken(..) => {}
+                    SnapshotRecord::Cluster(_, _) if as_restore => {}
+                    SnapshotRecord::Cluster(k, v) => {
+                        tables.cluster.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
                     }
                     SnapshotRecord::Ident(k, v) => {
                         tables.ident.insert(k.as_str(), v.as_slice()).map_err(io_err)?;
@@ -835,6 +858,12 @@ impl StateMachineStore {
     #[cfg(test)]
     pub(crate) fn db(&self) -> &Database {
         &self.inner.db
+    }
+
+    /// Installs a snapshot file as a follower would.
+    #[cfg(test)]
+    pub(crate) fn install_for_test(&self, file: &mut File) -> Result<SmMeta, SnapshotError> {
+        self.install_from(file, false)
     }
 
     /// Applies entries directly (no Raft) and returns every entry's reply.
@@ -985,28 +1014,19 @@ fn apply_command(
     match &proposal.command {
         Command::Noop => Ok(Ok(ReplyBody::Done)),
         Command::InitCluster { cluster_id, admin_credential_hash } => {
+            if let Some(existing) = &meta.cluster {
+                return Ok(Err(CaddyError::precondition(format!(
+                    "the cluster is initialized already (cluster id {}); its admin credential is not replaced",
+                    existing.cluster_id
+                ))));
+            }
             meta.cluster =
                 Some(ClusterInfo { cluster_id: cluster_id.clone(), admin_credential_hash: *admin_credential_hash });
             Ok(Ok(ReplyBody::Done))
         }
-        Command::AddJoinToken { token_hash, expires_at_ms } => {
-            if *expires_at_ms <= proposal.stamp_ms {
-                return Ok(Err(CaddyError::invalid("join token would already be expired")));
-            }
-            // Forget expired tokens so the table stays bounded.
-            let mut expired = Vec::new();
-            for item in tables.join_tokens.iter().map_err(io_err)? {
-                let (k, v) = item.map_err(io_err)?;
-                if v.value() <= proposal.stamp_ms {
-                    expired.push(k.value().to_vec());
-                }
-            }
-            for k in expired {
-                tables.join_tokens.remove(k.as_slice()).map_err(io_err)?;
-            }
-            tables.join_tokens.insert(token_hash.as_slice(), *expires_at_ms).map_err(io_err)?;
-            Ok(Ok(ReplyBody::Done))
-        }
+        Command::AddJoinToken { .. } => Ok(Err(CaddyError::precondition(
+            "join tokens of this kind (from an older CADDY) are no longer accepted; create a new one",
+        ))),
         Command::KvPut { key, value, if_revision } => {
             let mut kv = KvCtx { tables, meta, history, events };
             kv_put(&mut kv, key, value, *if_revision, |_, _| Ok(()))
@@ -1032,6 +1052,24 @@ fn apply_command(
             crate::render::complete(tables, proposal.stamp_ms, tenant, *job, *attempt, *node, outcome, *max_attempts)
         }
         Command::RenderSweep { retention_ms } => crate::render::sweep(tables, proposal.stamp_ms, *retention_ms),
+        Command::CreateJoinToken { token_hash, expires_at_ms } => {
+            crate::cluster::create_token(&mut tables.cluster, proposal.stamp_ms, token_hash, *expires_at_ms)
+        }
+        Command::RevokeJoinToken { id } => crate::cluster::revoke_token(&mut tables.cluster, proposal.stamp_ms, *id),
+        Command::EnrollNode { token_hash, node, key_hash } => crate::cluster::enroll(
+            &mut tables.cluster,
+            &meta.membership,
+            proposal.stamp_ms,
+            token_hash,
+            *node,
+            key_hash,
+        ),
+        Command::RenewNodeCert { node, key_hash } => {
+            crate::cluster::renew(&mut tables.cluster, &meta.membership, proposal.stamp_ms, *node, key_hash)
+        }
+        Command::ActivateNodeCert { node, generation } => {
+            crate::cluster::activate(&mut tables.cluster, proposal.stamp_ms, *node, *generation)
+        }
     }
 }
 

@@ -238,9 +238,10 @@ impl Dev {
     pub fn kill9(&self, node: u64) {
         let pid = self.pid(node);
         signal(pid, libc::SIGKILL);
-        // Wait until the process is gone (its listeners closed). A zombie
-        // leader thread is not enough: the other threads may still be
-        // exiting and holding the process's files (and their locks).
+        // Wait until the process is gone (its listeners closed, its files
+        // and their locks released). The main thread shows as a zombie
+        // while other threads may still be exiting with the files open, so
+        // a zombie counts only once it is the last thread.
         wait_until("the killed node to die", Duration::from_secs(10), || {
             let zombie =
                 std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);

@@ -45,14 +45,47 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCommand, out: &mut dyn Write) -> anyhow:
                 emit_text(out, &format!("snapshot index={} term={}\n", s.index, s.term))
             }
         }
-        ClusterCommand::JoinToken { ttl } => {
+        ClusterCommand::JoinToken { list: true, .. } => {
+            let tokens = client.join_tokens().await?;
+            if ctx.json {
+                emit_json(out, &output::join_tokens_json(&tokens))
+            } else {
+                emit_text(out, &output::join_tokens_text(&tokens))
+            }
+        }
+        ClusterCommand::JoinToken { revoke: Some(which), .. } => {
+            let id = client.revoke_join_token(&which).await?;
+            if ctx.json {
+                emit_json(out, &json!({ "revoked": id }))
+            } else {
+                emit_text(out, &format!("revoked join token {id}\n"))
+            }
+        }
+        ClusterCommand::RotateCerts => {
+            let rotated = client.rotate_certs().await?;
+            if ctx.json {
+                emit_json(out, &output::rotated_json(&rotated))?;
+            } else {
+                emit_text(out, &output::rotated_text(&rotated))?;
+            }
+            let failed: Vec<String> =
+                rotated.members.iter().filter(|m| !m.error.is_empty()).map(|m| m.id.to_string()).collect();
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "the certificates of node(s) {} were not rotated; their old ones stay valid",
+                    failed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::JoinToken { ttl, .. } => {
             let ttl_seconds = ttl.as_secs();
             if ttl_seconds == 0 {
                 return Err(usage("--ttl must be at least 1s"));
             }
             let t = client.join_token(ttl_seconds).await?;
             if ctx.json {
-                emit_json(out, &json!({ "token": t.token, "expires_at_ms": t.expires_at_ms }))
+                emit_json(out, &json!({ "token": t.token, "id": t.id, "expires_at_ms": t.expires_at_ms }))
             } else {
                 emit_text(out, &format!("{}\n", t.token))
             }
