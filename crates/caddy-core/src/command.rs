@@ -122,6 +122,18 @@ pub enum Command {
         /// How long finished jobs are kept.
         retention_ms: u64,
     },
+    /// Periodic upkeep proposed by the leader: prunes audit chains past
+    /// their retention, oldest entries first, judged by this entry's stamped
+    /// time. One entry prunes at most
+    /// [`crate::identity::audit::AUDIT_PRUNE_PER_SWEEP`] entries in at most
+    /// [`crate::identity::audit::AUDIT_CHAINS_PER_SWEEP`] chains; the reply
+    /// says where the next one continues.
+    AuditSweep {
+        /// The cluster's default retention (a chain's own setting wins).
+        retention: crate::identity::AuditRetention,
+        /// Where to start.
+        from: crate::identity::SweepFrom,
+    },
 }
 
 impl Command {
@@ -139,6 +151,7 @@ impl Command {
             Command::RenderRenew { .. } => "render_renew",
             Command::RenderFinish { .. } => "render_finish",
             Command::RenderSweep { .. } => "render_sweep",
+            Command::AuditSweep { .. } => "audit_sweep",
         }
     }
 }
@@ -194,6 +207,14 @@ pub enum ReplyBody {
     RenderClaimed {
         /// The claimed job.
         claim: Option<crate::render::RenderClaim>,
+    },
+    /// What an audit sweep did.
+    AuditSwept {
+        /// Entries pruned.
+        pruned: u64,
+        /// Where the next sweep continues; `None`: every chain is within
+        /// its retention.
+        next: Option<crate::identity::SweepFrom>,
     },
 }
 

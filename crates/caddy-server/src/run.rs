@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let peer_task =
         serve_peers(&config, &tls, node.clone(), blobs.peer_service(), describer, shutdown_rx.clone()).await?;
     tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
+    crate::audit::start(config.audit.clone(), node.clone(), shutdown_rx.clone());
     crate::render::start(
         config.render.clone(),
         node.clone(),

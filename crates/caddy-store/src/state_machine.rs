@@ -1067,6 +1067,7 @@ fn apply_command(
             crate::render::complete(tables, proposal.stamp_ms, tenant, *job, *attempt, *node, outcome, *max_attempts)
         }
         Command::RenderSweep { retention_ms } => crate::render::sweep(tables, proposal.stamp_ms, *retention_ms),
+        Command::AuditSweep { retention, from } => crate::audit::sweep(tables, proposal.stamp_ms, *retention, from),
     }
 }
 
