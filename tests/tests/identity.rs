@@ -132,7 +132,9 @@ async fn passwords_tokens_and_keys_never_reach_the_log_snapshots_audit_or_logs()
         c.snapshot().await.expect("snapshot");
         c.close().await;
     }
-    let audit = serde_json::to_string(&op.audit_page(0, 1000).await.expect("audit").0).expect("json");
+    let audit =
+        serde_json::to_string(&op.audit_page(&caddy_client::AuditFilter::default(), 0, 1000).await.expect("audit").0)
+            .expect("json");
     for c in [op, admin, anonymous] {
         c.close().await;
     }
@@ -241,7 +243,9 @@ async fn tenant_credentials_reach_neither_other_tenants_nor_the_cluster() {
         IdentityCall::SessionList { user: Some("user-1".into()) },
         IdentityCall::SessionTerminate { session: None, user: Some("user-1".into()) },
         IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq: 0, limit: 10 },
-        IdentityCall::AuditVerify,
+        IdentityCall::AuditVerify { after_seq: 0, after_hash: String::new() },
+        IdentityCall::AuditRetention,
+        IdentityCall::AuditRetentionSet { max_age_days: None, max_entries: Some(10) },
     ];
     for call in &calls {
         assert_refused(foreign.identity(call).await, call.name());

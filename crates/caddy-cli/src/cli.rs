@@ -1084,18 +1084,46 @@ pub enum AuditCommand {
         /// Only entries after this sequence number.
         #[arg(long, value_name = "N", default_value_t = 0)]
         after_seq: u64,
-        /// Entries per page.
-        #[arg(long, default_value_t = 100)]
+        /// Entries shown at most (the listing follows the server's pages,
+        /// each of which looks at a bounded slice of the chain).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
-    /// Writes the whole trail as JSON lines (one entry per line).
+    /// Writes the trail as JSON lines (one entry per line): the whole kept
+    /// chain, or what follows --after-seq (for appending to an archive
+    /// before entries are pruned).
     Export {
         /// Output file instead of stdout.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Only entries after this sequence number.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after_seq: u64,
     },
-    /// Verifies the hash chain; fails when it is broken.
+    /// Verifies the hash chain (from its checkpoint once pruned); fails
+    /// when it is broken.
     Verify,
+    /// How long the chain keeps its entries.
+    #[command(subcommand)]
+    Retention(AuditRetentionCommand),
+}
+
+/// `caddyctl audit retention ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditRetentionCommand {
+    /// Shows the chain's retention, checkpoint and size.
+    Show,
+    /// Gives the chain its own retention (operator only); a value left out
+    /// follows the cluster default (`[audit]` in the node configuration),
+    /// and leaving out both returns the chain to it.
+    Set {
+        /// Entries this many days old are pruned.
+        #[arg(long, value_name = "N")]
+        days: Option<u64>,
+        /// At most this many entries are kept (the oldest go first).
+        #[arg(long, value_name = "N")]
+        max_entries: Option<u64>,
+    },
 }
 
 /// `caddyctl cluster ...`
@@ -1581,9 +1609,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["audit", "list", "--since", "last tuesday"]).is_err());
+        assert!(parse(&["audit", "list", "--limit", "0"]).is_err());
         assert!(matches!(parse(&["audit", "verify"]).unwrap().command, Command::Audit(AuditCommand::Verify)));
         match parse(&["audit", "export", "-o", "trail.jsonl"]).unwrap().command {
-            Command::Audit(AuditCommand::Export { output }) => assert_eq!(output, Some(PathBuf::from("trail.jsonl"))),
+            Command::Audit(AuditCommand::Export { output, after_seq: 0 }) => {
+                assert_eq!(output, Some(PathBuf::from("trail.jsonl")))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["audit", "export", "--after-seq", "40"]).unwrap().command,
+            Command::Audit(AuditCommand::Export { output: None, after_seq: 40 })
+        ));
+        assert!(matches!(
+            parse(&["audit", "retention", "show"]).unwrap().command,
+            Command::Audit(AuditCommand::Retention(AuditRetentionCommand::Show))
+        ));
+        match parse(&["audit", "retention", "set", "--days", "30"]).unwrap().command {
+            Command::Audit(AuditCommand::Retention(AuditRetentionCommand::Set { days, max_entries })) => {
+                assert_eq!((days, max_entries), (Some(30), None))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -3,9 +3,9 @@
 //! functions; secrets never pass through here.
 
 use caddy_client::identity::{
-    ApiKeyView, AuditView, RoleView, SessionView, TeamView, TenantView, UserExport, UserView,
+    ApiKeyView, AuditView, CheckpointView, RoleView, SessionView, TeamView, TenantView, UserExport, UserView,
 };
-use caddy_core::identity::{Quotas, Usage};
+use caddy_core::identity::{AuditRetention, Quotas, RetentionOverride, Usage};
 
 use crate::output::{datetime, datetime_opt, table};
 
@@ -198,6 +198,27 @@ pub fn audit_table(entries: &[AuditView]) -> String {
         })
         .collect();
     table(&["SEQ", "TIME", "ACTOR", "ACTION", "RESOURCE", "OUTCOME"], &rows)
+}
+
+/// A chain's retention, checkpoint and size.
+pub fn retention_text(
+    tenant: Option<&str>,
+    own: &RetentionOverride,
+    default: Option<&AuditRetention>,
+    checkpoint: Option<&CheckpointView>,
+    head_seq: u64,
+    kept: u64,
+) -> String {
+    let chain = tenant.map_or_else(|| "cluster chain".to_owned(), |t| format!("tenant {t}"));
+    let default = default.map_or_else(|| "not yet known (no sweep has run)".to_owned(), |d| d.to_string());
+    let own = if own.is_empty() { "none (the cluster default applies)".to_owned() } else { own.to_string() };
+    let pruned = match checkpoint {
+        None => "nothing pruned yet".to_owned(),
+        Some(c) => format!("up to seq {} (hash {}), latest at {} UTC", c.seq, c.hash, datetime(c.pruned_at_ms)),
+    };
+    format!(
+        "audit retention of {chain}\n  own:     {own}\n  default: {default}\n  kept:    {kept} entries, head seq {head_seq}\n  pruned:  {pruned}\n"
+    )
 }
 
 /// A short summary of a GDPR export (the full document is JSON).

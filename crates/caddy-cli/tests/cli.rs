@@ -132,35 +132,71 @@ fn identity(shared: &Shared, req: &pb::Request, call: IdentityCall) -> Vec<pb::R
                 users: all.into_iter().take(limit).collect(),
             })
         }
-        IdentityCall::AuditList { after_seq, limit, .. } => {
-            let entries: Vec<AuditView> = (after_seq + 1..=5)
-                .map(|seq| AuditView {
-                    seq,
-                    tenant: Some(req.tenant.clone()),
-                    actor: "operator".into(),
-                    action: "user.create".into(),
-                    resource: format!("user-{seq}"),
-                    outcome: "ok".into(),
-                    stamp_ms: 1_700_000_000_000 + seq * 1000,
-                    request_id: format!("r{seq}"),
-                    client_addr: String::new(),
-                    prev_hash: String::new(),
-                    hash: String::new(),
-                })
-                .collect();
-            let more = entries.len() > limit as usize;
-            identity_answer(IdentityAnswer::Audit { entries: entries.into_iter().take(limit as usize).collect(), more })
+        // Like the server, one request looks at a bounded slice of the
+        // chain (here two entries) and says where to continue.
+        IdentityCall::AuditList { after_seq, limit, actor, .. } => {
+            let mut entries = Vec::new();
+            let mut cursor = after_seq;
+            let mut more = false;
+            for view in (after_seq + 1..=5).map(|seq| AuditView {
+                seq,
+                tenant: Some(req.tenant.clone()),
+                actor: "operator".into(),
+                action: "user.create".into(),
+                resource: format!("user-{seq}"),
+                outcome: "ok".into(),
+                stamp_ms: 1_700_000_000_000 + seq * 1000,
+                request_id: format!("r{seq}"),
+                client_addr: String::new(),
+                prev_hash: String::new(),
+                hash: String::new(),
+            }) {
+                if view.seq - after_seq > 2 {
+                    more = true;
+                    break;
+                }
+                if actor.as_ref().is_none_or(|a| *a == view.actor) {
+                    if entries.len() == limit as usize {
+                        more = true;
+                        break;
+                    }
+                    entries.push(view);
+                }
+                cursor += 1;
+            }
+            identity_answer(IdentityAnswer::Audit { entries, more, next_after_seq: more.then_some(cursor) })
         }
-        IdentityCall::AuditVerify => identity_answer(IdentityAnswer::Verified {
-            tenant: Some(req.tenant.clone()),
-            entries: 5,
-            head_seq: 5,
-            broken: (req.tenant == "broken").then(|| caddy_core::identity::BrokenLink {
-                seq: 3,
-                index: 2,
-                reason: "hash mismatch".into(),
-            }),
-        }),
+        // Tenant "pruned" has a checkpoint at 2 and verifies in two pages.
+        IdentityCall::AuditVerify { after_seq, after_hash } => {
+            let pruned = req.tenant == "pruned";
+            let checkpoint = pruned.then(|| caddy_client::identity::CheckpointView {
+                seq: 2,
+                hash: "c2".repeat(32),
+                stamp_ms: 1_700_000_000_000,
+                pruned_at_ms: 1_700_000_100_000,
+            });
+            let (from, entries, last_seq, more) = match (pruned, after_seq) {
+                (false, _) => (0, 5, 5, false),
+                (true, 0) => (2, 2, 4, true),
+                (true, 4) if after_hash == "a4" => (4, 1, 5, false),
+                _ => return vec![error(pb::ErrorCode::InvalidArgument, "unexpected page", None)],
+            };
+            identity_answer(IdentityAnswer::Verified {
+                tenant: Some(req.tenant.clone()),
+                entries,
+                head_seq: 5,
+                broken: (req.tenant == "broken").then(|| caddy_core::identity::BrokenLink {
+                    seq: 3,
+                    index: 2,
+                    reason: "hash mismatch".into(),
+                }),
+                checkpoint,
+                after_seq: from,
+                last_seq,
+                last_hash: format!("a{last_seq}"),
+                more,
+            })
+        }
         _ => vec![error(pb::ErrorCode::InvalidArgument, "unsupported by the fake", None)],
     }
 }
@@ -960,7 +996,28 @@ fn audit_export_and_verify() {
     assert_eq!(text, format!("exported 5 audit entries to {}\n", file.display()));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), lines);
 
+    // A filter that matches nothing: caddyctl follows the cursor over every slice.
+    let before = fake.shared.store.lock().unwrap().identity_requests.len();
+    let none = ok(fake.run(&["audit", "list", "--tenant", "acme", "--actor", "user-9", "--json"]));
+    assert_eq!(json(&none)["entries"], serde_json::json!([]), "{none}");
+    assert_eq!(json(&none)["more"], false, "{none}");
+    assert_eq!(fake.shared.store.lock().unwrap().identity_requests.len() - before, 3, "slices 1-2, 3-4, 5");
+    // A limit reached mid-chain gives where to continue.
+    let out = fake.run(&["audit", "list", "--tenant", "acme", "--limit", "3"]);
+    assert_eq!(stdout(&out).lines().count(), 4, "{}", stdout(&out));
+    assert!(stderr(&out).contains("--after-seq 3"), "{}", stderr(&out));
+
     assert_eq!(ok(fake.run(&["audit", "verify", "--tenant", "acme"])), "audit chain verified: 5 entries, head seq 5\n");
+    assert_eq!(
+        ok(fake.run(&["audit", "verify", "--tenant", "pruned"])),
+        format!(
+            "audit chain verified: entries 3..=5 from checkpoint at 2 {}, head seq 5\n\
+             (the entries up to the checkpoint were pruned, latest at 2023-11-14 22:15:00 UTC)\n",
+            "c2".repeat(32)
+        )
+    );
+    let verified = json(&ok(fake.run(&["audit", "verify", "--tenant", "pruned", "--json"])));
+    assert_eq!((verified["entries"].as_u64(), verified["after_seq"].as_u64()), (Some(3), Some(2)), "{verified}");
     let out = fake.run(&["audit", "verify", "--tenant", "broken"]);
     assert_eq!(stdout(&out), "audit chain BROKEN at seq 3: hash mismatch\n");
     assert_eq!(fails(out), "error: audit chain verification failed at seq 3");

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caddy_core::identity::api::{AuditView, IdentityAnswer, IdentityCall, SessionView};
+use caddy_core::identity::api::{AuditView, CheckpointView, IdentityAnswer, IdentityCall, MAX_PAGE, SessionView};
 use caddy_wire::{FrameError, read_frame, write_frame};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -41,6 +41,19 @@ const KV_ATTEMPT: Duration = Duration::from_millis(500);
 const HEDGE_AFTER: Duration = Duration::from_millis(400);
 /// Longest [`Client::close`] waits for its close frames to go out.
 const CLOSE_FLUSH: Duration = Duration::from_millis(50);
+
+/// Which audit entries a listing returns; every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries by this actor (`operator`, `user-N`, `key-N`, `system`).
+    pub actor: Option<String>,
+    /// Only entries of this action (`user.create`) or action group (`user`).
+    pub action: Option<String>,
+    /// Only entries stamped at or after this time (ms since the epoch).
+    pub from_ms: Option<u64>,
+    /// Only entries stamped at or before this time.
+    pub to_ms: Option<u64>,
+}
 
 /// A handle on a cluster. Cheap to clone; clones share one QUIC endpoint, the
 /// cached connections (one per configured endpoint) and the write lanes.
@@ -547,19 +560,122 @@ impl Client {
         }
     }
 
-    /// Pages through the audit trail of the configured tenant (the cluster
-    /// chain for an operator without a tenant).
-    pub async fn audit_page(&self, after_seq: u64, limit: u32) -> Result<(Vec<AuditView>, bool), ClientError> {
-        let call = IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq, limit };
+    /// One audit request against the configured tenant's chain (the
+    /// cluster chain for an operator without a tenant): entries after
+    /// `after_seq` that match `filter`, at most `limit`, and the `after_seq`
+    /// to continue with (`None`: the end of the chain). The server looks at
+    /// a bounded slice of the chain per request, so a page may be empty and
+    /// still have a continuation.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditView>, Option<u64>), ClientError> {
+        let call = IdentityCall::AuditList {
+            actor: filter.actor.clone(),
+            action: filter.action.clone(),
+            from_ms: filter.from_ms,
+            to_ms: filter.to_ms,
+            after_seq,
+            limit,
+        };
         match self.identity(&call).await? {
-            IdentityAnswer::Audit { entries, more } => Ok((entries, more)),
+            IdentityAnswer::Audit { entries, more, next_after_seq } => {
+                // A server without cursors continued after its last entry.
+                let next = match next_after_seq {
+                    Some(next) => Some(next),
+                    None if more => entries.last().map(|e| e.seq),
+                    None => None,
+                };
+                if next.is_some_and(|n| n <= after_seq) {
+                    return Err(ClientError::Protocol("the audit listing did not advance".into()));
+                }
+                Ok((entries, next))
+            }
             other => Err(unexpected_answer("audit", &other)),
         }
     }
 
-    /// Walks the whole audit chain server-side; `broken` names the first bad entry.
+    /// Up to `limit` entries after `after_seq` that match `filter`,
+    /// following the server's cursor across as many requests as it takes;
+    /// also the `after_seq` to continue with (`None`: the end of the chain).
+    pub async fn audit_list(
+        &self,
+        filter: &AuditFilter,
+        mut after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditView>, Option<u64>), ClientError> {
+        let mut entries = Vec::new();
+        if limit == 0 {
+            return Ok((entries, Some(after_seq)));
+        }
+        loop {
+            let want = (limit - entries.len()).min(MAX_PAGE as usize) as u32;
+            let (page, next) = self.audit_page(filter, after_seq, want).await?;
+            entries.extend(page);
+            match next {
+                Some(next) if entries.len() < limit => after_seq = next,
+                next => return Ok((entries, next)),
+            }
+        }
+    }
+
+    /// Verifies the whole audit chain, page by page (each page continues
+    /// the hash the previous one ended with); the answer sums them up:
+    /// `entries` verified after `after_seq` (the chain's checkpoint once
+    /// pruned), and `broken` naming the first bad entry. When pruning
+    /// overtakes the walk, it restarts at the new checkpoint.
     pub async fn audit_verify(&self) -> Result<IdentityAnswer, ClientError> {
-        self.identity(&IdentityCall::AuditVerify).await
+        let (mut after_seq, mut after_hash) = (0, String::new());
+        let mut total = 0u64;
+        let mut start: Option<(u64, Option<CheckpointView>)> = None;
+        loop {
+            let call = IdentityCall::AuditVerify { after_seq, after_hash: after_hash.clone() };
+            let answer = self.identity(&call).await?;
+            let IdentityAnswer::Verified {
+                tenant,
+                entries,
+                head_seq,
+                broken,
+                checkpoint,
+                after_seq: from,
+                last_seq,
+                last_hash,
+                more,
+            } = answer
+            else {
+                return Err(unexpected_answer("verified", &answer));
+            };
+            if start.is_none() || from != after_seq {
+                total = 0;
+                start = Some((from, checkpoint));
+            }
+            total += entries;
+            if broken.is_some() || !more {
+                let before = (total - entries) as usize;
+                let broken = broken.map(|mut b| {
+                    b.index += before;
+                    b
+                });
+                let (from, checkpoint) = start.unwrap_or((0, None));
+                return Ok(IdentityAnswer::Verified {
+                    tenant,
+                    entries: total,
+                    head_seq,
+                    broken,
+                    checkpoint,
+                    after_seq: from,
+                    last_seq,
+                    last_hash,
+                    more: false,
+                });
+            }
+            if last_seq <= after_seq {
+                return Err(ClientError::Protocol("the audit verification did not advance".into()));
+            }
+            (after_seq, after_hash) = (last_seq, last_hash);
+        }
     }
 
     /// Sends one request and returns the answer's body (never an `Error`

@@ -62,7 +62,7 @@ pub use caddy_core::identity::api as identity;
 pub use caddy_core::render as render_api;
 pub use caddy_doc;
 pub use caddy_wire::pb;
-pub use client::Client;
+pub use client::{AuditFilter, Client};
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME_BYTES, DEFAULT_REQUEST_TIMEOUT};
 pub use docs::{DocChange, DocHandle, DocWatch, MAX_DOC_PAYLOAD, SyncReport};
 pub use duration::human_duration;

@@ -166,6 +166,18 @@ pub enum Command {
         /// The generation it switched to.
         generation: u64,
     },
+    /// Periodic upkeep proposed by the leader: prunes audit chains past
+    /// their retention, oldest entries first, judged by this entry's stamped
+    /// time. One entry prunes at most
+    /// [`crate::identity::audit::AUDIT_PRUNE_PER_SWEEP`] entries in at most
+    /// [`crate::identity::audit::AUDIT_CHAINS_PER_SWEEP`] chains; the reply
+    /// says where the next one continues.
+    AuditSweep {
+        /// The cluster's default retention (a chain's own setting wins).
+        retention: crate::identity::AuditRetention,
+        /// Where to start.
+        from: crate::identity::SweepFrom,
+    },
 }
 
 impl Command {
@@ -188,6 +200,7 @@ impl Command {
             Command::EnrollNode { .. } => "enroll_node",
             Command::RenewNodeCert { .. } => "renew_node_cert",
             Command::ActivateNodeCert { .. } => "activate_node_cert",
+            Command::AuditSweep { .. } => "audit_sweep",
         }
     }
 }
@@ -257,6 +270,14 @@ pub enum ReplyBody {
     NodeCert {
         /// The generation the certificate must carry.
         generation: u64,
+    },
+    /// What an audit sweep did.
+    AuditSwept {
+        /// Entries pruned.
+        pruned: u64,
+        /// Where the next sweep continues; `None`: every chain is within
+        /// its retention.
+        next: Option<crate::identity::SweepFrom>,
     },
 }
 

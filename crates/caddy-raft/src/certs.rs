@@ -133,10 +133,15 @@ impl RaftNode {
         // be able to append to the log with made-up tokens. Apply decides.
         self.read_barrier().await?;
         let known = self.state_machine().join_token_by_hash(&token_hash).map_err(local)?;
+        if let Some(t) = &known
+            && let TokenState::Revoked { .. } = t.state
+        {
+            return Err(CaddyError::new(ErrorCode::PermissionDenied, format!("join token {} was revoked", t.id)));
+        }
         let usable = known.is_some_and(|t| match t.state {
             TokenState::Active => t.expires_at_ms > now_ms(),
             TokenState::Used { node: used_by, key_hash: used_key, .. } => used_by == node && used_key == key_hash,
-            TokenState::Revoked { .. } => true,
+            TokenState::Revoked { .. } => false,
         });
         if !usable {
             return Err(CaddyError::new(

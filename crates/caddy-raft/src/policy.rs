@@ -55,6 +55,14 @@ pub enum Refusal {
         /// The oldest generation accepted.
         accepted_from: u64,
     },
+    /// Its generation is newer than any the cluster issued for its id.
+    #[error("{name} was never issued: the newest generation this cluster issued for that node is {latest}")]
+    NotIssued {
+        /// The caller.
+        name: NodeCertName,
+        /// The newest generation issued.
+        latest: u64,
+    },
     /// Its id was never enrolled.
     #[error("{0} was never enrolled with a join token")]
     NotEnrolled(NodeCertName),
@@ -125,6 +133,12 @@ fn current_generation(name: NodeCertName, cert: Option<&NodeCert>) -> Result<(),
     if name.generation < accepted_from {
         return Err(Refusal::Superseded { name, accepted_from });
     }
+    // A generation the cluster never issued was signed outside it (a copy
+    // of the CA key): it would outlive every rotation of the id.
+    let latest = cert.map_or(1, |c| c.latest.max(1));
+    if name.generation > latest {
+        return Err(Refusal::NotIssued { name, latest });
+    }
     Ok(())
 }
 
@@ -169,6 +183,10 @@ pub fn forwardable(command: &Command, caller: NodeId) -> Result<(), String> {
         | Command::RenderFinish { node, .. }
         | Command::RenewNodeCert { node, .. }
         | Command::ActivateNodeCert { node, .. } => own(*node),
+        // Only a leader proposes it (its own sweep loop, which the next
+        // leader's replaces): a member forwarding one with a short retention
+        // could otherwise erase audit history.
+        Command::AuditSweep { .. } => Err("audit sweeps are proposed by the leader only".into()),
         // Only the bootstrap node proposes it, as the first leader.
         Command::InitCluster { .. } => Err("the cluster's identity is never set through another node".into()),
         // Unauthorized, unaudited writes no server path proposes.
@@ -213,7 +231,8 @@ mod tests {
     }
 
     fn view() -> Fake {
-        Fake { members: [1, 2, 3].into(), certs: [(2, record(3)), (9, record(2))].into() }
+        let rotating = NodeCert { accepted_from: 3, latest: 4, key_hash: None, changed_ms: 0 };
+        Fake { members: [1, 2, 3].into(), certs: [(2, rotating), (9, record(2))].into() }
     }
 
     #[test]
@@ -227,6 +246,9 @@ mod tests {
                 authorize(&v, name(2, 2), rule),
                 Err(Refusal::Superseded { name: name(2, 2), accepted_from: 3 })
             );
+            // Generations the cluster never issued (signed with a copy of the CA key).
+            assert_eq!(authorize(&v, name(2, 5), rule), Err(Refusal::NotIssued { name: name(2, 5), latest: 4 }));
+            assert_eq!(authorize(&v, name(1, 2), rule), Err(Refusal::NotIssued { name: name(1, 2), latest: 1 }));
             assert_eq!(authorize(&v, name(9, 2), rule), Err(Refusal::NotMember(name(9, 2))), "enrolled, not added");
             assert_eq!(authorize(&v, name(4, 1), rule), Err(Refusal::NotMember(name(4, 1))));
         }
@@ -269,6 +291,11 @@ mod tests {
         assert!(forwardable(&Command::EnrollNode { token_hash: [0; 32], node: 9, key_hash: [0; 32] }, 2).is_ok());
         assert!(forwardable(&Command::CreateJoinToken { token_hash: [0; 32], expires_at_ms: 1 }, 2).is_ok());
         assert!(forwardable(&Command::FilesSweep { trash_retention_ms: 1 }, 2).is_ok());
+        let sweep = Command::AuditSweep {
+            retention: caddy_core::identity::AuditRetention::DEFAULT,
+            from: caddy_core::identity::SweepFrom::Start,
+        };
+        assert!(forwardable(&sweep, 2).is_err(), "only a leader prunes audit chains");
         let init = Command::InitCluster { cluster_id: "x".into(), admin_credential_hash: [0; 32] };
         assert!(forwardable(&init, 1).is_err());
         for raw in [

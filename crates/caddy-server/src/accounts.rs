@@ -20,8 +20,8 @@ use caddy_core::identity::api::{
     Principal, SESSION_TOKEN_PREFIX,
 };
 use caddy_core::identity::{
-    Action, ApiKeyId, Caller, Email, Member, Permission, Resource, ResourceKind, RoleName, SessionId, TeamId, TenantId,
-    UserId, authorize, validate,
+    Action, ApiKeyId, Caller, Email, Member, Permission, Resource, ResourceKind, RetentionOverride, RoleName,
+    SessionId, TeamId, TenantId, UserId, authorize, validate,
 };
 use caddy_core::{CaddyError, ClientSeq, Command, ErrorCode, ReplyBody};
 use caddy_raft::RaftNode;
@@ -363,6 +363,14 @@ pub async fn write_call(node: &RaftNode, ctx: WriteCtx<'_>, call: IdentityCall) 
             };
             Op::SessionTerminate { user, session }
         }
+        IdentityCall::AuditRetentionSet { max_age_days, max_entries } => {
+            let retention = RetentionOverride {
+                max_age_ms: max_age_days.map(|d| d.saturating_mul(24 * 3600 * 1000)),
+                max_entries: *max_entries,
+            };
+            retention.validate()?;
+            Op::AuditRetentionSet { retention }
+        }
         read => return Err(CaddyError::internal(format!("{} is a read, not a write", read.name()))),
     };
     let name = op.name();
@@ -410,8 +418,18 @@ fn done_message(call: &IdentityCall, tenant: Option<&TenantId>) -> Option<String
         IdentityCall::ApiKeyRevoke { key } => format!("API key {key} revoked"),
         IdentityCall::SessionTerminate { session: Some(s), .. } => format!("session {s} ended"),
         IdentityCall::SessionTerminate { user: Some(u), .. } => format!("every session of {u} ended"),
+        IdentityCall::AuditRetentionSet { max_age_days: None, max_entries: None } => {
+            format!("audit retention of {} set to the cluster default", chain_name(tenant))
+        }
+        IdentityCall::AuditRetentionSet { .. } => {
+            format!("audit retention of {} set; the next sweep applies it", chain_name(tenant))
+        }
         _ => return None,
     })
+}
+
+fn chain_name(tenant: Option<&TenantId>) -> String {
+    tenant.map_or_else(|| "the cluster chain".to_owned(), |t| format!("tenant {t}"))
 }
 
 async fn key_answer(node: &RaftNode, t: &TenantId, id: ApiKeyId, secret: String) -> Result<IdentityAnswer, CaddyError> {

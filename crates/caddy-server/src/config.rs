@@ -31,6 +31,8 @@ pub struct Config {
     pub files: FilesConfig,
     /// Render workers.
     pub render: RenderConfig,
+    /// Audit trail retention.
+    pub audit: AuditConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -256,6 +258,40 @@ impl Default for RenderConfig {
     }
 }
 
+/// How long audit chains keep their entries. These are the defaults for
+/// every chain (the operator may give a chain its own with `caddyctl audit
+/// retention set`); the leader's values travel in each sweep it proposes,
+/// so give every node the same ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries at least this old are pruned, in days.
+    pub retention_days: u64,
+    /// At most this many entries are kept per chain (the oldest go first).
+    pub max_entries: u64,
+    /// How often the leader prunes chains past their retention, in ms.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let d = caddy_core::identity::AuditRetention::DEFAULT;
+        Self { retention_days: d.max_age_ms / DAY_MS, max_entries: d.max_entries, sweep_interval_ms: 60_000 }
+    }
+}
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+impl AuditConfig {
+    /// The default retention the leader's sweeps carry.
+    pub fn retention(&self) -> caddy_core::identity::AuditRetention {
+        caddy_core::identity::AuditRetention {
+            max_age_ms: self.retention_days.saturating_mul(DAY_MS),
+            max_entries: self.max_entries,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -278,6 +314,7 @@ impl Default for Config {
             limits: Limits::default(),
             files: FilesConfig::default(),
             render: RenderConfig::default(),
+            audit: AuditConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -453,6 +490,10 @@ impl Config {
         if r.lease_ms < 1000 || r.max_attempts == 0 || r.poll_interval_ms == 0 {
             bail!("render.lease_ms must be at least 1000, render.max_attempts and render.poll_interval_ms at least 1");
         }
+        self.audit.retention().validate().map_err(|e| anyhow::anyhow!("audit: {}", e.message))?;
+        if self.audit.sweep_interval_ms < 100 {
+            bail!("audit.sweep_interval_ms must be at least 100");
+        }
         if self.files.gc_grace_secs < self.files.upload_timeout_secs.saturating_mul(2) {
             bail!("files.gc_grace_secs must be at least twice files.upload_timeout_secs");
         }
@@ -602,6 +643,9 @@ mod tests {
             ("[limits]\nlogin_failures_per_account = 0", "login_failures_per_account"),
             ("[limits]\nlogin_backoff_ms = 600000", "login_backoff_ms must be between 1 and 300000"),
             ("[limits]\nlogin_tracked_max = 1", "login_tracked_max"),
+            ("[audit]\nretention_days = 0", "audit retention by age must be between 1 and 36500 days"),
+            ("[audit]\nmax_entries = 0", "audit retention by count"),
+            ("[audit]\nsweep_interval_ms = 10", "audit.sweep_interval_ms"),
         ] {
             let err = format!("{:#}", Config::from_parts(text, &[]).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod blobs;
 mod config;
 mod dev;

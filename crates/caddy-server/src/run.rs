@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let peer_task =
         serve_peers(&config, &tls, node.clone(), blobs.peer_service(), describer, shutdown_rx.clone()).await?;
     tokio::spawn(blobs.clone().run(config.files.clone(), shutdown_rx.clone()));
+    crate::audit::start(config.audit.clone(), node.clone(), shutdown_rx.clone());
     crate::render::start(
         config.render.clone(),
         node.clone(),
@@ -159,7 +160,10 @@ async fn serve_peers(
         // reset stream when it comes back. h2's guard against rapid-reset
         // floods (20 by default) took that burst for an attack and dropped
         // the connection, so replication failed until it was dialled again.
-        // Only members with a cluster certificate reach this listener.
+        // The listener admits connections without a certificate (`Enroll`
+        // needs none), so this allowance is open to anyone who can reach
+        // the peer port; each connection's reset streams are still bounded
+        // by it.
         .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .add_service(service);
     let (conns_tx, conns_rx) = tokio::sync::mpsc::channel(64);

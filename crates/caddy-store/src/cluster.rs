@@ -17,7 +17,9 @@
 //!   over a member's identity); only a member renews its certificate.
 //! - `accepted_from` of a node id never decreases: an enrollment raises it to
 //!   the new generation at once, a rotation when the node says it switched
-//!   ([`activate`]). Peers refuse certificates below it.
+//!   ([`activate`]), a removal from the membership past every generation
+//!   issued ([`retire_removed`]). Peers refuse certificates below it, and
+//!   above the newest one issued.
 //! - Bounded: at most [`MAX_ACTIVE_TOKENS`] usable tokens; ended ones are
 //!   forgotten [`TOKEN_RETENTION_MS`] after they ended, and at most
 //!   [`MAX_TOKEN_RECORDS`] records are kept. One certificate record per node
@@ -345,6 +347,32 @@ pub(crate) fn activate(
         put(table, &cert_key(node), &cert)?;
     }
     Ok(Ok(ReplyBody::Done))
+}
+
+/// Applies a membership change from `before` to `after`: every id that was
+/// a member and is no longer one has all its certificates retired, so a
+/// removed node is refused by every peer and cannot add itself back; it
+/// joins again only through a new join token (which issues a newer
+/// generation).
+pub(crate) fn retire_removed(
+    table: &mut ClusterTable<'_>,
+    before: &StoredMembership,
+    after: &StoredMembership,
+) -> io::Result<()> {
+    let removed: Vec<NodeId> =
+        before.membership().nodes().map(|(id, _)| *id).filter(|id| !is_member(after, *id)).collect();
+    for node in removed {
+        let mut cert = get::<NodeCert>(table, &cert_key(node), "node certificate")?.unwrap_or_default();
+        // Generation 1 (a node's own, from bootstrap or an upgrade) is
+        // retired as well: no record read as "accept from 0".
+        cert.latest = cert.latest.max(1);
+        let retired_below = cert.latest + 1;
+        if cert.accepted_from < retired_below {
+            cert.accepted_from = retired_below;
+            put(table, &cert_key(node), &cert)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every join token kept, by id.

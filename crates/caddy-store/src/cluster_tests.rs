@@ -220,3 +220,29 @@ fn snapshots_keep_credentials_and_restores_start_a_new_cluster() {
     assert_eq!(fresh.sm.cluster_id().as_deref(), Some("new"));
     assert_eq!(fresh.sm.admin_credential_hash(), Some(credential_hash("n")));
 }
+
+#[test]
+fn a_removed_member_has_every_certificate_retired_and_joins_again_only_by_token() {
+    let mut h = H::new();
+    h.membership(&[1, 2], &[]);
+    create(&mut h, "s1", 15 * MIN).unwrap();
+    assert_eq!(enroll(&mut h, "s1", 3, "k3").unwrap(), 2);
+    h.membership(&[1, 2], &[3]);
+    h.membership(&[1, 2, 3], &[]);
+    assert_eq!(cert(&h, 3).accepted_from, 2, "a member keeps its certificate");
+
+    // Node 3 (enrolled, generation 2) and node 2 (the bootstrap's own
+    // generation 1, no record) leave.
+    h.membership(&[1], &[]);
+    assert_eq!((cert(&h, 3).accepted_from, cert(&h, 3).latest), (3, 2), "generation 2 retired");
+    assert_eq!((cert(&h, 2).accepted_from, cert(&h, 2).latest), (2, 1), "generation 1 retired");
+    assert_eq!(h.sm.node_cert(1).unwrap(), None, "a staying member is untouched");
+
+    // A new token issues a generation past the retired ones.
+    create(&mut h, "s2", 15 * MIN).unwrap();
+    assert_eq!(enroll(&mut h, "s2", 3, "k3b").unwrap(), 3);
+    assert_eq!(cert(&h, 3).accepted_from, 3);
+    create(&mut h, "s3", 15 * MIN).unwrap();
+    assert_eq!(enroll(&mut h, "s3", 2, "k2").unwrap(), 2);
+    assert_eq!(cert(&h, 2).accepted_from, 2);
+}

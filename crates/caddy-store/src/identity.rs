@@ -8,7 +8,8 @@
 //! - `g/tenant/{tenant}`: [`TenantRec`] (record, id counter, audit head);
 //! - `g/keyprefix/{prefix}`, `g/session/{hex}`, `g/invite/{hex}`: [`Ref`]s from
 //!   an API key's public prefix or a token's hash to its tenant and id;
-//! - `g/audit/{seq}` and `g/audithead`: the cluster-level audit chain;
+//! - `g/audit/{seq}` and `g/audithead`: the cluster-level audit chain
+//!   (checkpoints and retention settings of chains: see `audit.rs`);
 //! - `t/{tenant}/user|email|apikey|session|invite|audit/…` and
 //!   `t/{tenant}/meta/roles|teams|erased/…`: the tenant's records.
 //!
@@ -33,7 +34,7 @@ use caddy_core::identity::{
     Actor, ApiKeyCaller, ApiKeyId, ApiKeyRecord, AuditEntry, AuditOutcome, BuiltinRole, Caller, ChainHead,
     CredentialState, Email, Invitation, InvitationId, KeyKind, Member, Permission, QuotaKind, Quotas, Resource,
     RoleDef, RoleGraph, RoleName, Session, SessionId, TeamGraph, TeamId, Tenant, TenantId, TenantStatus, Usage, User,
-    UserCaller, UserId, authorize, check_scopes_subset, tenant_key, verify_chain_from,
+    UserCaller, UserId, authorize, check_scopes_subset, tenant_key,
 };
 use caddy_core::identity::{ids::tenant_kind_prefix, ids::tenant_prefix, validate};
 use caddy_core::{CaddyError, ErrorCode, ReplyBody};
@@ -48,7 +49,7 @@ use crate::state_machine::{KvCtx, kv_delete, kv_put, open_record, seal};
 #[path = "identity_tests.rs"]
 pub(crate) mod tests;
 
-type IdentTable<'t> = Table<'t, &'static str, &'static [u8]>;
+pub(crate) type IdentTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
 /// Active sessions kept per user; the oldest is ended past this.
 pub const MAX_SESSIONS_PER_USER: usize = 32;
@@ -56,14 +57,14 @@ pub const MAX_SESSIONS_PER_USER: usize = 32;
 pub const MAX_PENDING_INVITES: usize = 1000;
 /// Audit entries a GDPR export scans.
 pub const MAX_EXPORT_AUDIT_SCAN: usize = 100_000;
-const CLUSTER_AUDIT_HEAD: &str = "g/audithead";
+pub(crate) const CLUSTER_AUDIT_HEAD: &str = "g/audithead";
 
 /// A tenant with its id counter and audit chain head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TenantRec {
     tenant: Tenant,
     next_id: u64,
-    audit_head: ChainHead,
+    pub(crate) audit_head: ChainHead,
 }
 
 impl TenantRec {
@@ -111,7 +112,7 @@ fn unauthenticated(message: impl Into<String>) -> CaddyError {
 
 // ----- keys -----
 
-fn k_tenant(t: &TenantId) -> String {
+pub(crate) fn k_tenant(t: &TenantId) -> String {
     format!("g/tenant/{t}")
 }
 fn k_user(t: &TenantId, id: UserId) -> String {
@@ -148,7 +149,7 @@ fn k_audit(t: Option<&TenantId>, seq: u64) -> String {
         None => format!("g/audit/{seq:016x}"),
     }
 }
-fn audit_prefix(t: Option<&TenantId>) -> String {
+pub(crate) fn audit_prefix(t: Option<&TenantId>) -> String {
     match t {
         Some(t) => tenant_kind_prefix(t, KeyKind::Audit),
         None => "g/audit/".to_owned(),
@@ -166,7 +167,7 @@ fn g_invite(hash: &[u8; 32]) -> String {
 
 // ----- table helpers (work on write tables and read-only tables alike) -----
 
-fn get<T: DeserializeOwned>(
+pub(crate) fn get<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> io::Result<Option<T>> {
@@ -176,12 +177,12 @@ fn get<T: DeserializeOwned>(
     }
 }
 
-fn put<T: Serialize>(table: &mut IdentTable<'_>, key: &str, value: &T) -> io::Result<()> {
+pub(crate) fn put<T: Serialize>(table: &mut IdentTable<'_>, key: &str, value: &T) -> io::Result<()> {
     table.insert(key, seal(value)?.as_slice()).map_err(io_err)?;
     Ok(())
 }
 
-fn del(table: &mut IdentTable<'_>, key: &str) -> io::Result<()> {
+pub(crate) fn del(table: &mut IdentTable<'_>, key: &str) -> io::Result<()> {
     table.remove(key).map_err(io_err)?;
     Ok(())
 }
@@ -1024,6 +1025,10 @@ fn execute(kv: &mut KvCtx<'_, '_>, call: &Call, caller: &Caller, stamp: u64) -> 
             put(ident, &g_keyprefix(prefix), &Ref { tenant: t.clone(), id: id.0 })?;
             Done { body: ReplyBody::Created { id: id.0 }, resource: Some(format!("{key} -> {id}")), actor: None }
         }
+        Op::AuditRetentionSet { retention } => {
+            check!(crate::audit::set_retention(ident, Some(t), retention)?);
+            Done::ok()
+        }
         Op::ApiKeyTouch { key } => {
             if let Some(mut k) = get::<ApiKeyRecord>(ident, &k_key(t, *key))? {
                 k.last_used_ms = Some(k.last_used_ms.map_or(stamp, |l| l.max(stamp)));
@@ -1063,6 +1068,9 @@ fn cluster_op(kv: &mut KvCtx<'_, '_>, call: &Call, stamp: u64) -> io::Result<Out
         .map(|body| Done { body, resource: None, actor: None })),
         Op::KvDelete { key, if_revision } => Ok(kv_delete(kv, &format!("{ns}{key}"), *if_revision)?
             .map(|(body, _)| Done { body, resource: None, actor: None })),
+        Op::AuditRetentionSet { retention } => {
+            Ok(crate::audit::set_retention(&mut kv.tables.ident, None, retention)?.map(|()| Done::ok()))
+        }
         Op::TenantCreate { id, name, plan, quotas } => {
             let checked = (|| {
                 let name = validate::tenant_name(name)?;
@@ -1129,6 +1137,8 @@ fn resource_label(call: &Call) -> String {
         Op::DocTag { doc, name, .. } => format!("{doc} tag {name}"),
         Op::File(op) => op.resource(),
         Op::Render(op) => op.resource(),
+        Op::AuditRetentionSet { retention } if retention.is_empty() => "audit retention: default".into(),
+        Op::AuditRetentionSet { retention } => format!("audit retention: {retention}"),
     }
 }
 
@@ -1310,7 +1320,7 @@ fn role_views(roles: &RoleGraph) -> Vec<RoleView> {
     out
 }
 
-fn page_limit(limit: u32) -> usize {
+pub(crate) fn page_limit(limit: u32) -> usize {
     use caddy_core::identity::api::{DEFAULT_PAGE, MAX_PAGE};
     (if limit == 0 { DEFAULT_PAGE } else { limit.min(MAX_PAGE) }) as usize
 }
@@ -1439,14 +1449,14 @@ pub(crate) fn read_call(
         let tenants = items.iter().map(|(_, r)| tenant_view(&r.tenant)).collect();
         return Ok(Ok(IdentityAnswer::Tenants { tenants, more }));
     }
-    if let IdentityCall::AuditList { .. } | IdentityCall::AuditVerify = call {
+    if let IdentityCall::AuditList { .. } | IdentityCall::AuditVerify { .. } | IdentityCall::AuditRetention = call {
         check!(authorize(caller, tenant, perm(ResourceKind::Audit, Action::Read), &scope));
         if let Some(t) = tenant
             && !tenant_exists(table, t)?
         {
             return Ok(Err(not_found(format!("tenant {t}"))));
         }
-        return audit_read(table, tenant, call);
+        return crate::audit::read(table, tenant, call);
     }
     let Some(t) = tenant else {
         return Ok(Err(CaddyError::invalid(format!("{} needs a tenant (--tenant)", call.name()))));
@@ -1581,81 +1591,6 @@ pub(crate) fn read_call(
         other => return Ok(Err(CaddyError::internal(format!("{} is not a read", other.name())))),
     };
     Ok(Ok(answer))
-}
-
-fn audit_read(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    tenant: Option<&TenantId>,
-    call: &IdentityCall,
-) -> io::Result<Result<IdentityAnswer, CaddyError>> {
-    let prefix = audit_prefix(tenant);
-    match call {
-        IdentityCall::AuditList { actor, action, from_ms, to_ms, after_seq, limit } => {
-            let limit = page_limit(*limit);
-            let mut cursor = (*after_seq > 0).then(|| format!("{after_seq:016x}"));
-            let mut entries = Vec::new();
-            let mut more = false;
-            'pages: loop {
-                let (page, page_more) = scan::<AuditEntry>(table, &prefix, cursor.as_deref(), 512)?;
-                for (_, e) in &page {
-                    cursor = Some(format!("{:016x}", e.seq));
-                    let keep = actor.as_ref().is_none_or(|a| e.actor.to_string() == *a)
-                        && action.as_ref().is_none_or(|a| e.action == *a || e.action.starts_with(&format!("{a}.")))
-                        && from_ms.is_none_or(|f| e.stamp_ms >= f)
-                        && to_ms.is_none_or(|t| e.stamp_ms <= t);
-                    if keep {
-                        if entries.len() == limit {
-                            more = true;
-                            break 'pages;
-                        }
-                        entries.push(AuditView::from(e));
-                    }
-                }
-                if !page_more {
-                    break;
-                }
-            }
-            Ok(Ok(IdentityAnswer::Audit { entries, more }))
-        }
-        IdentityCall::AuditVerify => {
-            let head = match tenant {
-                Some(t) => get::<TenantRec>(table, &k_tenant(t))?.map_or(ChainHead::GENESIS, |r| r.audit_head),
-                None => get::<ChainHead>(table, CLUSTER_AUDIT_HEAD)?.unwrap_or(ChainHead::GENESIS),
-            };
-            let mut at = ChainHead::GENESIS;
-            let mut count = 0u64;
-            let mut cursor: Option<String> = None;
-            loop {
-                let (page, more) = scan::<AuditEntry>(table, &prefix, cursor.as_deref(), 1024)?;
-                let entries: Vec<AuditEntry> = page.into_iter().map(|(_, e)| e).collect();
-                let end = if more { None } else { Some(head) };
-                if let Err(mut broken) = verify_chain_from(at, &entries, end) {
-                    broken.index += count as usize;
-                    return Ok(Ok(IdentityAnswer::Verified {
-                        tenant: tenant.map(|t| t.to_string()),
-                        entries: broken.index as u64,
-                        head_seq: head.seq,
-                        broken: Some(broken),
-                    }));
-                }
-                count += entries.len() as u64;
-                if let Some(last) = entries.last() {
-                    at = last.head();
-                    cursor = Some(format!("{:016x}", last.seq));
-                }
-                if !more {
-                    break;
-                }
-            }
-            Ok(Ok(IdentityAnswer::Verified {
-                tenant: tenant.map(|t| t.to_string()),
-                entries: count,
-                head_seq: head.seq,
-                broken: None,
-            }))
-        }
-        other => Ok(Err(CaddyError::internal(format!("{} is not an audit read", other.name())))),
-    }
 }
 
 /// An API key record (for answers; holds only the secret's hash).

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 
 use caddy_core::identity::api::{Call, IdentityAnswer, IdentityCall, NewUser, Op, Principal, QuotasPatch};
-use caddy_core::identity::{ApiKeyId, Member, Quotas, RoleName, SessionId, TeamId, TenantId, UserId};
+use caddy_core::identity::{
+    ApiKeyId, Member, Quotas, RetentionOverride, RoleName, SessionId, TeamId, TenantId, UserId,
+};
 use caddy_core::{CaddyError, Command, ErrorCode, Proposal, ReplyBody, credential_hash};
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
@@ -103,6 +105,23 @@ impl H {
         self.sm.apply_entries(vec![entry]).unwrap();
     }
 
+    /// Applies `commands` in one batch (one transaction), each a millisecond
+    /// after the last.
+    pub(crate) fn commands(&mut self, commands: Vec<Command>) -> Vec<Result<ReplyBody, CaddyError>> {
+        let entries = commands
+            .into_iter()
+            .map(|command| {
+                self.index += 1;
+                self.now += 1;
+                Entry::new(
+                    openraft::testing::log_id::<crate::TypeConfig>(1, 1, self.index),
+                    EntryPayload::Normal(Proposal { origin: None, stamp_ms: self.now, command }),
+                )
+            })
+            .collect();
+        self.sm.apply_entries(entries).unwrap().into_iter().map(|r| r.0).collect()
+    }
+
     fn as_principal(&mut self, principal: Principal, tenant: Option<&str>, op: Op) -> Result<ReplyBody, CaddyError> {
         let call = Call {
             principal,
@@ -125,7 +144,12 @@ impl H {
         self.call(ADMIN, tenant, op).unwrap()
     }
 
-    fn read(&self, credential: &str, tenant: Option<&str>, call: IdentityCall) -> Result<IdentityAnswer, CaddyError> {
+    pub(crate) fn read(
+        &self,
+        credential: &str,
+        tenant: Option<&str>,
+        call: IdentityCall,
+    ) -> Result<IdentityAnswer, CaddyError> {
         let (_, caller) = self.sm.authenticate(credential, self.now)?;
         self.sm.identity_read(&caller, tenant.map(t).as_ref(), &call, self.now)
     }
@@ -181,7 +205,7 @@ impl H {
     }
 
     fn verify(&self, tenant: Option<&str>) -> (u64, Option<caddy_core::identity::audit::BrokenLink>) {
-        match self.read(ADMIN, tenant, IdentityCall::AuditVerify).unwrap() {
+        match self.read(ADMIN, tenant, IdentityCall::AuditVerify { after_seq: 0, after_hash: String::new() }).unwrap() {
             IdentityAnswer::Verified { entries, broken, .. } => (entries, broken),
             other => panic!("{other:?}"),
         }
@@ -291,6 +315,17 @@ fn authorization_table_for_every_write() {
                     Op::TenantUpdate { name: Some("Acme".into()), plan: None, quotas: QuotasPatch::default() },
                 )
             }),
+        ),
+        (
+            "audit.retention",
+            row(OPERATOR_ONLY, |_, _| {
+                let own = RetentionOverride { max_age_ms: None, max_entries: Some(1_000_000) };
+                (Some("acme"), Op::AuditRetentionSet { retention: own })
+            }),
+        ),
+        (
+            "audit.retention cluster",
+            row(OPERATOR_ONLY, |_, _| (None, Op::AuditRetentionSet { retention: RetentionOverride::default() })),
         ),
         ("tenant.resume", row(OPERATOR_ONLY, |_, _| (Some("acme"), Op::TenantSetSuspended { suspended: false }))),
         (
@@ -525,7 +560,8 @@ fn authorization_table_for_every_read() {
             &["operator", "owner", "admin", "editor", "viewer", "key"],
         ),
         (audit_list, ADMINS),
-        (IdentityCall::AuditVerify, ADMINS),
+        (IdentityCall::AuditVerify { after_seq: 0, after_hash: String::new() }, ADMINS),
+        (IdentityCall::AuditRetention, ADMINS),
     ];
     for (call, allowed) in &table {
         for (who, credential) in &w.credentials {
@@ -571,7 +607,8 @@ fn another_tenant_is_never_reachable() {
         IdentityCall::ApiKeyList,
         IdentityCall::SessionList { user: Some(acme_user.to_string()) },
         IdentityCall::AuditList { actor: None, action: None, from_ms: None, to_ms: None, after_seq: 0, limit: 100 },
-        IdentityCall::AuditVerify,
+        IdentityCall::AuditVerify { after_seq: 0, after_hash: String::new() },
+        IdentityCall::AuditRetention,
         IdentityCall::TenantList { start_after: String::new(), limit: 100 },
     ];
     for call in &reads {
@@ -617,6 +654,7 @@ fn another_tenant_is_never_reachable() {
         },
         Op::ApiKeyRevoke { key: w.key },
         Op::TenantSetSuspended { suspended: true },
+        Op::AuditRetentionSet { retention: RetentionOverride { max_age_ms: None, max_entries: Some(1) } },
         Op::TenantDelete,
     ];
     for op in writes {
@@ -1033,7 +1071,14 @@ fn identity_survives_a_snapshot_round_trip() {
     let copy = StateMachineStore::open(&Disk::Dir(dir.path().to_path_buf())).unwrap();
     copy.restore_backup(&file).unwrap();
     let (_, caller) = copy.authenticate(&token, h.now).unwrap();
-    let answer = copy.identity_read(&caller, Some(&t("acme")), &IdentityCall::AuditVerify, h.now).unwrap();
+    let answer = copy
+        .identity_read(
+            &caller,
+            Some(&t("acme")),
+            &IdentityCall::AuditVerify { after_seq: 0, after_hash: String::new() },
+            h.now,
+        )
+        .unwrap();
     assert!(matches!(answer, IdentityAnswer::Verified { broken: None, entries: 3, .. }), "{answer:?}");
     assert_eq!(copy.get("t/acme/kv/k").unwrap().unwrap().value, vec![1]);
 }

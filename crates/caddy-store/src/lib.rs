@@ -20,6 +20,7 @@
 //! [`caddy_core::codec`]): corruption is reported as an `InvalidData` I/O
 //! error, which stops the node instead of applying or serving bad data.
 
+mod audit;
 pub mod backend;
 pub mod cluster;
 pub mod docs;

@@ -821,7 +821,9 @@ impl StateMachineStore {
                         apply_proposal(&mut tables, &mut meta, &proposal, history, &mut events)?
                     }
                     EntryPayload::Membership(m) => {
-                        meta.membership = StoredMembership::new(Some(entry.log_id), m);
+                        let after = StoredMembership::new(Some(entry.log_id), m);
+                        crate::cluster::retire_removed(&mut tables.cluster, &meta.membership, &after)?;
+                        meta.membership = after;
                         Reply::default()
                     }
                 };
@@ -1070,6 +1072,7 @@ fn apply_command(
         Command::ActivateNodeCert { node, generation } => {
             crate::cluster::activate(&mut tables.cluster, proposal.stamp_ms, *node, *generation)
         }
+        Command::AuditSweep { retention, from } => crate::audit::sweep(tables, proposal.stamp_ms, *retention, from),
     }
 }
 

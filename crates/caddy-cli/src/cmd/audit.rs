@@ -1,25 +1,35 @@
-//! `caddyctl audit ...`: listing, JSON-lines export and chain verification.
+//! `caddyctl audit ...`: listing, JSON-lines export, chain verification and
+//! retention. Listing, export and verification follow the server's pages
+//! (each request looks at a bounded slice of the chain).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
+use caddy_client::AuditFilter;
 use caddy_client::identity::{IdentityAnswer, IdentityCall, MAX_PAGE};
 use serde_json::json;
 
 use super::cluster::tmp_path;
-use super::identity::{answer_json, answer_text, call_and_show, unexpected};
+use super::identity::{answer_json, answer_text, call_and_show, show, unexpected};
 use super::{Ctx, emit_json, emit_text};
-use crate::cli::AuditCommand;
+use crate::cli::{AuditCommand, AuditRetentionCommand};
 
 /// Runs one audit command.
 pub async fn run(ctx: &Ctx, cmd: AuditCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::List { actor, action, since, until, after_seq, limit } => {
-            let call = IdentityCall::AuditList { actor, action, from_ms: since, to_ms: until, after_seq, limit };
-            call_and_show(ctx, out, call).await
+            let filter = AuditFilter { actor, action, from_ms: since, to_ms: until };
+            let (entries, next) = ctx.client.audit_list(&filter, after_seq, limit as usize).await?;
+            show(ctx, out, &IdentityAnswer::Audit { entries, more: next.is_some(), next_after_seq: next })
         }
-        AuditCommand::Export { output } => export(ctx, out, output.as_deref()).await,
+        AuditCommand::Export { output, after_seq } => export(ctx, out, output.as_deref(), after_seq).await,
+        AuditCommand::Retention(AuditRetentionCommand::Show) => {
+            call_and_show(ctx, out, IdentityCall::AuditRetention).await
+        }
+        AuditCommand::Retention(AuditRetentionCommand::Set { days, max_entries }) => {
+            call_and_show(ctx, out, IdentityCall::AuditRetentionSet { max_age_days: days, max_entries }).await
+        }
         AuditCommand::Verify => {
             let answer = ctx.client.audit_verify().await?;
             let IdentityAnswer::Verified { broken, .. } = &answer else {
@@ -38,21 +48,20 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand, out: &mut dyn Write) -> anyhow::R
     }
 }
 
-/// Pages through the whole trail, writing one JSON object per line to `w`;
-/// returns the number of entries.
-async fn write_lines(ctx: &Ctx, w: &mut dyn Write) -> anyhow::Result<u64> {
-    let mut after_seq = 0;
+/// Pages through the trail after `after_seq`, writing one JSON object per
+/// line to `w`; returns the number of entries.
+async fn write_lines(ctx: &Ctx, w: &mut dyn Write, mut after_seq: u64) -> anyhow::Result<u64> {
     let mut count = 0;
     loop {
-        let (entries, more) = ctx.client.audit_page(after_seq, MAX_PAGE).await?;
+        let (entries, next) = ctx.client.audit_page(&AuditFilter::default(), after_seq, MAX_PAGE).await?;
         for entry in &entries {
             let line = serde_json::to_string(entry).context("encoding JSON")?;
             writeln!(w, "{line}").context("writing the export")?;
             count += 1;
         }
-        match entries.last() {
-            Some(last) if more => after_seq = last.seq,
-            _ => break,
+        match next {
+            Some(next) => after_seq = next,
+            None => break,
         }
     }
     w.flush().context("writing the export")?;
@@ -60,16 +69,16 @@ async fn write_lines(ctx: &Ctx, w: &mut dyn Write) -> anyhow::Result<u64> {
 }
 
 /// `audit export`: JSON lines on stdout, or into FILE (through FILE.tmp).
-async fn export(ctx: &Ctx, out: &mut dyn Write, output: Option<&Path>) -> anyhow::Result<()> {
+async fn export(ctx: &Ctx, out: &mut dyn Write, output: Option<&Path>, after_seq: u64) -> anyhow::Result<()> {
     let Some(path) = output else {
-        write_lines(ctx, out).await?;
+        write_lines(ctx, out, after_seq).await?;
         return Ok(());
     };
     let tmp = tmp_path(path);
     let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut writer = BufWriter::new(file);
     let written = async {
-        let count = write_lines(ctx, &mut writer).await?;
+        let count = write_lines(ctx, &mut writer, after_seq).await?;
         writer.get_ref().sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
         anyhow::Ok(count)
     }

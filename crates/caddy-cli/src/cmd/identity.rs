@@ -67,10 +67,28 @@ pub fn answer_text(answer: &IdentityAnswer) -> String {
         IdentityAnswer::ApiKeys { keys } => views::keys_table(keys),
         IdentityAnswer::Sessions { sessions } => views::sessions_table(sessions),
         IdentityAnswer::Audit { entries, .. } => views::audit_table(entries),
-        IdentityAnswer::Verified { entries, head_seq, broken, .. } => match broken {
-            None => format!("audit chain verified: {entries} entries, head seq {head_seq}\n"),
-            Some(b) => format!("audit chain BROKEN at seq {}: {}\n", b.seq, b.reason),
-        },
+        IdentityAnswer::Verified { entries, head_seq, broken, checkpoint, after_seq, last_seq, .. } => {
+            match (broken, checkpoint) {
+                (Some(b), _) => format!("audit chain BROKEN at seq {}: {}\n", b.seq, b.reason),
+                (None, None) => format!("audit chain verified: {entries} entries, head seq {head_seq}\n"),
+                (None, Some(c)) => {
+                    let what = if *entries == 0 {
+                        "no entries".to_owned()
+                    } else {
+                        format!("entries {}..={last_seq}", after_seq + 1)
+                    };
+                    format!(
+                        "audit chain verified: {what} from checkpoint at {after_seq} {}, head seq {head_seq}\n\
+                         (the entries up to the checkpoint were pruned, latest at {} UTC)\n",
+                        c.hash,
+                        datetime(c.pruned_at_ms)
+                    )
+                }
+            }
+        }
+        IdentityAnswer::AuditRetention { tenant, own, default, checkpoint, head_seq, kept } => {
+            views::retention_text(tenant.as_deref(), own, default.as_ref(), checkpoint.as_ref(), *head_seq, *kept)
+        }
         IdentityAnswer::Usage { tenant, usage, quotas } => {
             format!("tenant {tenant}\n{}", views::usage_text(usage, quotas))
         }
@@ -91,9 +109,9 @@ pub fn show(ctx: &Ctx, out: &mut dyn Write, answer: &IdentityAnswer) -> anyhow::
             eprintln!("(more tenants: use --start-after {last} or a larger --limit)");
         }
         IdentityAnswer::Users { more: true, .. } => eprintln!("(more users: use --all or a larger --limit)"),
-        IdentityAnswer::Audit { entries, more: true } => {
-            let last = entries.last().map_or(0, |e| e.seq);
-            eprintln!("(more entries: use --after-seq {last} or a larger --limit)");
+        IdentityAnswer::Audit { entries, more: true, next_after_seq } => {
+            let next = next_after_seq.or_else(|| entries.last().map(|e| e.seq)).unwrap_or(0);
+            eprintln!("(more entries: use --after-seq {next} or a larger --limit)");
         }
         _ => {}
     }
@@ -351,8 +369,32 @@ mod tests {
         let invitation = IdentityAnswer::Invitation { id: "invite-2".into(), token: "ci_x".into(), expires_ms: 0 };
         let text = answer_text(&invitation);
         assert!(text.contains("token: ci_x\n") && text.contains("only once"), "{text}");
-        let verified = IdentityAnswer::Verified { tenant: None, entries: 12, head_seq: 12, broken: None };
+        let verified = IdentityAnswer::Verified {
+            tenant: None,
+            entries: 12,
+            head_seq: 12,
+            broken: None,
+            checkpoint: None,
+            after_seq: 0,
+            last_seq: 12,
+            last_hash: String::new(),
+            more: false,
+        };
         assert_eq!(answer_text(&verified), "audit chain verified: 12 entries, head seq 12\n");
+        let retention = IdentityAnswer::AuditRetention {
+            tenant: Some("acme".into()),
+            own: caddy_core::identity::RetentionOverride { max_age_ms: None, max_entries: Some(500) },
+            default: Some(caddy_core::identity::AuditRetention::DEFAULT),
+            checkpoint: None,
+            head_seq: 700,
+            kept: 500,
+        };
+        assert_eq!(
+            answer_text(&retention),
+            "audit retention of tenant acme\n  own:     default age, 500 entries\n  \
+             default: 365 days and at most 100000 entries\n  kept:    500 entries, head seq 700\n  \
+             pruned:  nothing pruned yet\n"
+        );
         let err = unexpected("session", &IdentityAnswer::Done { message: String::new() });
         assert_eq!(err.to_string(), "unexpected answer from the server: done instead of session");
         assert_eq!(seconds("--ttl", Some(Duration::from_secs(90))).unwrap(), Some(90));

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::{AuditEntry, AuditOutcome, BrokenLink};
+use super::audit::{AuditCheckpoint, AuditEntry, AuditOutcome, AuditRetention, BrokenLink, RetentionOverride};
 use super::authz::Resource;
 use super::ids::{ApiKeyId, RoleName, SessionId, TeamId, TenantId, UserId};
 use super::permissions::{Action, Permission, ResourceKind};
@@ -233,6 +233,10 @@ pub enum IdentityCall {
         session: Option<String>,
         user: Option<String>,
     },
+    /// Entries after `after_seq` that match every filter given, at most
+    /// `limit`; one request looks at no more than
+    /// [`super::audit::AUDIT_SCAN_PER_REQUEST`] entries and answers where
+    /// to continue (`next_after_seq`), even when nothing matched.
     AuditList {
         actor: Option<String>,
         action: Option<String>,
@@ -241,7 +245,23 @@ pub enum IdentityCall {
         after_seq: u64,
         limit: u32,
     },
-    AuditVerify,
+    /// Verifies one page of the chain: from its start (its checkpoint, once
+    /// pruned) when `after_seq` is 0, else continuing the entry `after_seq`
+    /// whose hash (hex) the previous page ended with.
+    AuditVerify {
+        #[serde(default)]
+        after_seq: u64,
+        #[serde(default)]
+        after_hash: String,
+    },
+    /// The chain's retention, checkpoint and size.
+    AuditRetention,
+    /// Sets the chain's own retention (operator only); an omitted value
+    /// follows the cluster's default, and omitting both returns to it.
+    AuditRetentionSet {
+        max_age_days: Option<u64>,
+        max_entries: Option<u64>,
+    },
 }
 
 impl IdentityCall {
@@ -261,7 +281,8 @@ impl IdentityCall {
                 | IdentityCall::ApiKeyList
                 | IdentityCall::SessionList { .. }
                 | IdentityCall::AuditList { .. }
-                | IdentityCall::AuditVerify
+                | IdentityCall::AuditVerify { .. }
+                | IdentityCall::AuditRetention
         )
     }
 
@@ -306,7 +327,9 @@ impl IdentityCall {
             IdentityCall::SessionList { .. } => "session.list",
             IdentityCall::SessionTerminate { .. } => "session.terminate",
             IdentityCall::AuditList { .. } => "audit.list",
-            IdentityCall::AuditVerify => "audit.verify",
+            IdentityCall::AuditVerify { .. } => "audit.verify",
+            IdentityCall::AuditRetention => "audit.retention",
+            IdentityCall::AuditRetentionSet { .. } => "audit.retention.set",
         }
     }
 }
@@ -439,6 +462,25 @@ impl From<&AuditEntry> for AuditView {
     }
 }
 
+/// Where a pruned chain starts (hash in hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct CheckpointView {
+    /// The last pruned entry.
+    pub seq: u64,
+    pub hash: String,
+    /// The last pruned entry's stamped time.
+    pub stamp_ms: u64,
+    /// When the latest pruning happened (stamped time).
+    pub pruned_at_ms: u64,
+}
+
+impl From<&AuditCheckpoint> for CheckpointView {
+    fn from(c: &AuditCheckpoint) -> Self {
+        CheckpointView { seq: c.seq, hash: hex::encode(c.hash), stamp_ms: c.stamp_ms, pruned_at_ms: c.pruned_at_ms }
+    }
+}
+
 /// Everything stored about one user (GDPR export).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
@@ -513,12 +555,46 @@ pub enum IdentityAnswer {
     Audit {
         entries: Vec<AuditView>,
         more: bool,
+        /// The `after_seq` to continue with (set exactly when `more`): the
+        /// last entry looked at, which need not be the last one returned.
+        #[serde(default)]
+        next_after_seq: Option<u64>,
     },
+    /// One page of verification, or (from the SDK) a whole walk.
     Verified {
         tenant: Option<String>,
+        /// Entries verified.
         entries: u64,
         head_seq: u64,
         broken: Option<BrokenLink>,
+        /// Where the chain starts once pruned.
+        #[serde(default)]
+        checkpoint: Option<CheckpointView>,
+        /// The entries verified follow this one (0: the chain's start).
+        #[serde(default)]
+        after_seq: u64,
+        /// The last entry verified (or `after_seq` when none was) ...
+        #[serde(default)]
+        last_seq: u64,
+        /// ... and its hash (hex): where the next page continues.
+        #[serde(default)]
+        last_hash: String,
+        /// Whether entries remain after `last_seq`.
+        #[serde(default)]
+        more: bool,
+    },
+    /// A chain's retention: its own setting, the cluster default the last
+    /// sweep used, and what is kept.
+    AuditRetention {
+        tenant: Option<String>,
+        /// The chain's own setting (`None` fields: the default).
+        own: RetentionOverride,
+        /// The cluster default carried by the last sweep (none yet: `None`).
+        default: Option<AuditRetention>,
+        checkpoint: Option<CheckpointView>,
+        head_seq: u64,
+        /// Entries kept (after the checkpoint).
+        kept: u64,
     },
     Usage {
         tenant: String,
@@ -721,6 +797,11 @@ pub enum Op {
     File(crate::files::FileOp),
     /// A render job submitted or cancelled.
     Render(crate::render::RenderOp),
+    /// Sets the audit retention of the target tenant's chain (or the
+    /// cluster's); an empty override returns it to the cluster default.
+    AuditRetentionSet {
+        retention: RetentionOverride,
+    },
 }
 
 /// What authorization an [`Op`] needs.
@@ -779,6 +860,7 @@ impl Op {
             Op::DocTag { .. } => "doc.tag",
             Op::File(op) => op.name(),
             Op::Render(op) => op.name(),
+            Op::AuditRetentionSet { .. } => "audit.retention",
         }
     }
 
@@ -828,6 +910,12 @@ impl Op {
             Op::File(_) => scoped(perm(Files, Write)),
             // Anyone who may see a document may have a picture of it.
             Op::Render(_) => scoped(perm(Docs, Read)),
+            // Audit storage is outside quotas and shortening it could hide
+            // what an account did: the operator's alone.
+            Op::AuditRetentionSet { .. } => match tenant {
+                Some(_) => scoped(perm(Tenants, Admin)),
+                None => Requirement::Permission(perm(Cluster, Admin), Resource::Cluster),
+            },
         }
     }
 }

@@ -11,6 +11,23 @@
 //! Erasing a user never rewrites entries (that would break the chain);
 //! [`Actor::Erased`] is for entries written after an erasure that still need
 //! to refer to the erased person.
+//!
+//! **Retention:** a chain keeps its entries for an [`AuditRetention`] (an age
+//! and a count, the cluster's default or the chain's own
+//! [`RetentionOverride`]). A leader-proposed sweep prunes the oldest entries
+//! past it, a bounded number per log entry ([`AUDIT_PRUNE_PER_SWEEP`]), and
+//! leaves the chain an [`AuditCheckpoint`]: the sequence number and hash of
+//! the last pruned entry. The first kept entry's `prev_hash` is that hash, so
+//! verification starts from the checkpoint instead of [`ChainHead::GENESIS`]
+//! and still detects any change to the kept entries, to the checkpoint or to
+//! the head. Pruning checks each entry it removes against the checkpoint it
+//! extends; a break it finds is kept in the checkpoint ([`PrunedBreak`]) so
+//! pruning never erases the evidence of tampering. What pruning cannot prove
+//! is that the pruned entries were what they claimed: the hash in the
+//! checkpoint is the anchor to compare with an export taken before pruning.
+//!
+//! **Bounded reads:** one list or verify request touches at most
+//! [`AUDIT_SCAN_PER_REQUEST`] entries and returns where to continue.
 
 use std::fmt;
 
@@ -27,6 +44,17 @@ pub const MAX_AUDIT_RESOURCE: usize = 256;
 pub const MAX_AUDIT_REQUEST_ID: usize = 128;
 /// Longest `client_addr`, in bytes (truncated by `seal`).
 pub const MAX_AUDIT_CLIENT_ADDR: usize = 64;
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+/// Most entries one audit read (a list page, a verify page) looks at; past
+/// it the answer says where to continue, so a filter that matches nothing
+/// costs a bounded amount of work per request.
+pub const AUDIT_SCAN_PER_REQUEST: usize = 10_000;
+/// Most entries one sweep log entry prunes, across all chains.
+pub const AUDIT_PRUNE_PER_SWEEP: usize = 1_000;
+/// Most chains one sweep log entry looks at (each costs a few reads even
+/// when nothing is due).
+pub const AUDIT_CHAINS_PER_SWEEP: usize = 256;
 
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -237,6 +265,175 @@ pub fn verify_chain_from(
     }
 }
 
+/// How long a chain keeps its entries: an entry is pruned once it is
+/// `max_age_ms` old (by stamped time) or once `max_entries` newer entries
+/// follow it, whichever comes first. Oldest entries go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRetention {
+    /// Entries at least this old are pruned, in milliseconds.
+    pub max_age_ms: u64,
+    /// At most this many entries are kept.
+    pub max_entries: u64,
+}
+
+impl AuditRetention {
+    /// The default: a year, and at most 100,000 entries per chain.
+    pub const DEFAULT: AuditRetention = AuditRetention { max_age_ms: 365 * DAY_MS, max_entries: 100_000 };
+    /// Shortest retention by age: a day.
+    pub const MIN_AGE_MS: u64 = DAY_MS;
+    /// Longest retention by age: 100 years (in effect, by count only).
+    pub const MAX_AGE_MS: u64 = 36_500 * DAY_MS;
+    /// Fewest entries a chain may be limited to.
+    pub const MIN_ENTRIES: u64 = 1;
+    /// Most entries a chain may keep (at a few hundred bytes each, on every node).
+    pub const MAX_ENTRIES: u64 = 10_000_000;
+
+    /// Refuses values outside the bounds above.
+    pub fn validate(&self) -> Result<(), CaddyError> {
+        check_age(self.max_age_ms)?;
+        check_entries(self.max_entries)
+    }
+
+    /// This retention with a chain's own settings applied.
+    pub fn with(self, own: Option<&RetentionOverride>) -> AuditRetention {
+        match own {
+            None => self,
+            Some(o) => AuditRetention {
+                max_age_ms: o.max_age_ms.unwrap_or(self.max_age_ms),
+                max_entries: o.max_entries.unwrap_or(self.max_entries),
+            },
+        }
+    }
+
+    /// Whether the entry `seq`, stamped `stamp_ms`, is due for pruning at
+    /// `now_ms` in a chain whose last entry is `head_seq`.
+    pub fn due(&self, seq: u64, stamp_ms: u64, head_seq: u64, now_ms: u64) -> bool {
+        // Keeping `seq` would keep head_seq - seq + 1 entries.
+        let too_many = head_seq.saturating_sub(seq) >= self.max_entries;
+        let too_old = stamp_ms.saturating_add(self.max_age_ms) <= now_ms;
+        too_many || too_old
+    }
+}
+
+impl fmt::Display for AuditRetention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} and at most {} entries", age_text(self.max_age_ms), self.max_entries)
+    }
+}
+
+fn age_text(ms: u64) -> String {
+    if ms.is_multiple_of(DAY_MS) { format!("{} days", ms / DAY_MS) } else { format!("{ms} ms") }
+}
+
+fn check_age(ms: u64) -> Result<(), CaddyError> {
+    if !(AuditRetention::MIN_AGE_MS..=AuditRetention::MAX_AGE_MS).contains(&ms) {
+        return Err(CaddyError::invalid(format!(
+            "audit retention by age must be between {} and {} days",
+            AuditRetention::MIN_AGE_MS / DAY_MS,
+            AuditRetention::MAX_AGE_MS / DAY_MS
+        )));
+    }
+    Ok(())
+}
+
+fn check_entries(n: u64) -> Result<(), CaddyError> {
+    if !(AuditRetention::MIN_ENTRIES..=AuditRetention::MAX_ENTRIES).contains(&n) {
+        return Err(CaddyError::invalid(format!(
+            "audit retention by count must be between {} and {} entries",
+            AuditRetention::MIN_ENTRIES,
+            AuditRetention::MAX_ENTRIES
+        )));
+    }
+    Ok(())
+}
+
+/// A chain's own retention, set by the operator; a `None` field follows the
+/// cluster's default. Persisted (postcard): its fields are frozen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionOverride {
+    /// Own age limit, in milliseconds.
+    pub max_age_ms: Option<u64>,
+    /// Own count limit.
+    pub max_entries: Option<u64>,
+}
+
+impl RetentionOverride {
+    /// Refuses values outside [`AuditRetention`]'s bounds.
+    pub fn validate(&self) -> Result<(), CaddyError> {
+        self.max_age_ms.map_or(Ok(()), check_age)?;
+        self.max_entries.map_or(Ok(()), check_entries)
+    }
+
+    /// Whether it sets nothing (the chain follows the default).
+    pub fn is_empty(&self) -> bool {
+        self.max_age_ms.is_none() && self.max_entries.is_none()
+    }
+}
+
+impl fmt::Display for RetentionOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let age = self.max_age_ms.map_or_else(|| "default age".to_owned(), age_text);
+        let count = self.max_entries.map_or_else(|| "default count".to_owned(), |n| format!("{n} entries"));
+        write!(f, "{age}, {count}")
+    }
+}
+
+/// Where an audit sweep continues (it travels in the log entry, so every
+/// replica walks the chains in the same order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SweepFrom {
+    /// The cluster chain, then every tenant's, in tenant id order.
+    Start,
+    /// Tenant chains from this tenant (included), in tenant id order.
+    Tenant(TenantId),
+}
+
+/// A break found in an entry while it was being pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedBreak {
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// Where a pruned chain now starts: the last pruned entry. Persisted
+/// (postcard, a record of its own beside the chain): its fields are frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// Sequence number of the last pruned entry.
+    pub seq: u64,
+    /// Its hash: the first kept entry's `prev_hash`.
+    pub hash: [u8; 32],
+    /// Its stamped time.
+    pub stamp_ms: u64,
+    /// Stamped time of the sweep that pruned it.
+    pub pruned_at_ms: u64,
+    /// The first break found among the pruned entries, kept for good.
+    pub broken: Option<PrunedBreak>,
+}
+
+impl AuditCheckpoint {
+    /// The head the kept entries continue from.
+    pub fn head(&self) -> ChainHead {
+        ChainHead { seq: self.seq, hash: self.hash }
+    }
+
+    /// The checkpoint after pruning `entry`, the oldest entry left after
+    /// `previous` (none: the chain's first). The entry is checked against the
+    /// head it must continue; the first break found is remembered.
+    pub fn advance(previous: Option<&AuditCheckpoint>, entry: &AuditEntry, pruned_at_ms: u64) -> AuditCheckpoint {
+        let start = previous.map_or(ChainHead::GENESIS, AuditCheckpoint::head);
+        let broken = match previous.and_then(|p| p.broken.clone()) {
+            Some(b) => Some(b),
+            None => verify_chain_from(start, std::slice::from_ref(entry), None)
+                .err()
+                .map(|b| PrunedBreak { seq: entry.seq, reason: b.reason }),
+        };
+        AuditCheckpoint { seq: entry.seq, hash: entry.hash, stamp_ms: entry.stamp_ms, pruned_at_ms, broken }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +560,55 @@ mod tests {
         assert!(e.resource.len() <= MAX_AUDIT_RESOURCE && e.resource.chars().all(|c| c == 'é'));
         assert_eq!(e.client_addr.len(), MAX_AUDIT_CLIENT_ADDR);
         assert_eq!(verify_chain(&[e]), Ok(()));
+    }
+
+    #[test]
+    fn retention_prunes_by_count_and_by_age_whichever_comes_first() {
+        let day = 24 * 3600 * 1000;
+        let r = AuditRetention { max_age_ms: 10 * day, max_entries: 3 };
+        // Head at 10: entries 8, 9 and 10 are kept by count.
+        assert!(r.due(7, 100 * day, 10, 100 * day));
+        assert!(!r.due(8, 100 * day, 10, 100 * day));
+        // Young enough by count but too old by age.
+        assert!(r.due(9, 90 * day, 10, 100 * day));
+        assert!(!r.due(9, 90 * day + 1, 10, 100 * day));
+        assert_eq!(AuditRetention::DEFAULT.validate(), Ok(()));
+        for bad in [
+            AuditRetention { max_age_ms: day - 1, max_entries: 10 },
+            AuditRetention { max_age_ms: day, max_entries: 0 },
+            AuditRetention { max_age_ms: day, max_entries: AuditRetention::MAX_ENTRIES + 1 },
+        ] {
+            assert_eq!(bad.validate().unwrap_err().code, ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        let own = RetentionOverride { max_age_ms: None, max_entries: Some(7) };
+        assert_eq!(own.validate(), Ok(()));
+        assert_eq!(r.with(Some(&own)), AuditRetention { max_age_ms: 10 * day, max_entries: 7 });
+        assert!(RetentionOverride { max_age_ms: Some(1), max_entries: None }.validate().is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_advances_over_pruned_entries_and_keeps_the_first_break() {
+        let entries = chain(6);
+        let mut cp: Option<AuditCheckpoint> = None;
+        for e in &entries[..3] {
+            cp = Some(AuditCheckpoint::advance(cp.as_ref(), e, 42));
+        }
+        let cp = cp.unwrap();
+        assert_eq!((cp.seq, cp.hash, cp.broken.clone()), (3, entries[2].hash, None));
+        // The kept entries continue the checkpoint.
+        let end = entries.last().unwrap().head();
+        assert_eq!(verify_chain_from(cp.head(), &entries[3..], Some(end)), Ok(()));
+        // An altered entry found while pruning is remembered, and stays so.
+        let mut altered = entries[3].clone();
+        altered.action = "forged".into();
+        let cp = AuditCheckpoint::advance(Some(&cp), &altered, 43);
+        let broken = cp.broken.clone().unwrap();
+        assert_eq!(broken.seq, 4);
+        assert!(broken.reason.contains("altered"), "{broken:?}");
+        let cp = AuditCheckpoint::advance(Some(&cp), &entries[4], 44);
+        assert_eq!(cp.broken.map(|b| b.seq), Some(4));
+        // A gap before a pruned entry is a break too.
+        let gap = AuditCheckpoint::advance(None, &entries[1], 45);
+        assert!(gap.broken.unwrap().reason.contains("expected seq 1"));
     }
 }

@@ -11,7 +11,7 @@
 //! - [`permissions`]: `resource:action` permissions, built-in and custom roles, [`RoleGraph`].
 //! - [`teams`]: nested teams and transitive membership, [`TeamGraph`].
 //! - [`authz`]: [`authorize`], the one function that decides every request.
-//! - [`audit`]: hash-chained audit entries and [`verify_chain`].
+//! - [`audit`]: hash-chained audit entries, [`verify_chain`], retention and checkpoints.
 //! - [`quota`]: per-tenant [`Quotas`] and [`Usage`].
 //! - [`api`]: the identity protocol ([`api::IdentityCall`], [`api::IdentityAnswer`]) and its Raft form ([`api::Call`]).
 //! - [`records`]: the stored tenant, user, API key, session and invitation records.
@@ -26,7 +26,10 @@ pub mod records;
 pub mod teams;
 pub mod validate;
 
-pub use audit::{Actor, AuditEntry, AuditOutcome, BrokenLink, ChainHead, verify_chain, verify_chain_from};
+pub use audit::{
+    Actor, AuditCheckpoint, AuditEntry, AuditOutcome, AuditRetention, BrokenLink, ChainHead, PrunedBreak,
+    RetentionOverride, SweepFrom, verify_chain, verify_chain_from,
+};
 pub use authz::{ApiKeyCaller, Caller, Resource, UserCaller, authorize, check_scopes_subset};
 pub use ids::{ApiKeyId, InvitationId, KeyKind, RoleName, SessionId, TeamId, TenantId, TenantKey, UserId, tenant_key};
 pub use permissions::{Action, BuiltinRole, Permission, ResourceKind, RoleDef, RoleGraph};
