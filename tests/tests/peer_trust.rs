@@ -75,12 +75,30 @@ async fn a_removed_node_and_a_non_member_id_are_refused() {
     for node in [1, 2] {
         assert_refused(describe(&ca, &node3, &dev.raft_addr(node)).await, "removed node 3");
     }
+    // Nor can it add itself back: the removal retired its certificate.
+    let rejoin = pb::AddMemberRequest {
+        node_id: 3,
+        raft_addr: dev.raft_addr(3),
+        client_addr: dev.client_addr(3),
+        admin_addr: dev.admin_addr(3),
+        learner_only: true,
+    };
+    let mut newcomer = peers.newcomer_client(&dev.raft_addr(1)).expect("client");
+    let readded = tokio::time::timeout(Duration::from_secs(10), newcomer.add_member(rejoin)).await.expect("answered");
+    assert_refused(readded.map(drop), "removed node 3 adding itself back");
+    let members = dev.status()["members"].as_array().map(|m| m.len());
+    assert_eq!(members, Some(2), "{}", dev.status());
 
     // A certificate the CA signed for an id that is not a member.
     let material = CaMaterial { cert_pem: ca.clone(), key_pem: read(&dev, 1, "ca.key") };
     let stranger =
         caddy_wire::tls::issue_node_cert(&material, NodeCertName { id: 99, generation: 9 }, &[]).expect("issue");
     assert_refused(describe(&ca, &stranger, &dev.raft_addr(1)).await, "node 99");
+    // A member's id at a generation the cluster never issued (signed with
+    // a copy of the CA key).
+    let forged =
+        caddy_wire::tls::issue_node_cert(&material, NodeCertName { id: 2, generation: 50 }, &[]).expect("issue");
+    assert_refused(describe(&ca, &forged, &dev.raft_addr(1)).await, "node 2 at generation 50");
     // The cluster keeps working without node 3.
     dev.ctl_ok(&["kv", "put", "still", "working"]);
 }
