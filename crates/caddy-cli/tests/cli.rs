@@ -138,7 +138,9 @@ fn identity(shared: &Shared, req: &pb::Request, call: IdentityCall) -> Vec<pb::R
             let mut entries = Vec::new();
             let mut cursor = after_seq;
             let mut more = false;
-            for view in (after_seq + 1..=5).map(|seq| AuditView {
+            // Tenant "gappy" lost entry 3 (pruned while an export ran).
+            let gappy = req.tenant == "gappy";
+            for view in (after_seq + 1..=5).filter(|seq| !(gappy && *seq == 3)).map(|seq| AuditView {
                 seq,
                 tenant: Some(req.tenant.clone()),
                 actor: "operator".into(),
@@ -148,8 +150,8 @@ fn identity(shared: &Shared, req: &pb::Request, call: IdentityCall) -> Vec<pb::R
                 stamp_ms: 1_700_000_000_000 + seq * 1000,
                 request_id: format!("r{seq}"),
                 client_addr: String::new(),
-                prev_hash: String::new(),
-                hash: String::new(),
+                prev_hash: format!("h{}", seq - 1),
+                hash: format!("h{seq}"),
             }) {
                 if view.seq - after_seq > 2 {
                     more = true;
@@ -995,6 +997,11 @@ fn audit_export_and_verify() {
     let text = ok(fake.run(&["audit", "export", "--tenant", "acme", "-o", file.to_str().unwrap()]));
     assert_eq!(text, format!("exported 5 audit entries to {}\n", file.display()));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), lines);
+    // An export with a hole in it is refused, and leaves no file behind.
+    let gap = fake.dir.path().join("gap.jsonl");
+    let err = fails(fake.run(&["audit", "export", "--tenant", "gappy", "-o", gap.to_str().unwrap()]));
+    assert!(err.contains("entries 3..3 were pruned before they were exported"), "{err}");
+    assert!(!gap.exists());
 
     // A filter that matches nothing: caddyctl follows the cursor over every slice.
     let before = fake.shared.store.lock().unwrap().identity_requests.len();

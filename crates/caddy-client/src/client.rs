@@ -600,6 +600,7 @@ impl Client {
     /// Up to `limit` entries after `after_seq` that match `filter`,
     /// following the server's cursor across as many requests as it takes;
     /// also the `after_seq` to continue with (`None`: the end of the chain).
+    /// A `limit` of 0 asks for one default page.
     pub async fn audit_list(
         &self,
         filter: &AuditFilter,
@@ -607,9 +608,7 @@ impl Client {
         limit: usize,
     ) -> Result<(Vec<AuditView>, Option<u64>), ClientError> {
         let mut entries = Vec::new();
-        if limit == 0 {
-            return Ok((entries, Some(after_seq)));
-        }
+        let limit = if limit == 0 { MAX_PAGE as usize } else { limit };
         loop {
             let want = (limit - entries.len()).min(MAX_PAGE as usize) as u32;
             let (page, next) = self.audit_page(filter, after_seq, want).await?;
@@ -630,6 +629,9 @@ impl Client {
         let (mut after_seq, mut after_hash) = (0, String::new());
         let mut total = 0u64;
         let mut start: Option<(u64, Option<CheckpointView>)> = None;
+        // Pruning faster than the walk would restart it forever.
+        const MAX_VERIFY_RESTARTS: u32 = 3;
+        let mut restarts = 0;
         loop {
             let call = IdentityCall::AuditVerify { after_seq, after_hash: after_hash.clone() };
             let answer = self.identity(&call).await?;
@@ -648,14 +650,23 @@ impl Client {
                 return Err(unexpected_answer("verified", &answer));
             };
             if start.is_none() || from != after_seq {
+                if start.is_some() {
+                    restarts += 1;
+                    if restarts > MAX_VERIFY_RESTARTS {
+                        return Err(ClientError::Unavailable(format!(
+                            "pruning overtook the verification {restarts} times; try again, or give the chain \
+                             a longer retention while verifying"
+                        )));
+                    }
+                }
                 total = 0;
                 start = Some((from, checkpoint));
             }
-            total += entries;
+            total = total.saturating_add(entries);
             if broken.is_some() || !more {
-                let before = (total - entries) as usize;
+                let before = usize::try_from(total.saturating_sub(entries)).unwrap_or(usize::MAX);
                 let broken = broken.map(|mut b| {
-                    b.index += before;
+                    b.index = b.index.saturating_add(before);
                     b
                 });
                 let (from, checkpoint) = start.unwrap_or((0, None));

@@ -39,7 +39,13 @@ async fn sweep_loop(config: AuditConfig, node: RaftNode, mut shutdown: watch::Re
             if !leading || *shutdown.borrow() {
                 break;
             }
-            match node.propose(None, Command::AuditSweep { retention, from: from.clone() }).await {
+            // A proposal waiting for a quorum that is gone must not hold up
+            // the node's stop.
+            let proposed = tokio::select! {
+                _ = crate::run::stopped(&mut shutdown) => return,
+                proposed = node.propose(None, Command::AuditSweep { retention, from: from.clone() }) => proposed,
+            };
+            match proposed {
                 Ok(ReplyBody::AuditSwept { pruned, next }) => {
                     if pruned > 0 {
                         metrics::counter!("caddy_audit_pruned_total").increment(pruned);

@@ -52,9 +52,31 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand, out: &mut dyn Write) -> anyhow::R
 /// line to `w`; returns the number of entries.
 async fn write_lines(ctx: &Ctx, w: &mut dyn Write, mut after_seq: u64) -> anyhow::Result<u64> {
     let mut count = 0;
+    // An export must be whole: entries pruned before (or while) it ran
+    // would otherwise be missing from the archive without a word.
+    let mut previous: Option<(u64, String)> = None;
     loop {
         let (entries, next) = ctx.client.audit_page(&AuditFilter::default(), after_seq, MAX_PAGE).await?;
         for entry in &entries {
+            let expected = previous.as_ref().map_or(after_seq, |(seq, _)| *seq).saturating_add(1);
+            let first_of_chain = previous.is_none() && after_seq == 0;
+            if entry.seq != expected && !first_of_chain {
+                bail!(
+                    "entries {expected}..{} were pruned before they were exported; \
+                     export from the checkpoint on (`audit retention show`) into a new file",
+                    entry.seq.saturating_sub(1)
+                );
+            }
+            if let Some((_, hash)) = &previous
+                && entry.prev_hash != *hash
+            {
+                bail!(
+                    "entry {} does not continue entry {} (the trail changed during the export)",
+                    entry.seq,
+                    expected - 1
+                );
+            }
+            previous = Some((entry.seq, entry.hash.clone()));
             let line = serde_json::to_string(entry).context("encoding JSON")?;
             writeln!(w, "{line}").context("writing the export")?;
             count += 1;

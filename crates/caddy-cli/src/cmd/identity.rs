@@ -75,7 +75,7 @@ pub fn answer_text(answer: &IdentityAnswer) -> String {
                     let what = if *entries == 0 {
                         "no entries".to_owned()
                     } else {
-                        format!("entries {}..={last_seq}", after_seq + 1)
+                        format!("entries {}..={last_seq}", after_seq.saturating_add(1))
                     };
                     format!(
                         "audit chain verified: {what} from checkpoint at {after_seq} {}, head seq {head_seq}\n\
@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(
             answer_text(&retention),
             "audit retention of tenant acme\n  own:     default age, 500 entries\n  \
-             default: 365 days and at most 100000 entries\n  kept:    500 entries, head seq 700\n  \
+             default: 365 days and at most 10000 entries\n  kept:    500 entries, head seq 700\n  \
              pruned:  nothing pruned yet\n"
         );
         let err = unexpected("session", &IdentityAnswer::Done { message: String::new() });

@@ -277,8 +277,11 @@ pub struct AuditRetention {
 }
 
 impl AuditRetention {
-    /// The default: a year, and at most 100,000 entries per chain.
-    pub const DEFAULT: AuditRetention = AuditRetention { max_age_ms: 365 * DAY_MS, max_entries: 100_000 };
+    /// The default: a year, and at most 10,000 entries per chain (every
+    /// node keeps every chain in its state and snapshots; a trail to keep
+    /// longer is exported with `caddyctl audit export` or given its own
+    /// retention).
+    pub const DEFAULT: AuditRetention = AuditRetention { max_age_ms: 365 * DAY_MS, max_entries: 10_000 };
     /// Shortest retention by age: a day.
     pub const MIN_AGE_MS: u64 = DAY_MS;
     /// Longest retention by age: 100 years (in effect, by count only).
