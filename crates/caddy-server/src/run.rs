@@ -26,6 +26,9 @@ const PEER_PENDING_RESETS: usize = 16 * 1024;
 /// and a few seconds for Raft and the peer listener.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Of that, the most Raft and the peer listener get once clients are done.
+const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// File holding the admin credential on the bootstrap node (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -112,8 +115,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let graceful = async {
         let _ = quic_task.await;
         let _ = admin_task.await;
-        node.shutdown().await;
-        let _ = peer_task.await;
+        // Clients have had their answers; what is left is Raft's own work
+        // (an apply batch of large imports can run for seconds on a loaded
+        // machine) and the peer listener. Neither holds anything that is
+        // not already durable, so it gets a short budget of its own.
+        let raft_stop = async {
+            node.shutdown().await;
+            let _ = peer_task.await;
+        };
+        if tokio::time::timeout(RAFT_STOP_GRACE, raft_stop).await.is_err() {
+            tracing::warn!(grace = ?RAFT_STOP_GRACE,
+                "Raft still stopping; exiting now (apply resumes from its last durable point on restart)");
+        }
     };
     // Nothing acknowledged depends on a clean stop (the Raft log was fsynced
     // before every acknowledgement and apply resumes from it), so a stop
