@@ -198,7 +198,7 @@ fn audit_retention_prunes_and_verify_starts_at_the_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(shown["own"]["max_entries"], 5, "{shown}");
-    assert_eq!(shown["default"]["max_entries"], 100_000, "{shown}");
+    assert_eq!(shown["default"]["max_entries"], 10_000, "{shown}");
     let hash = shown["checkpoint"]["hash"].as_str().expect("hash").to_owned();
     let verified = ok(&dev, &with(&["audit", "verify"]));
     assert!(
